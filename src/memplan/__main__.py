@@ -1,0 +1,7 @@
+"""``python -m memplan``."""
+
+import sys
+
+from memplan.cli.main import main
+
+sys.exit(main())
