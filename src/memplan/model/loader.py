@@ -21,6 +21,9 @@ from memplan.model.spec import ModelSpec
 #: not a model config, and reading it whole would be a denial of service.
 MAX_CONFIG_BYTES = 1 << 20
 
+#: Host of the Hugging Face hub, checked by name resolution before a download is attempted.
+HUB_HOST = "huggingface.co"
+
 #: Wrapper configs whose language model sits under ``text_config`` (multimodal checkpoints).
 _TEXT_CONFIG_WRAPPERS = {"gemma3": "gemma3_text"}
 
@@ -85,8 +88,18 @@ def _fetch_from_hub(repo_id: str) -> Path:
     except ImportError:
         raise ModelNotFoundError(repo_id, "not a bundled preset, and huggingface_hub is not installed to fetch it; "
                                           "pass a local config.json path or install memplan[hub]") from None
+    import logging
+    import socket
+
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}
+    if not offline:
+        try:  # fail fast (not after the hub client's minute of retries) when there is no network
+            socket.getaddrinfo(HUB_HOST, 443)
+        except OSError:
+            offline = True
     try:
-        return Path(hf_hub_download(repo_id=repo_id, filename="config.json"))
+        return Path(hf_hub_download(repo_id=repo_id, filename="config.json", local_files_only=offline))
     except Exception as exc:  # noqa: BLE001 - any hub failure is reported as one line
         reason = type(exc).__name__
         raise ModelNotFoundError(repo_id, f"not a bundled preset and could not be fetched from the hub ({reason}); "

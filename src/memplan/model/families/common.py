@@ -7,16 +7,32 @@ from memplan.model.fields import MAX_COUNT, Fields
 from memplan.model.spec import AttentionType
 
 
-def core_dims(fields: Fields) -> dict[str, int]:
+#: ``num_key_value_heads`` when a config leaves the key out: the ``<Family>Config`` class default
+#: (huggingface/transformers v5.24.0 ``models/<family>/configuration_<family>.py``; e.g.
+#: ``MistralConfig.num_key_value_heads: int = 8``). Families not listed default to ``None``, which
+#: their ``__post_init__`` turns into ``num_attention_heads`` (Llama, Phi-3, DeepSeek-V2), or, for
+#: DeepSeek-V3 (default 128), do not use the field: MLA has one key/value per query head.
+#: An explicit ``null`` means ``num_attention_heads`` in every family (``__post_init__``).
+DEFAULT_NUM_KEY_VALUE_HEADS = {
+    "mistral": 8, "qwen2": 32, "qwen3": 32, "mixtral": 8, "qwen2_moe": 16, "qwen3_moe": 4,
+    "gemma": 16, "gemma2": 4, "gemma3_text": 4,
+}
+
+
+def core_dims(fields: Fields, model_type: str) -> dict[str, int]:
     """hidden, layers, heads, kv heads, vocab: required in every family (a config without them is
-    not a real checkpoint's; transformers would silently fill in its 7B defaults)."""
+    not a real checkpoint's; transformers would silently fill in its 7B defaults), except
+    ``num_key_value_heads``, which takes the family default of ``DEFAULT_NUM_KEY_VALUE_HEADS``."""
     hidden = fields.int("hidden_size")
     layers = fields.int("num_hidden_layers", limit=MAX_COUNT)
     heads = fields.int("num_attention_heads", limit=MAX_COUNT)
-    kv_heads = fields.int("num_key_value_heads", heads, limit=MAX_COUNT)
+    given = "num_key_value_heads" in fields._config
+    kv_heads = fields.int("num_key_value_heads", heads if given else DEFAULT_NUM_KEY_VALUE_HEADS.get(model_type, heads),
+                          limit=MAX_COUNT)
     if heads % kv_heads:
+        origin = "" if given else f" (transformers' {model_type} default; the config does not set it)"
         raise ConfigError(f"{fields._location}: num_key_value_heads",
-                          f"{kv_heads} does not divide num_attention_heads ({heads})")
+                          f"{kv_heads}{origin} does not divide num_attention_heads ({heads})")
     vocab = fields.int("vocab_size")
     return {"hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
             "num_key_value_heads": kv_heads, "vocab_size": vocab}

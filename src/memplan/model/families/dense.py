@@ -27,7 +27,7 @@ def build(fields: Fields, name: str, *, model_type: str, qkv_bias: bool, out_bia
           qk_norm: bool = False, fused: bool = False, default_head_dim: int | None = None,
           sliding_window: int | None = None, types: tuple[AttentionType, ...] | None = None) -> ModelSpec:
     """A dense decoder from the fields every family shares, with the family's own quirks as arguments."""
-    dims = core_dims(fields)
+    dims = core_dims(fields, model_type)
     layers = dims["num_hidden_layers"]
     rope_type, rope_factor = fields.rope_scaling()
     default_types = types if types is not None else uniform(
