@@ -1,0 +1,154 @@
+"""A Job: the resolved description of one training run — roles, GPU groups, placement.
+
+Built once by a framework adapter (``frameworks/openrlhf``) from user intent, with every default
+resolved; the estimator only reads it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from memplan.dtypes import DType
+from memplan.jobs.options import AttnImpl, Method, ZeroStage
+from memplan.model.spec import ModelSpec
+
+
+class RoleName(StrEnum):
+    """Who a model is in the run."""
+
+    POLICY = "policy"
+    """The trained model of SFT/RM/DPO/KTO/PRM/KD."""
+    REF = "ref"
+    """Frozen reference model (DPO/KTO, RL KL term)."""
+    TEACHER = "teacher"
+    """Frozen teacher (KD)."""
+    ACTOR = "actor"
+    """RL policy (trained)."""
+    CRITIC = "critic"
+    """RL value model (trained, value head)."""
+    REWARD = "reward"
+    """RL reward model (frozen, value head)."""
+    ROLLOUT = "rollout"
+    """vLLM generation engine."""
+    EMA = "ema"
+    """Exponential moving average of the actor (frozen, offloaded)."""
+
+
+class Head(StrEnum):
+    """The output layer a role computes."""
+
+    LM = "lm"
+    """Vocabulary logits (LM head)."""
+    VALUE = "value"
+    """``Linear(hidden, 1)`` value head on the base model (no vocabulary logits)."""
+
+
+class LogprobImpl(StrEnum):
+    """How OpenRLHF turns logits into log-probs."""
+
+    TRITON_CE = "triton_ce"
+    """flash-attn's Triton cross-entropy (every GPU install): no extra vocabulary-sized tensor."""
+    TORCH = "torch"
+    """The torch fallback (gather + chunked logsumexp): what a CPU trace runs."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoraOptions:
+    """peft LoRA on the trained roles."""
+
+    rank: int
+    """Adapter rank r."""
+    alpha: int
+    """Scaling numerator (no memory effect)."""
+    target_modules: tuple[str, ...]
+    """Module names to adapt; ``("all-linear",)`` means every linear layer but the output head."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Role:
+    """One model of the run with all its memory-relevant options resolved."""
+
+    name: RoleName
+    """Who the model is."""
+    spec: ModelSpec
+    """Its architecture."""
+    head: Head
+    """LM head or value head."""
+    trained: bool
+    """True for models with gradients and an optimizer."""
+    group: str
+    """Name of the GPU group the role runs on."""
+    param_dtype: DType
+    """Dtype of the weights DeepSpeed holds (bf16/fp16; fp32 without mixed precision)."""
+    zero_stage: ZeroStage
+    """ZeRO stage of this model's DeepSpeed config (eval models: 3 only when training uses 3)."""
+    offload_optimizer: bool
+    """``--adam_offload``: optimizer state in pinned host RAM (DeepSpeedCPUAdam)."""
+    offload_params: bool
+    """ZeRO-3 parameter offload (eval models with ``--ref_offload`` etc.)."""
+    grad_accum_dtype: DType | None
+    """``--grad_accum_dtype``; None keeps DeepSpeed's default."""
+    zpg: int
+    """ZeRO++ hierarchical partition size (``--zpg``)."""
+    overlap_comm: bool
+    """``--overlap_comm`` (also turns on contiguous gradients)."""
+    lora: LoraOptions | None
+    """LoRA adapter options; None for full fine-tuning."""
+    load_in_4bit: bool
+    """QLoRA: NF4 base weights."""
+    gradient_checkpointing: bool
+    """HF gradient checkpointing (non-reentrant)."""
+    attn_impl: AttnImpl
+    """Attention implementation."""
+    micro_batch_size: int
+    """Samples per micro-step on one GPU."""
+    sequences_per_sample: int
+    """Sequences one sample becomes in the forward (2 for chosen+rejected in RM/DPO/KTO)."""
+    seq_len: int
+    """Tokens per sequence (the padded maximum, the worst case)."""
+    packing: bool
+    """``--packing_samples``: padding removed, the micro-batch is one packed row."""
+    ring_attn_size: int
+    """Ring attention degree (sequence split over this many GPUs)."""
+    ds_tp_size: int
+    """DeepSpeed AutoTP degree."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GpuGroup:
+    """A set of GPUs a role (or colocated roles) runs on."""
+
+    name: str
+    """Group name (``train``, ``actor``, ``critic``...)."""
+    num_nodes: int
+    """Nodes the group spans."""
+    gpus_per_node: int
+    """GPUs per node in the group."""
+
+    @property
+    def num_gpus(self) -> int:
+        """GPUs in the group."""
+        return self.num_nodes * self.gpus_per_node
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Job:
+    """A fully resolved run."""
+
+    method: Method
+    """The training method."""
+    roles: tuple[Role, ...]
+    """Every model of the run."""
+    groups: tuple[GpuGroup, ...]
+    """The GPU groups the roles are placed on."""
+    logprob_impl: LogprobImpl
+    """How log-probs are computed (GPU installs use the Triton kernel)."""
+    framework_version: str
+    """OpenRLHF version whose defaults were applied."""
+    command: str
+    """The launch command this job corresponds to."""
+
+    def role(self, name: RoleName) -> Role | None:
+        """The role called ``name``, if the job has it."""
+        return next((r for r in self.roles if r.name == name), None)

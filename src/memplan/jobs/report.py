@@ -1,0 +1,67 @@
+"""Estimate → the JSON object of DESIGN.md's contract (plain data; no text formatting)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from memplan import __version__
+from memplan.jobs.result import DeviceEstimate, Estimate, HostEstimate, PhaseUsage
+from memplan.memory.breakdown import Term
+
+
+def _term_json(term: Term, peak_phase: str) -> dict[str, Any]:
+    return {"path": term.path, "category": str(term.category), "device": str(term.device),
+            "phase": str(term.phase) if term.phase is not None else peak_phase, "persistent": term.phase is None,
+            "bytes": term.bytes, "source": str(term.source)}
+
+
+def _phases_json(phases: tuple[PhaseUsage, ...]) -> dict[str, int]:
+    return {str(p.phase): p.bytes for p in phases}
+
+
+def device_json(device: DeviceEstimate) -> dict[str, Any]:
+    """One GPU entry (identical GPUs grouped with ``count`` and ``ids``)."""
+    peak = device.peak
+    return {"id": device.id, "count": device.count, "ids": list(device.ids), "roles": list(device.roles),
+            "peak_bytes": peak.bytes, "reserved_bytes": device.reserved_bytes, "peak_phase": str(peak.phase),
+            "phases": _phases_json(device.phases), "capacity_bytes": device.capacity_bytes,
+            "verdict": str(device.verdict) if device.verdict else None,
+            "breakdown": [_term_json(t, str(peak.phase)) for t in peak.terms]}
+
+
+def host_json(host: HostEstimate) -> dict[str, Any]:
+    """One node's host RAM."""
+    peak = host.peak
+    return {"id": host.id, "peak_bytes": peak.bytes, "peak_phase": str(peak.phase),
+            "phases": _phases_json(host.phases), "capacity_bytes": host.capacity_bytes,
+            "verdict": str(host.verdict) if host.verdict else None,
+            "breakdown": [_term_json(t, str(peak.phase)) for t in peak.terms]}
+
+
+def estimate_json(est: Estimate) -> dict[str, Any]:
+    """The whole estimate as DESIGN.md's JSON object."""
+    from memplan.jobs.result import worst
+
+    gpu_verdict = worst([d.verdict for d in est.devices])
+    host_verdict = worst([h.verdict for h in est.hosts])
+    return {
+        "memplan_version": __version__,
+        "command": est.command,
+        "models": {role: {"name": m.name, "num_params": m.num_params, "trainable_params": m.trainable_params}
+                   for role, m in est.models.items()},
+        "devices": [device_json(d) for d in est.devices],
+        "hosts": [host_json(h) for h in est.hosts],
+        "summary": {
+            "num_gpus": est.num_gpus,
+            "num_nodes": len(est.hosts),
+            "max_gpu_peak_bytes": max((d.peak_bytes for d in est.devices), default=0),
+            "max_gpu_reserved_bytes": max((d.reserved_bytes for d in est.devices), default=0),
+            "max_host_peak_bytes": max((h.peak_bytes for h in est.hosts), default=0),
+            "total_gpu_peak_bytes": sum(d.peak_bytes * d.count for d in est.devices),
+            "total_host_peak_bytes": sum(h.peak_bytes for h in est.hosts),
+            "verdict": str(est.verdict) if est.verdict else None,
+            "gpu_verdict": str(gpu_verdict) if gpu_verdict else None,
+            "host_verdict": str(host_verdict) if host_verdict else None,
+        },
+        "notes": list(est.notes),
+    }

@@ -1,0 +1,166 @@
+"""Estimate results: per-device and per-node peaks with the terms that explain them.
+
+These are data; ``cli/render.py`` and ``jobs/report.py`` turn them into text and JSON.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from memplan.memory.breakdown import Phase, Term
+
+
+class Verdict(StrEnum):
+    """Whether a peak fits a capacity."""
+
+    FITS = "fits"
+    """At least :data:`TIGHT_HEADROOM` of the capacity stays free."""
+    TIGHT = "tight"
+    """Fits, but with less than :data:`TIGHT_HEADROOM` to spare: a longer sample or allocator
+    fragmentation beyond the model may tip it over."""
+    OOM = "oom"
+    """The predicted peak exceeds the capacity."""
+
+
+#: Headroom below which a fitting run is called tight: 10% of capacity, the margin the planner's
+#: recommended layout keeps (issue: "fits with at least 10% headroom on every GPU and node").
+TIGHT_HEADROOM = 0.10
+
+
+def verdict_for(peak_bytes: int, capacity_bytes: int | None) -> Verdict | None:
+    """fits / tight / oom of ``peak_bytes`` against ``capacity_bytes`` (None when no capacity given)."""
+    if capacity_bytes is None:
+        return None
+    if peak_bytes > capacity_bytes:
+        return Verdict.OOM
+    if peak_bytes > capacity_bytes * (1 - TIGHT_HEADROOM):
+        return Verdict.TIGHT
+    return Verdict.FITS
+
+
+def worst(verdicts: list[Verdict | None]) -> Verdict | None:
+    """The worst of several verdicts (oom > tight > fits); None when none was computed."""
+    known = [v for v in verdicts if v is not None]
+    for level in (Verdict.OOM, Verdict.TIGHT, Verdict.FITS):
+        if level in known:
+            return level
+    return None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PhaseUsage:
+    """What one device (or node) holds in one phase."""
+
+    phase: Phase
+    """The phase."""
+    terms: tuple[Term, ...]
+    """Terms resident at this phase's peak (persistent and the phase's worst transient set)."""
+
+    @property
+    def bytes(self) -> int:
+        """Sum of the terms."""
+        return sum(t.bytes for t in self.terms)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeviceEstimate:
+    """One GPU (or ``count`` identical GPUs)."""
+
+    id: str
+    """``node0/gpu0`` (the first of identical GPUs when ``count`` > 1)."""
+    ids: tuple[str, ...]
+    """Every GPU this entry stands for."""
+    roles: tuple[str, ...]
+    """Roles placed on the GPU."""
+    phases: tuple[PhaseUsage, ...]
+    """Usage per phase, in iteration order."""
+    capacity_bytes: int | None
+    """Usable GPU memory, when a GPU was given."""
+    reserved_bytes: int
+    """Peak including the caching allocator's rounding and reserve (compare with capacity)."""
+
+    @property
+    def count(self) -> int:
+        """Identical GPUs this entry stands for."""
+        return len(self.ids)
+
+    @property
+    def peak(self) -> PhaseUsage:
+        """The phase with the most memory (first one on ties)."""
+        return max(self.phases, key=lambda p: p.bytes)
+
+    @property
+    def peak_bytes(self) -> int:
+        """Peak over phases (allocated-equivalent plus non-PyTorch overhead)."""
+        return self.peak.bytes
+
+    @property
+    def verdict(self) -> Verdict | None:
+        """Verdict of the reserved peak against capacity."""
+        return verdict_for(self.reserved_bytes, self.capacity_bytes)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostEstimate:
+    """Host RAM of one node."""
+
+    id: str
+    """``node0``."""
+    phases: tuple[PhaseUsage, ...]
+    """Usage per phase."""
+    capacity_bytes: int | None
+    """Host RAM of the node, when given."""
+
+    @property
+    def peak(self) -> PhaseUsage:
+        """The phase with the most host memory."""
+        return max(self.phases, key=lambda p: p.bytes)
+
+    @property
+    def peak_bytes(self) -> int:
+        """Peak host RAM."""
+        return self.peak.bytes
+
+    @property
+    def verdict(self) -> Verdict | None:
+        """Verdict against the node's RAM."""
+        return verdict_for(self.peak_bytes, self.capacity_bytes)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelInfo:
+    """Parameter counts of one role's model."""
+
+    name: str
+    """Model name."""
+    num_params: int
+    """All parameters."""
+    trainable_params: int
+    """Parameters with gradients (0 for frozen models; the adapter for LoRA)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Estimate:
+    """The whole answer for one job."""
+
+    models: dict[str, ModelInfo]
+    """Role → model."""
+    devices: tuple[DeviceEstimate, ...]
+    """GPUs, identical ones grouped."""
+    hosts: tuple[HostEstimate, ...]
+    """Nodes."""
+    command: str
+    """The launch command the estimate is for."""
+    notes: tuple[str, ...] = ()
+    """Assumptions and warnings worth showing (ignored flags, version defaults)."""
+
+    @property
+    def num_gpus(self) -> int:
+        """GPUs in the job."""
+        return sum(d.count for d in self.devices)
+
+    @property
+    def verdict(self) -> Verdict | None:
+        """Worst verdict over GPUs and nodes."""
+        return worst([d.verdict for d in self.devices] + [h.verdict for h in self.hosts])
