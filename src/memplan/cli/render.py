@@ -56,3 +56,18 @@ def print_json(obj: Any) -> None:
     """One JSON object on stdout."""
     json.dump(obj, sys.stdout, indent=2)
     sys.stdout.write("\n")
+
+
+def bytes_exact(num_bytes: int) -> str:
+    """``85,899,345,920 B``: the exact byte count, with thousands separators."""
+    return f"{num_bytes:,} B"
+
+
+def size_all_units(num_bytes: int) -> str:
+    """``80.00 GiB = 85.90 GB = 85,899,345,920 B``: binary, decimal and exact, each labelled."""
+    return f"{gib(num_bytes)} = {decimal_gb(num_bytes)} = {bytes_exact(num_bytes)}"
+
+
+def yes_no(flag: bool) -> str:
+    """``yes`` / ``no``."""
+    return "yes" if flag else "no"
