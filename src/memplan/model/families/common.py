@@ -12,7 +12,9 @@ from memplan.model.spec import AttentionType
 #: ``MistralConfig.num_key_value_heads: int = 8``). Families not listed default to ``None``, which
 #: their ``__post_init__`` turns into ``num_attention_heads`` (Llama, Phi-3, DeepSeek-V2), or, for
 #: DeepSeek-V3 (default 128), do not use the field: MLA has one key/value per query head.
-#: An explicit ``null`` means ``num_attention_heads`` in every family (``__post_init__``).
+#: An explicit ``null`` is read as ``num_attention_heads``, as ``__post_init__`` resolves it in the
+#: families whose field allows ``None`` (Llama, Qwen2, Qwen3, Phi-3, DeepSeek); transformers rejects
+#: a null in the others, which memplan reads the same lenient way.
 DEFAULT_NUM_KEY_VALUE_HEADS = {
     "mistral": 8, "qwen2": 32, "qwen3": 32, "mixtral": 8, "qwen2_moe": 16, "qwen3_moe": 4,
     "gemma": 16, "gemma2": 4, "gemma3_text": 4,
@@ -27,8 +29,8 @@ def core_dims(fields: Fields, model_type: str) -> dict[str, int]:
     layers = fields.int("num_hidden_layers", limit=MAX_COUNT)
     heads = fields.int("num_attention_heads", limit=MAX_COUNT)
     given = "num_key_value_heads" in fields._config
-    kv_heads = fields.int("num_key_value_heads", heads if given else DEFAULT_NUM_KEY_VALUE_HEADS.get(model_type, heads),
-                          limit=MAX_COUNT)
+    kv_default = heads if given else DEFAULT_NUM_KEY_VALUE_HEADS.get(model_type, heads)
+    kv_heads = fields.int("num_key_value_heads", kv_default, limit=MAX_COUNT)
     if heads % kv_heads:
         origin = "" if given else f" (transformers' {model_type} default; the config does not set it)"
         raise ConfigError(f"{fields._location}: num_key_value_heads",
