@@ -1,0 +1,345 @@
+"""Just enough shell to read a pasted launch script: simple commands, with heredocs and variables.
+
+This is not a shell. It handles what OpenRLHF's ``examples/scripts`` and users' launch scripts do:
+``\\`` line continuations, ``#`` comments, quotes spanning lines, ``;``/``&&``/``|`` lists,
+redirections, ``NAME=value`` assignments and environment prefixes, and the heredoc pattern
+
+    read -r -d '' training_commands <<EOF
+    openrlhf.cli.train_sft \\
+       --max_len 2048 ...
+    EOF
+    deepspeed --module $training_commands
+
+Words are split with :mod:`shlex` (POSIX mode). A ``$NAME`` word whose variable was assigned in the
+text is replaced by the words of its value; unknown variables are left as typed.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass, field
+
+from memplan.errors import ConfigError
+
+_OPERATOR_CHARS = ";&|()<>"
+_MARK = "\x00"
+"""Prefix of an operator word: the scanner marks unquoted operators, so a quoted ';' stays a word."""
+_LITERAL_DOLLAR = "\x01"
+"""Stands for a quoted or escaped ``$`` until expansion is over, so ``'$HOME'`` stays as typed."""
+_ASSIGNMENT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.DOTALL)
+_VARIABLE = (r"\$(?:(?P<plain>[A-Za-z_][A-Za-z0-9_]*)"
+             r"|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:\[[@*]\])?(?::?-(?P<default>[^}]*))?\})")
+_WHOLE_VARIABLE = re.compile(f"^{_VARIABLE}$")
+_ANY_VARIABLE = re.compile(_VARIABLE)
+_ARRAY_START = re.compile(r"(?:^|\s)[A-Za-z_][A-Za-z0-9_]*\+?=$")
+_ARRAY_ASSIGNMENT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\+?=\($")
+_HEREDOC_START = re.compile(r"<<(-?)[ \t]*(?:'([^'\n]*)'|\"([^\"\n]*)\"|\\?([^\s;&|()<>]+))")
+
+
+@dataclass(slots=True)
+class _Line:
+    """One logical line: its text (continuations joined, comments dropped) and heredoc bodies."""
+
+    text: str = ""
+    heredocs: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Scanner:
+    """Character scanner that splits text into logical lines, tracking quotes and heredocs."""
+
+    source: str
+    pos: int = 0
+    lines: list[_Line] = field(default_factory=list)
+    current: list[str] = field(default_factory=list)
+    pending: list[tuple[str, bool, bool]] = field(default_factory=list)
+    in_array: bool = False
+
+    def run(self) -> list[_Line]:
+        while self.pos < len(self.source):
+            char = self.source[self.pos]
+            if char == "\\":
+                self._backslash()
+            elif self.source.startswith("$'", self.pos):
+                self._ansi_c_quoted()
+            elif char in "'\"":
+                self._quoted(char)
+            elif char == "`" or self.source.startswith("$(", self.pos):
+                self._substitution()
+            elif char == "#" and self._at_word_start():
+                self._skip_comment()
+            elif self.source.startswith("<<", self.pos) and not self.source.startswith("<<<", self.pos):
+                self._heredoc_operator()
+            elif self._array_edge(char):
+                self.current.append(" " if char == "\n" else char + " ")
+                self.pos += 1
+            elif char in _OPERATOR_CHARS:
+                self._operator()
+            elif char == "\n":
+                self.pos += 1
+                self._end_line()
+            else:
+                self.current.append(char)
+                self.pos += 1
+        self._end_line()
+        return self.lines
+
+    def _backslash(self) -> None:
+        nxt = self.source[self.pos + 1: self.pos + 2]
+        if nxt == "$":
+            self.current.append(_LITERAL_DOLLAR)
+        elif nxt not in ("\n", ""):
+            self.current.append("\\" + nxt)
+        self.pos += 2
+
+    def _quoted(self, quote: str) -> None:
+        start = self.pos
+        end = self._closing_quote(quote, start + 1)
+        if end < 0:
+            line_number = self.source.count("\n", 0, start) + 1
+            raise ConfigError("command", f"unbalanced quote: the {quote} on line {line_number} is never closed")
+        body = self.source[start: end + 1]
+        if quote == '"':
+            body = body.replace("\\\n", "").replace("\\$", _LITERAL_DOLLAR)
+        else:
+            body = body.replace("$", _LITERAL_DOLLAR)
+        self.current.append(body)
+        self.pos = end + 1
+
+    def _ansi_c_quoted(self) -> None:
+        """``$'...'``: backslash escapes (``\\n``, ``\\t``, ``\\'``) decoded, as bash does."""
+        index = self.pos + 2
+        while index < len(self.source) and self.source[index] != "'":
+            index += 2 if self.source[index] == "\\" else 1
+        if index >= len(self.source):
+            line_number = self.source.count("\n", 0, self.pos) + 1
+            raise ConfigError("command", f"unbalanced quote: the $' on line {line_number} is never closed")
+        raw = self.source[self.pos + 2: index]
+        try:
+            text = raw.encode("latin-1", "backslashreplace").decode("unicode_escape")
+        except UnicodeDecodeError:
+            text = raw
+        self.current.append(shlex.quote(text.replace("$", _LITERAL_DOLLAR)))
+        self.pos = index + 1
+
+    def _substitution(self) -> None:
+        """Keep ``$(...)``, ``$((...))`` or a backquoted command as one opaque word part."""
+        start = self.pos
+        backquoted = self.source[start] == "`"
+        end = self.source.find("`", start + 1) if backquoted else self._closing_paren(start + 2)
+        if end < 0:
+            line_number = self.source.count("\n", 0, start) + 1
+            raise ConfigError("command", f"unbalanced command substitution on line {line_number}")
+        self.current.append(shlex.quote(self.source[start: end + 1]))
+        self.pos = end + 1
+
+    def _closing_paren(self, index: int) -> int:
+        depth = 1
+        while index < len(self.source):
+            char = self.source[index]
+            if char in "'\"":
+                index = self._closing_quote(char, index + 1)
+                if index < 0:
+                    return -1
+            elif char == "(":
+                depth += 1
+            elif char == ")":
+                depth -= 1
+                if depth == 0:
+                    return index
+            index += 1
+        return -1
+
+    def _closing_quote(self, quote: str, index: int) -> int:
+        while index < len(self.source):
+            char = self.source[index]
+            if char == "\\" and quote == '"':
+                index += 2
+                continue
+            if char == quote:
+                return index
+            index += 1
+        return -1
+
+    def _at_word_start(self) -> bool:
+        return not self.current or self.current[-1][-1] in " \t;&|()"
+
+    def _skip_comment(self) -> None:
+        end = self.source.find("\n", self.pos)
+        self.pos = len(self.source) if end < 0 else end
+
+    def _array_edge(self, char: str) -> bool:
+        """Inside ``NAME=( ... )`` newlines are spaces; toggles the array state at its parentheses."""
+        if self.in_array and char in ")\n":
+            self.in_array = char != ")"
+            return True
+        if char == "(" and _ARRAY_START.search("".join(self.current[-64:])):
+            self.in_array = True
+            return True
+        return False
+
+    def _operator(self) -> None:
+        end = self.pos
+        while end < len(self.source) and self.source[end] in _OPERATOR_CHARS:
+            end += 1
+        self.current.append(f" {_MARK}{self.source[self.pos: end]} ")
+        self.pos = end
+
+    def _heredoc_operator(self) -> None:
+        match = _HEREDOC_START.match(self.source, self.pos)
+        if match is None:
+            self.current.append(f" {_MARK}<< ")
+            self.pos += 2
+            return
+        strip_tabs, single, double, bare = match.groups()
+        delimiter = single if single is not None else double if double is not None else bare
+        quoted = single is not None or double is not None or match.group(0).find("\\") >= 0
+        self.pending.append((delimiter, bool(strip_tabs), quoted))
+        self.current.append(f" {_MARK}<< {shlex.quote(delimiter)} ")
+        self.pos = match.end()
+
+    def _end_line(self) -> None:
+        line = _Line(text="".join(self.current))
+        self.current = []
+        for delimiter, strip_tabs, quoted in self.pending:
+            line.heredocs.append(self._heredoc_body(delimiter, strip_tabs, quoted))
+        self.pending = []
+        if line.text.strip() or line.heredocs:
+            self.lines.append(line)
+
+    def _heredoc_body(self, delimiter: str, strip_tabs: bool, quoted: bool) -> str:
+        body: list[str] = []
+        while self.pos < len(self.source):
+            end = self.source.find("\n", self.pos)
+            end = len(self.source) if end < 0 else end
+            raw = self.source[self.pos: end]
+            self.pos = end + 1
+            if (raw.lstrip("\t") if strip_tabs else raw) == delimiter:
+                break
+            body.append(raw.lstrip("\t") if strip_tabs else raw)
+        text = "\n".join(body)
+        return text.replace("$", _LITERAL_DOLLAR) if quoted else text.replace("\\\n", "")
+
+
+def _words(text: str) -> list[str]:
+    lexer = shlex.shlex(text, posix=True)
+    lexer.whitespace_split = True
+    lexer.commenters = ""
+    try:
+        return list(lexer)
+    except ValueError as error:
+        raise ConfigError("command", f"cannot split into words: {error}") from None
+
+
+def _simple_commands(words: list[str]) -> list[list[str]]:
+    """Split a word list at ``;``/``&&``/``|``..., dropping redirections and their targets."""
+    commands: list[list[str]] = [[]]
+    index = 0
+    while index < len(words):
+        word = words[index]
+        if not word.startswith(_MARK):
+            commands[-1].append(word)
+        elif "<" in word or ">" in word:
+            if commands[-1] and commands[-1][-1].isdigit():
+                commands[-1].pop()
+            index += 1
+        else:
+            commands.append([])
+        index += 1
+    return [c for c in commands if c]
+
+
+def _lookup(match: re.Match[str], variables: dict[str, str]) -> str | None:
+    """The value of one ``$NAME``/``${NAME}``/``${NAME:-default}`` reference, or None if unknown."""
+    name = match.group("plain") or match.group("braced")
+    if name in variables:
+        return variables[name]
+    return match.group("default")
+
+
+def _expand(word: str, variables: dict[str, str]) -> list[str]:
+    whole = _WHOLE_VARIABLE.match(word)
+    if whole:
+        value = _lookup(whole, variables)
+        if value is None:
+            return [word]
+        name = whole.group("plain") or whole.group("braced")
+        inner = {k: v for k, v in variables.items() if k != name}
+        return [w for part in words_of(value) for w in _expand(part, inner)]
+
+    def substitute(match: re.Match[str]) -> str:
+        value = _lookup(match, variables)
+        return match.group(0) if value is None else value
+
+    return [_ANY_VARIABLE.sub(substitute, word)]
+
+
+def _read_target(command: list[str]) -> str | None:
+    """The variable a ``read [options] NAME`` command assigns, if it is one."""
+    if not command or command[0] != "read":
+        return None
+    names = [w for w in command[1:] if _ASSIGNMENT.match(w + "=")]
+    return names[-1] if names else None
+
+
+def _assign(command: list[str], variables: dict[str, str]) -> list[str]:
+    """Record a command made only of ``NAME=value`` words (or ``export ...``); strip env prefixes."""
+    if command and command[0] in ("export", "local", "declare", "readonly"):
+        for word in command[1:]:
+            match = _ASSIGNMENT.match(word)
+            if match:
+                variables[match.group(1)] = match.group(2)
+        return []
+    index = 0
+    while index < len(command) and _ASSIGNMENT.match(command[index]):
+        index += 1
+    if index < len(command):
+        return command[index:]
+    for word in command:
+        match = _ASSIGNMENT.match(word)
+        if match:
+            variables[match.group(1)] = match.group(2)
+    return []
+
+
+def _assign_array(command: list[str], variables: dict[str, str]) -> bool:
+    """Record ``NAME=( words... )`` (a bash array) as the text of its words."""
+    match = _ARRAY_ASSIGNMENT.match(command[0]) if command else None
+    if match is None:
+        return False
+    items = command[1:-1] if command[-1] == ")" else command[1:]
+    variables[match.group(1)] = shlex.join(items)
+    return True
+
+
+def restore(word: str) -> str:
+    """A final word with its quoted ``$`` signs back."""
+    return word.replace(_LITERAL_DOLLAR, "$")
+
+
+def words_of(text: str) -> list[str]:
+    """All words of ``text`` as one list (newlines and separators are word breaks)."""
+    return [w for line in _Scanner(text).run() for w in _words(line.text) if not w.startswith(_MARK)]
+
+
+def split_commands(text: str) -> tuple[list[list[str]], dict[str, str]]:
+    """The simple commands of a pasted script (expanded) and the variables it assigns."""
+    variables: dict[str, str] = {}
+    commands: list[list[str]] = []
+    clean = text.replace("\r\n", "\n").replace(_MARK, "").replace(_LITERAL_DOLLAR, "")
+    for line in _Scanner(clean).run():
+        heredocs = list(line.heredocs)
+        for command in _simple_commands(_words(line.text)):
+            expanded = [w for word in command for w in _expand(word, variables)]
+            target = _read_target(expanded)
+            if target is not None and heredocs:
+                variables[target] = heredocs.pop(0)
+                continue
+            if _assign_array(expanded, variables):
+                continue
+            rest = _assign(expanded, variables)
+            if rest:
+                commands.append(rest)
+    final = [[restore(w) for w in command] for command in commands]
+    return final, {name: restore(value) for name, value in variables.items()}
