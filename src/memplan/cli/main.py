@@ -15,7 +15,7 @@ from memplan import __version__
 from memplan.errors import MemplanError
 
 #: Command modules, in the order ``--help`` lists them.
-COMMAND_MODULES = ("models", "gpus")
+COMMAND_MODULES = ("estimate", "check", "models", "gpus", "trace")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,7 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "accepts_extra", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

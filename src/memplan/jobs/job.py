@@ -11,6 +11,7 @@ from enum import StrEnum
 
 from memplan.dtypes import DType
 from memplan.jobs.options import AttnImpl, Method, ZeroStage
+from memplan.memory.logits import Head, LogProbImpl
 from memplan.model.spec import ModelSpec
 
 
@@ -33,24 +34,6 @@ class RoleName(StrEnum):
     """vLLM generation engine."""
     EMA = "ema"
     """Exponential moving average of the actor (frozen, offloaded)."""
-
-
-class Head(StrEnum):
-    """The output layer a role computes."""
-
-    LM = "lm"
-    """Vocabulary logits (LM head)."""
-    VALUE = "value"
-    """``Linear(hidden, 1)`` value head on the base model (no vocabulary logits)."""
-
-
-class LogprobImpl(StrEnum):
-    """How OpenRLHF turns logits into log-probs."""
-
-    TRITON_CE = "triton_ce"
-    """flash-attn's Triton cross-entropy (every GPU install): no extra vocabulary-sized tensor."""
-    TORCH = "torch"
-    """The torch fallback (gather + chunked logsumexp): what a CPU trace runs."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -113,6 +96,10 @@ class Role:
     """Ring attention degree (sequence split over this many GPUs)."""
     ds_tp_size: int
     """DeepSpeed AutoTP degree."""
+    holds_output: bool = False
+    """The trainer keeps the last micro-step's fp32 logits alive into the next (SFT, KD)."""
+    kd_student: bool = False
+    """KD student: teacher logits and the fp32 KD loss tensors."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -142,7 +129,7 @@ class Job:
     """Every model of the run."""
     groups: tuple[GpuGroup, ...]
     """The GPU groups the roles are placed on."""
-    logprob_impl: LogprobImpl
+    logprob_impl: LogProbImpl
     """How log-probs are computed (GPU installs use the Triton kernel)."""
     framework_version: str
     """OpenRLHF version whose defaults were applied."""

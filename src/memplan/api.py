@@ -1,0 +1,128 @@
+"""The public entry points: estimate a launch command, or a model + method + flags.
+
+These parse and resolve user intent once (OpenRLHF flags, defaults per version, the GPU and host
+RAM), build a Job, and hand it to the estimator. The CLI and the web UI call only these.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from memplan.errors import ConfigError
+from memplan.frameworks.openrlhf import LATEST, parse_command, resolve_values
+from memplan.frameworks.openrlhf.job import (
+    METHOD_SCRIPT,
+    SCRIPT_METHOD,
+    build_single_model_job,
+    world_of,
+)
+from memplan.hardware import parse_host_ram, resolve_gpu
+from memplan.hardware.gpu import Gpu
+from memplan.jobs.job import GpuGroup
+from memplan.jobs.estimate import estimate_job
+from memplan.jobs.options import Method
+from memplan.jobs.result import Estimate
+from memplan.memory.logits import LogProbImpl
+from memplan.model import load_model_spec
+
+
+def _notes_from_parse(parsed: object) -> list[str]:
+    notes = [f"unknown flag, not modelled: {flag}" for flag in getattr(parsed, "unknown_flags", ())]
+    notes += list(getattr(parsed, "warnings", ()))
+    return notes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResolvedRun:
+    """A launch command with OpenRLHF's defaults applied: what every estimate and suggestion starts from."""
+
+    script: str
+    """Entry script (``train_sft``...)."""
+    values: dict[str, Any]
+    """Every flag's value, defaults included."""
+    group: GpuGroup
+    """The GPUs of the run."""
+    version: str
+    """OpenRLHF version whose defaults apply."""
+    command: str
+    """The command as given, on one line."""
+    notes: tuple[str, ...]
+    """Unknown flags and parser warnings."""
+
+
+def resolve_command(command: str | Sequence[str], *, version: str | None = None) -> ResolvedRun:
+    """Parse a launch command and apply OpenRLHF's defaults for its script and version."""
+    parsed = parse_command(command)
+    values = resolve_values(parsed, version)
+    if parsed.script not in SCRIPT_METHOD:
+        raise ConfigError("command", f"{parsed.script} is not supported yet; memplan estimates "
+                                     f"{', '.join(sorted(SCRIPT_METHOD))}")
+    text = command if isinstance(command, str) else shlex.join(command)
+    return ResolvedRun(script=parsed.script, values=dict(values), group=world_of(parsed.world.nodes,
+                                                                                 parsed.world.gpus_per_node),
+                       version=version or parsed.version_hint or LATEST, command=" ".join(text.split()),
+                       notes=tuple(_notes_from_parse(parsed)))
+
+
+def estimate_run(run: ResolvedRun, *, gpu: Gpu | None, host_ram_bytes: int | None,
+                 logprob_impl: LogProbImpl = LogProbImpl.FLASH_ATTN_TRITON) -> Estimate:
+    """Estimate a resolved run (the planner and the suggestions vary ``run.values`` and call this)."""
+    job, notes = build_single_model_job(run.script, run.values, group=run.group, version=run.version,
+                                        load=load_model_spec, command=run.command, logprob_impl=logprob_impl)
+    est = estimate_job(job, gpu=gpu, host_ram_bytes=host_ram_bytes)
+    return replace(est, notes=run.notes + notes)
+
+
+def resolve_capacity(gpu: str | None, host_ram: str | int | None) -> tuple[Gpu | None, int | None]:
+    """``--gpu`` and ``--host-ram`` as a catalogue GPU and a byte count."""
+    gpu_spec = resolve_gpu(gpu, location="--gpu") if gpu else None
+    if host_ram is None or isinstance(host_ram, int):
+        return gpu_spec, host_ram
+    return gpu_spec, parse_host_ram(host_ram, location="--host-ram")
+
+
+def estimate_command(command: str | Sequence[str], *, gpu: str | None = None, host_ram: str | int | None = None,
+                     version: str | None = None,
+                     logprob_impl: LogProbImpl = LogProbImpl.FLASH_ATTN_TRITON) -> Estimate:
+    """Estimate an OpenRLHF launch command as typed (``deepspeed --module openrlhf.cli.train_sft ...``)."""
+    run = resolve_command(command, version=version)
+    gpu_spec, host_bytes = resolve_capacity(gpu, host_ram)
+    return estimate_run(run, gpu=gpu_spec, host_ram_bytes=host_bytes, logprob_impl=logprob_impl)
+
+
+def command_for(model: str, method: Method | str, flags: Sequence[str] = (), *, gpus: int | None = None,
+                nodes: int | None = None, gpus_per_node: int | None = None) -> list[str]:
+    """The ``deepspeed`` launch command a model + method + OpenRLHF flags stand for."""
+    try:
+        method = Method(method)
+    except ValueError:
+        raise ConfigError("--method", f"unknown method {method!r}; choose from "
+                                      f"{', '.join(m.value for m in Method)}") from None
+    script = METHOD_SCRIPT.get(method)
+    if script is None:
+        raise ConfigError("--method", f"{method} needs the RL estimator (train_ppo_ray), not available yet")
+    if gpus is not None and (nodes is not None or gpus_per_node is not None):
+        raise ConfigError("--gpus", "give either --gpus or --nodes/--gpus-per-node, not both")
+    for name, value in (("--gpus", gpus), ("--nodes", nodes), ("--gpus-per-node", gpus_per_node)):
+        if value is not None and value < 1:
+            raise ConfigError(name, f"must be >= 1, got {value}")
+    launcher = ["deepspeed"]
+    if nodes is not None:
+        launcher += ["--num_nodes", str(nodes)]
+    per_node = gpus if gpus is not None else gpus_per_node
+    if per_node is not None:
+        launcher += ["--num_gpus", str(per_node)]
+    return [*launcher, "--module", f"openrlhf.cli.{script}", "--pretrain", model, *flags]
+
+
+def estimate(model: str, method: Method | str, flags: Sequence[str] = (), *, gpus: int | None = None,
+             nodes: int | None = None, gpus_per_node: int | None = None, gpu: str | None = None,
+             host_ram: str | int | None = None, version: str | None = None,
+             logprob_impl: LogProbImpl = LogProbImpl.FLASH_ATTN_TRITON) -> Estimate:
+    """Estimate ``model`` trained with ``method`` and OpenRLHF ``flags`` (e.g. ``["--zero_stage", "3"]``)."""
+    load_model_spec(model)  # fail early with the model's own error
+    argv = command_for(model, method, flags, gpus=gpus, nodes=nodes, gpus_per_node=gpus_per_node)
+    return estimate_command(argv, gpu=gpu, host_ram=host_ram, version=version, logprob_impl=logprob_impl)

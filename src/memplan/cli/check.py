@@ -1,0 +1,65 @@
+"""``memplan check -- COMMAND``: estimate an OpenRLHF launch command exactly as typed."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from memplan.cli.estimate import add_capacity_args
+
+EPILOG = """\
+Examples:
+  memplan check --gpu a100-80g -- deepspeed --num_gpus 8 --module openrlhf.cli.train_sft \\
+      --pretrain meta-llama/Meta-Llama-3-8B --zero_stage 2 --gradient_checkpointing
+  memplan check --gpu h100-80g -- train_sft_llama.sh        (a script file)
+  cat train.sh | memplan check --gpu h100-80g -             (standard input)
+"""
+
+#: Largest script accepted from a file or standard input (a launch script is a few KB).
+MAX_SCRIPT_BYTES = 1 << 20
+
+
+def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """Add the ``check`` command."""
+    parser = subparsers.add_parser(
+        "check", help="estimate an OpenRLHF launch command as typed", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Reads deepspeed/torchrun/python/ray job submit commands, line continuations and "
+                    "both flag spellings; flags that change no memory are ignored, unknown ones reported.")
+    add_capacity_args(parser)
+    parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND",
+                        help="the launch command, a script file, or - for standard input")
+    parser.set_defaults(func=run)
+
+
+def _command_text(words: list[str]) -> str | list[str]:
+    from memplan.errors import ConfigError
+
+    if words and words[0] == "--":
+        words = words[1:]
+    if not words:
+        raise ConfigError("COMMAND", "missing: give the launch command after --")
+    if words == ["-"]:
+        text = sys.stdin.read(MAX_SCRIPT_BYTES + 1)
+    elif len(words) == 1 and Path(words[0]).is_file():
+        path = Path(words[0])
+        if path.stat().st_size > MAX_SCRIPT_BYTES:
+            raise ConfigError(words[0], f"is larger than {MAX_SCRIPT_BYTES} bytes; not a launch script")
+        text = path.read_text(encoding="utf-8", errors="replace")
+    else:
+        return words if len(words) > 1 else words[0]
+    if len(text) > MAX_SCRIPT_BYTES:
+        raise ConfigError("COMMAND", f"larger than {MAX_SCRIPT_BYTES} bytes; not a launch script")
+    return text
+
+
+def run(args: argparse.Namespace) -> int:
+    """Estimate the command."""
+    from memplan.api import estimate_run, resolve_capacity, resolve_command
+    from memplan.cli.estimate import report
+
+    run_ = resolve_command(_command_text(args.command), version=args.openrlhf_version)
+    args._capacity = resolve_capacity(args.gpu, args.host_ram)
+    est = estimate_run(run_, gpu=args._capacity[0], host_ram_bytes=args._capacity[1])
+    return report(run_, est, args)

@@ -1,0 +1,76 @@
+"""``memplan estimate MODEL --method METHOD [OpenRLHF flags]``: per-GPU and per-node memory of one run."""
+
+from __future__ import annotations
+
+import argparse
+
+from memplan.jobs.options import Method
+
+EPILOG = """\
+Any OpenRLHF flag of the method's script may follow, in either spelling (--zero_stage 3 or
+--ds.zero_stage 3), e.g.:
+  memplan estimate llama-3-8b --method sft --gpus 8 --gpu a100-80g --zero_stage 3 --gradient_checkpointing
+Defaults are OpenRLHF's for the script and version (latest release unless --openrlhf-version).
+"""
+
+
+def add_capacity_args(parser: argparse.ArgumentParser) -> None:
+    """--gpu, --host-ram, --json, --explain, --openrlhf-version (shared with check)."""
+    parser.add_argument("--gpu", metavar="GPU", help="GPU type (memplan gpus) or a size such as 80GiB")
+    parser.add_argument("--host-ram", metavar="SIZE", help="host RAM per node, e.g. 1600GB or 1.5TiB")
+    parser.add_argument("--openrlhf-version", metavar="V", help="OpenRLHF defaults to apply: 0.8, 0.9 or 0.11 (latest)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--explain", action="store_true", help="list every term with its source")
+
+
+def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """Add the ``estimate`` command."""
+    parser = subparsers.add_parser(
+        "estimate", help="GPU and host memory of one training run", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Predict peak GPU memory per device and host RAM per node, phase by phase.")
+    parser.add_argument("model", metavar="MODEL", help="preset, hub id, config.json or its directory")
+    parser.add_argument("--method", required=True, choices=[m.value for m in Method], metavar="METHOD",
+                        help="sft, rm, dpo, kto, prm, kd (ppo, grpo, reinforce, rloo: RL estimator)")
+    parser.add_argument("--gpus", type=int, metavar="N", help="GPUs on one node (default 8)")
+    parser.add_argument("--nodes", type=int, metavar="N", help="nodes")
+    parser.add_argument("--gpus-per-node", type=int, metavar="N", help="GPUs per node (default 8)")
+    add_capacity_args(parser)
+    parser.set_defaults(func=run, accepts_extra=True)
+
+
+def report(run_: object, est: object, args: argparse.Namespace) -> int:
+    """Print an estimate (and suggestions when it does not fit); shared with ``check``."""
+    from memplan.advice import suggest
+    from memplan.cli import render
+    from memplan.jobs.report import estimate_json
+    from memplan.jobs.result import Verdict
+
+    gpu, host_bytes = args._capacity
+    suggestions = []
+    if est.verdict in (Verdict.OOM, Verdict.TIGHT) or (gpu is None and not args.json):  # type: ignore[attr-defined]
+        suggestions = suggest(run_, est, gpu=gpu, host_ram_bytes=host_bytes) if gpu is not None else []  # type: ignore[arg-type]
+    if args.json:
+        data = estimate_json(est)  # type: ignore[arg-type]
+        data["suggestions"] = [{"change": s.change, "saving_bytes": s.saving_bytes,
+                                "max_reserved_bytes": s.max_reserved_bytes,
+                                "verdict": str(s.estimate.verdict) if s.estimate.verdict else None}
+                               for s in suggestions]
+        render.print_json(data)
+    else:
+        print(render.estimate_text(est, suggestions, explain=args.explain))
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Estimate MODEL with METHOD and the extra OpenRLHF flags."""
+    from memplan.api import command_for, estimate_run, resolve_capacity, resolve_command
+    from memplan.model import load_model_spec
+
+    load_model_spec(args.model)
+    argv = command_for(args.model, args.method, args.extra, gpus=args.gpus, nodes=args.nodes,
+                       gpus_per_node=args.gpus_per_node)
+    run_ = resolve_command(argv, version=args.openrlhf_version)
+    args._capacity = resolve_capacity(args.gpu, args.host_ram)
+    est = estimate_run(run_, gpu=args._capacity[0], host_ram_bytes=args._capacity[1])
+    return report(run_, est, args)

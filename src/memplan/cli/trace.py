@@ -1,0 +1,144 @@
+"""``memplan trace MODEL --method METHOD ...``: measure one OpenRLHF training step on the real modeling code.
+
+Needs the optional ``trace`` extra (torch, transformers, peft, deepspeed), imported only inside :func:`run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+MISSING_EXTRA = "memplan: error: memplan trace needs the trace extra: pip install 'memplan[trace]'"
+
+
+def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """Add the ``trace`` command."""
+    parser = subparsers.add_parser(
+        "trace", help="measure one training step on the real modeling code (optional trace extra)",
+        description="Run the method's OpenRLHF training step twice on the real Hugging Face modeling code and "
+                    "measure memory per phase and category with PyTorch's MemTracker. --engine fake: full size "
+                    "under FakeTensorMode (no memory used). --engine deepspeed-cpu: real DeepSpeed on the CPU "
+                    "accelerator, one process per rank (small models only).")
+    parser.add_argument("model", metavar="MODEL", help="preset name, hub id, config.json or its directory")
+    parser.add_argument("--method", required=True, choices=["sft", "rm", "dpo", "kto", "kd", "prm"])
+    parser.add_argument("--engine", default="fake", choices=["fake", "deepspeed-cpu"])
+    parser.add_argument("--max_len", "--max-len", "--data.max_len", dest="max_len", type=int, default=None,
+                        help="tokens per sequence (default per method: sft/kto/kd/prm 2048, rm/dpo 512)")
+    parser.add_argument("--micro_train_batch_size", "--micro-train-batch-size", "--train.micro_batch_size",
+                        dest="micro_train_batch_size", type=int, default=None,
+                        help="sequences (pairs for rm/dpo) per rank per step (default per method)")
+    parser.add_argument("--gradient_checkpointing", "--model.gradient_checkpointing_enable",
+                        dest="gradient_checkpointing", action="store_true")
+    parser.add_argument("--attn_implementation", "--ds.attn_implementation", dest="attn_implementation",
+                        default="flash_attention_2", choices=["flash_attention_2", "sdpa", "eager"])
+    parser.add_argument("--lora_rank", "--ds.lora.rank", dest="lora_rank", type=int, default=0)
+    parser.add_argument("--lora_alpha", "--ds.lora.alpha", dest="lora_alpha", type=int, default=16)
+    parser.add_argument("--target_modules", "--ds.lora.target_modules", dest="target_modules", nargs="+",
+                        default=None, help="LoRA target modules (default all-linear)")
+    parser.add_argument("--zero_stage", "--ds.zero_stage", dest="zero_stage", type=int, default=2)
+    parser.add_argument("--adam_offload", "--ds.adam_offload", dest="adam_offload", action="store_true")
+    parser.add_argument("--param_dtype", "--ds.param_dtype", dest="param_dtype", default="bf16",
+                        choices=["bf16", "fp16"])
+    parser.add_argument("--gpus", type=int, default=1, help="world size (ranks); deepspeed-cpu launches this many")
+    parser.add_argument("--ref_pretrain", "--ref.model_name_or_path", dest="ref_pretrain", default=None,
+                        help="reference model for dpo/kto (default MODEL)")
+    parser.add_argument("--teacher_model", dest="teacher_model", default=None, help="teacher for kd (default MODEL)")
+    parser.add_argument("--packing_samples", "--ds.packing_samples", dest="packing_samples", action="store_true")
+    parser.add_argument("--modules", type=int, nargs="?", const=2, default=0, metavar="DEPTH",
+                        help="also print a per-module table, modules up to DEPTH levels deep (default 2)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--quiet", action="store_true", help="no progress line")
+    parser.set_defaults(func=run)
+
+
+def _request(args: argparse.Namespace) -> Any:
+    from memplan.errors import ConfigError
+    from memplan.tracing.config import resolve_request
+
+    if args.ref_pretrain and args.teacher_model:
+        raise ConfigError("--teacher_model", "give either --ref_pretrain (dpo, kto) or --teacher_model (kd)")
+    return resolve_request(
+        model=args.model, method=args.method, engine=args.engine, max_len=args.max_len,
+        micro_train_batch_size=args.micro_train_batch_size, gradient_checkpointing=args.gradient_checkpointing,
+        attn_implementation=args.attn_implementation, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
+        target_modules=tuple(args.target_modules) if args.target_modules else None, zero_stage=args.zero_stage,
+        adam_offload=args.adam_offload, param_dtype=args.param_dtype, gpus=args.gpus,
+        ref_pretrain=args.ref_pretrain or args.teacher_model, packing_samples=args.packing_samples)
+
+
+def _progress(quiet: bool) -> Any:
+    """One progress line on a terminal (rewritten in place), plain lines otherwise, nothing if quiet."""
+    interactive = sys.stderr.isatty()
+
+    def show(message: str) -> None:
+        if quiet:
+            return
+        if interactive:
+            sys.stderr.write(f"\r\033[Kmemplan trace: {message}")
+        else:
+            sys.stderr.write(f"memplan trace: {message}\n")
+        sys.stderr.flush()
+    return show
+
+
+def run(args: argparse.Namespace) -> int:
+    """Resolve the request, run the engine, render the result."""
+    request = _request(args)
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError:
+        print(MISSING_EXTRA, file=sys.stderr)
+        return 2
+    from memplan import __version__
+    from memplan.cli import render
+    from memplan.tracing.result import to_estimate_json
+    from memplan.tracing.runner import trace
+
+    progress = _progress(args.quiet)
+    try:
+        result = trace(request, progress, module_depth=args.modules)
+    finally:
+        if not args.quiet and sys.stderr.isatty():
+            sys.stderr.write("\r\033[K")
+    data = to_estimate_json(result, __version__)
+    if args.json:
+        if args.modules:
+            data["trace"]["modules"] = [list(r.modules) for r in result.ranks]
+        render.print_json(data)
+        return 0
+    print(_text(data, result, render))
+    return 0
+
+
+def _text(data: dict[str, Any], result: Any, render: Any) -> str:
+    from memplan.tracing.result import PHASES
+    from memplan.tracing.track import CATEGORIES
+
+    lines = [f"traced {data['trace']['command']}", ""]
+    for role, info in data["models"].items():
+        lines.append(f"  {role}: {info['name']}  {info['num_params']:,} params, {info['trainable_params']:,} trainable")
+    lines.append("")
+    for device, rank in zip(data["devices"], result.ranks, strict=True):
+        rows = []
+        for phase in PHASES:
+            _, snap = rank.phase_peak(phase)
+            rows.append([phase, *(render.human_bytes(snap[c]) for c in CATEGORIES), render.human_bytes(snap["total"])])
+        lines.append(f"rank {rank.rank} ({device['id']}): peak {render.gib(device['peak_bytes'])} "
+                     f"({device['peak_bytes']:,} B) in {device['peak_phase']}")
+        lines.append(render.table(["phase", *CATEGORIES, "total"], rows, "l" + "r" * (len(CATEGORIES) + 1)))
+        if rank.modules:
+            lines += ["", _modules(rank.modules, render)]
+        lines.append("")
+    lines += [f"engine {data['trace']['engine']}, {data['trace']['wall_seconds']} s; emulated:"]
+    lines += [f"  - {e}" for e in data["trace"]["emulated"]] or ["  - nothing"]
+    lines += ["notes:"] + [f"  - {n}" for n in data["trace"]["notes"]]
+    return "\n".join(lines)
+
+
+def _modules(rows: Any, render: Any) -> str:
+    table = [[r["module"], render.human_bytes(r["param_bytes"]), render.human_bytes(r["output_bytes"]),
+              render.human_bytes(r["peak_forward_bytes"]), render.human_bytes(r["peak_backward_bytes"])]
+             for r in rows]
+    return render.table(["module", "params", "output", "peak fwd", "peak bwd"], table, "lrrrr")

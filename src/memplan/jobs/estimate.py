@@ -1,0 +1,92 @@
+"""Job → Estimate: per-device and per-node peaks, phase by phase.
+
+    peak(device) = max over phases p of [ persistent state of every role on the device
+                                          + non-PyTorch overhead
+                                          + the largest activity running on it in p ]
+
+(DESIGN.md, "The memory model"). Roles on one device run their computations one after another
+within a phase (e.g. DPO's reference forward, then the policy's), so a phase holds the largest
+role activity, not their sum.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import replace
+
+from memplan.hardware.gpu import Gpu
+from memplan.jobs.job import Job
+from memplan.jobs.result import DeviceEstimate, Estimate, HostEstimate, PhaseUsage
+from memplan.jobs.roles import RoleMemory, role_memory
+from memplan.memory import overhead
+from memplan.memory.breakdown import Category, Phase, Term
+
+#: Phases of one SFT/RM/DPO/KTO/PRM/KD training step on the GPU.
+SINGLE_MODEL_PHASES = (Phase.FORWARD, Phase.BACKWARD, Phase.OPTIMIZER_STEP)
+
+
+def _sum(terms: list[Term] | tuple[Term, ...]) -> int:
+    return sum(t.bytes for t in terms)
+
+
+def device_phases(memories: list[RoleMemory], phases: tuple[Phase, ...]) -> tuple[PhaseUsage, ...]:
+    """What one GPU holds in each phase: persistent terms, overhead, and the largest role activity."""
+    persistent = [t for m in memories for t in m.gpu_terms if t.phase is None]
+    world = max(m.world_size for m in memories)
+    fixed = [overhead.cuda_context("runtime.cuda_context"), *overhead.nccl_buffers("runtime.nccl", world)]
+    usages = []
+    for phase in phases:
+        activities = [[t for t in m.gpu_terms if t.phase == phase] + list(m.activity.get(phase, ()))
+                      for m in memories]
+        busiest = max(activities, key=_sum, default=[])
+        usages.append(PhaseUsage(phase=phase, terms=tuple(persistent + fixed + busiest)))
+    return tuple(usages)
+
+
+def reserved_for(usage: PhaseUsage) -> int:
+    """Device memory held at a phase's peak: allocated tensors plus the allocator reserve, plus overhead."""
+    extra = sum(t.bytes for t in usage.terms if t.category == Category.OVERHEAD)
+    return overhead.reserved_bytes(usage.bytes - extra, extra)
+
+
+def host_phases(memories: list[RoleMemory], ranks_per_node: dict[str, int],
+                phases: tuple[Phase, ...]) -> tuple[PhaseUsage, ...]:
+    """Host RAM of one node per phase: every rank's host terms times the ranks of that role on the node."""
+    usages = []
+    for phase in (Phase.LOAD, *phases):
+        terms: list[Term] = []
+        for m in memories:
+            ranks = ranks_per_node.get(str(m.role.name), 0)
+            for t in m.cpu_terms:
+                if t.phase is None or t.phase == phase:
+                    label = f"{t.path} (×{ranks} ranks)" if ranks > 1 else t.path
+                    terms.append(replace(t, path=label, bytes=t.bytes * ranks))
+        usages.append(PhaseUsage(phase=phase, terms=tuple(t for t in terms if t.bytes)))
+    return tuple(usages)
+
+
+def estimate_job(job: Job, *, gpu: Gpu | None = None, host_ram_bytes: int | None = None,
+                 phases: tuple[Phase, ...] = SINGLE_MODEL_PHASES) -> Estimate:
+    """Estimate every GPU and node of a job whose roles share one GPU group (SFT, RM, DPO, KTO, PRM, KD)."""
+    groups = {g.name: g for g in job.groups}
+    memories = [role_memory(r, groups[r.group], job.logprob_impl, forward_phases=(Phase.FORWARD,))
+                for r in job.roles]
+    by_group: dict[str, list[RoleMemory]] = defaultdict(list)
+    for m in memories:
+        by_group[m.role.group].append(m)
+    devices = []
+    hosts = []
+    for name, mems in by_group.items():
+        group = groups[name]
+        usage = device_phases(mems, phases)
+        ids = tuple(f"node{n}/gpu{g}" for n in range(group.num_nodes) for g in range(group.gpus_per_node))
+        peak = max(usage, key=lambda u: u.bytes)
+        devices.append(DeviceEstimate(id=ids[0], ids=ids, roles=tuple(str(m.role.name) for m in mems),
+                                      phases=usage, capacity_bytes=gpu.capacity_bytes if gpu else None,
+                                      reserved_bytes=reserved_for(peak)))
+        ranks = {str(m.role.name): group.gpus_per_node for m in mems}
+        node_usage = host_phases(mems, ranks, phases)
+        hosts += [HostEstimate(id=f"node{n}", phases=node_usage, capacity_bytes=host_ram_bytes)
+                  for n in range(group.num_nodes)]
+    models = {str(m.role.name): m.info for m in memories}
+    return Estimate(models=models, devices=tuple(devices), hosts=tuple(hosts), command=job.command)

@@ -1,0 +1,118 @@
+"""Per-role memory: a Role's resolved options → model-state terms, host terms and per-phase activity.
+
+This module only routes a role's options into the formula modules (memory/*); it holds no formula.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from memplan.dtypes import DType
+from memplan.jobs.job import GpuGroup, Role
+from memplan.jobs.result import ModelInfo
+from memplan.memory import host, lora
+from memplan.memory.activations import ActivationConfig
+from memplan.memory.breakdown import Device, Phase, Term
+from memplan.memory.logits import Head, LogProbImpl
+from memplan.memory.model_states import frozen_model_states, nf4_base_weights, trained_model_states
+from memplan.memory.transient import HeadConfig, forward_only_terms, training_transients
+from memplan.memory.zero import ParamLayout, ZeroConfig, eval_zero_config, layout_from_tree, train_zero_config
+from memplan.model.params import ModuleKind, ParamModule, ParamTensor, param_tree
+
+#: OpenRLHF's value head name (``--value_head_prefix`` default, openrlhf/models/model.py).
+VALUE_HEAD_PREFIX = "score"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoleMemory:
+    """Everything one rank of a role holds, as terms."""
+
+    role: Role
+    """The role."""
+    gpu_terms: tuple[Term, ...]
+    """GPU terms of the model's engine (persistent ones have ``phase=None``)."""
+    cpu_terms: tuple[Term, ...]
+    """Host terms of one rank (persistent and LOAD-phase)."""
+    activity: dict[Phase, tuple[Term, ...]]
+    """Transient terms of the role's own computation in each phase it is active."""
+    info: ModelInfo
+    """Parameter counts."""
+    world_size: int
+    """Ranks of the role's group."""
+
+
+def role_tree(role: Role) -> ParamModule:
+    """The role's parameter tree: the causal LM, or the backbone plus a ``Linear(hidden, 1)`` value head
+    (OpenRLHF ``get_llm_for_sequence_regression``: ``AutoModel`` base, ``score`` head, no bias)."""
+    tree = param_tree(role.spec)
+    if role.head == Head.LM:
+        return tree
+    body = tree.children[0]
+    score = ParamModule(path=VALUE_HEAD_PREFIX, kind=ModuleKind.LINEAR,
+                        tensors=(ParamTensor(name="weight", shape=(1, role.spec.hidden_size)),))
+    return ParamModule(path="", kind=ModuleKind.CONTAINER, children=(body, score))
+
+
+def _adapter_tensors(role: Role, tree: ParamModule) -> tuple[int, ...]:
+    if role.lora is None or not role.trained:
+        return ()
+    return lora.adapter_tensor_numels(tree, role.lora.target_modules, role.lora.rank)
+
+
+def role_zero(role: Role, group: GpuGroup) -> ZeroConfig:
+    """The DeepSpeed config OpenRLHF builds for the role: train config for trained roles, eval otherwise."""
+    dp = max(group.num_gpus // role.ds_tp_size, 1)
+    if role.trained:
+        return train_zero_config(zero_stage=int(role.zero_stage), dp_degree=dp, ranks_per_node=group.gpus_per_node,
+                                 param_dtype=role.param_dtype, adam_offload=role.offload_optimizer, zpg=role.zpg,
+                                 grad_accum_dtype=role.grad_accum_dtype, overlap_comm=role.overlap_comm)
+    return eval_zero_config(zero_stage=int(role.zero_stage), dp_degree=dp, ranks_per_node=group.gpus_per_node,
+                            param_dtype=role.param_dtype, offload=role.offload_params)
+
+
+def activation_config(role: Role, tree: ParamModule) -> ActivationConfig:
+    """The activation formulas' inputs for one micro-step of the role."""
+    targets = lora.activation_targets(tree, role.lora.target_modules) if role.lora and role.trained else None
+    kwargs = {"lora_targets": targets} if targets is not None else {}
+    return ActivationConfig(
+        micro_batch_size=role.micro_batch_size * role.sequences_per_sample, seq_len=role.seq_len,
+        attn_impl=role.attn_impl, gradient_checkpointing=role.gradient_checkpointing and role.trained,
+        packing=role.packing, ring_attn_size=role.ring_attn_size, ds_tp_size=role.ds_tp_size,
+        compute_dtype=role.param_dtype if role.param_dtype != DType.FP32 else DType.FP32,
+        lora_rank=role.lora.rank if role.lora and role.trained else 0, trainable=role.trained, **kwargs)
+
+
+def _state_terms(role: Role, tree: ParamModule, layout: ParamLayout, zero: ZeroConfig,
+                 forward_phases: tuple[Phase, ...]) -> list[Term]:
+    name = str(role.name)
+    if role.load_in_4bit:
+        adapters = ParamLayout(trainable_groups=layout.trainable_groups, frozen_tensors=(),
+                               largest_layer_params=layout.largest_layer_params, per_tensor=layout.per_tensor)
+        value_head = role.spec.hidden_size if role.head == Head.VALUE else 0
+        return [*trained_model_states(adapters, zero, role=name, forward_phases=forward_phases),
+                *nf4_base_weights(tree, role=name, value_head_params=value_head)]
+    if role.trained:
+        return trained_model_states(layout, zero, role=name, forward_phases=forward_phases)
+    return frozen_model_states(layout, zero, role=name, forward_phases=forward_phases)
+
+
+def role_memory(role: Role, group: GpuGroup, logprob_impl: LogProbImpl,
+                forward_phases: tuple[Phase, ...] = (Phase.FORWARD,)) -> RoleMemory:
+    """Model states, host terms and per-phase transient activity of one rank of ``role``."""
+    tree = role_tree(role)
+    layout = layout_from_tree(tree, adapter_tensors=_adapter_tensors(role, tree))
+    zero = role_zero(role, group)
+    terms = _state_terms(role, tree, layout, zero, forward_phases)
+    cpu = [t for t in terms if t.device == Device.CPU]
+    cpu += host.model_loading(layout, zero, role=str(role.name)) + [host.process_runtime(role=str(role.name))]
+    cfg = activation_config(role, tree)
+    head = HeadConfig(head=role.head, logprob_impl=logprob_impl, holds_output=role.holds_output,
+                      kd=role.kd_student)
+    if role.trained:
+        activity = dict(training_transients(role.spec, cfg, head, str(role.name)))
+    else:
+        activity = {p: forward_only_terms(role.spec, cfg, head, str(role.name), phase=p) for p in forward_phases}
+    info = ModelInfo(name=role.spec.name, num_params=tree.num_params,
+                     trainable_params=layout.trainable_params if role.trained else 0)
+    return RoleMemory(role=role, gpu_terms=tuple(t for t in terms if t.device == Device.GPU), cpu_terms=tuple(cpu),
+                      activity=activity, info=info, world_size=group.num_gpus)

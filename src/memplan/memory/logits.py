@@ -1,0 +1,171 @@
+"""Vocabulary-sized tensors: logits, the fp32 copy OpenRLHF makes, log-prob and loss temporaries.
+
+Read from OpenRLHF/OpenRLHF@3c3be62 (main, version 0.11.0, 2026-08-13): ``openrlhf/models/actor.py``
+(``Actor.forward``: ``output["logits"] = output["logits"].to(torch.float32)``, then
+``log_probs_from_logits``), ``openrlhf/models/utils.py`` (``log_probs_from_logits``,
+``_logsumexp_by_chunk``, ``compute_entropy``), ``openrlhf/models/model.py`` (value head),
+``openrlhf/trainer/{sft,dpo,rm}_trainer.py``; KD and KTO from tag v0.9.5 (c0e2ee2), where they
+were last shipped (``openrlhf/models/loss.py::KDLoss``, ``trainer/kd_trainer.py``).
+
+Symbols: N tokens on this device, V vocabulary, h hidden size. "u" below is one fp32 [N, V] tensor.
+
+Timeline of one trained causal-LM micro-step (what is alive when):
+
+    forward end of the LM head:  bf16 logits (2·N·V) → fp32 copy (4·N·V); the bf16 one is freed
+                                 once the dict entry is replaced; the fp32 copy stays alive through
+                                 backward (saved by the cross-entropy, and the trainer keeps ``output``)
+    log-prob backward, GPU:      flash-attn's Triton ``cross_entropy_loss`` allocates dlogits
+                                 (``torch.empty_like``, fp32) and the ``.to(fp32)`` backward casts it
+                                 to bf16: + 4·N·V + 2·N·V at the cast
+    log-prob backward, fallback: gather and each logsumexp chunk's slice each produce a full fp32
+                                 [N, V] gradient and autograd sums them out of place: + 3u at the sum
+    LM-head backward:            bf16 gradient (2·N·V) + the weight gradient V × h in flight
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from memplan.dtypes import DType, bytes_for
+from memplan.model.spec import ModelSpec
+from memplan.sources import Source, code
+
+OPENRLHF = "OpenRLHF/OpenRLHF"
+#: main at version 0.11.0 (2026-08-13); flag names and trainers as in reference/openrlhf.md §0.
+OPENRLHF_COMMIT = "3c3be6234e0cb353e76bb8019947db9dfe99fca7"
+#: last tag with train_kd / train_kto / train_prm.
+OPENRLHF_LEGACY_TAG = "v0.9.5"
+FLASH_ATTN_CE = "Dao-AILab/flash-attention:flash_attn/ops/triton/cross_entropy.py@058ad35"
+#: OpenRLHF casts the LM logits to fp32 (PR #634).
+LOGITS_FP32 = DType.FP32
+#: Fallback path: gather backward (zeros + scatter_add), each chunk's ``slice_backward`` and the
+#: out-of-place accumulation of the two leave three fp32 [N, V] tensors alive at the sum.
+TORCH_CHUNKED_BACKWARD_COPIES = 3
+#: KD loss (v0.9.5 ``KDLoss.forward``) at ``masked_fill``: teacher probs, student log-probs, their
+#: product and the filled copy are fp32 [N, V]; ``isinf`` keeps a bool mask; GPTLMLoss's
+#: ``log_softmax`` output and the teacher's fp32 logits stay alive too (fp32 copies, see kd_terms).
+KD_FP32_COPIES_AT_PEAK = 6
+KD_BOOL_MASKS = 1
+
+
+class LogProbImpl(StrEnum):
+    """How ``log_probs_from_logits`` runs for fp32 logits."""
+
+    FLASH_ATTN_TRITON = "flash_attn_triton"
+    """flash-attn installed (every GPU install of OpenRLHF): fused Triton cross-entropy, no V-wide
+    temporary in forward, one fp32 dlogits in backward."""
+    TORCH_CHUNKED = "torch_chunked"
+    """ImportError fallback (a CPU trace): gather + logsumexp over 1024-row chunks."""
+
+
+class Head(StrEnum):
+    """What sits on top of the decoder stack."""
+
+    LM = "lm"
+    """Causal-LM head → fp32 logits → per-token log-probs (SFT, DPO, KTO, PPO actor, reference)."""
+    VALUE = "value"
+    """``Linear(hidden, 1)`` value head (reward model, critic): no vocabulary tensor."""
+
+
+def openrlhf_source(path: str, detail: str, *, legacy: bool = False) -> Source:
+    """Citation of an OpenRLHF file at the commit memplan read."""
+    ref = OPENRLHF_LEGACY_TAG if legacy else OPENRLHF_COMMIT[:7]
+    return code(f"{OPENRLHF}:{path}@{ref}", detail)
+
+
+def logits_bytes(spec: ModelSpec, num_tokens: int, dtype: DType) -> int:
+    """One [N, V] tensor of ``dtype``: the LM-head output (compute dtype) or its fp32 copy.
+
+        bytes = N · V · size(dtype)
+
+    Source: openrlhf_source("openrlhf/models/actor.py", "Actor.forward: .to(torch.float32)").
+    Checked by: tests/memory/test_logits.py::test_fp32_logits_llama3_8b
+    """
+    return bytes_for(num_tokens * spec.vocab_size, dtype)
+
+
+def softcap_saved_bytes(spec: ModelSpec, num_tokens: int, dtype: DType, *, trained: bool) -> int:
+    """Gemma 2 final-logit soft-capping ``tanh(logits / c) * c``: ``tanh`` keeps its output.
+
+    Source: huggingface/transformers:src/transformers/models/gemma2/modeling_gemma2.py@v5.24.0
+    (``Gemma2ForCausalLM.forward``).
+    Checked by: tests/memory/test_logits.py::test_gemma2_softcap
+    """
+    if spec.final_logit_softcapping is None or not trained:
+        return 0
+    return logits_bytes(spec, num_tokens, dtype)
+
+
+def softcap_forward_temp_bytes(spec: ModelSpec, num_tokens: int, dtype: DType) -> int:
+    """Extra [N, V] tensor alive at the fp32 cast with soft-capping: the ``tanh`` output next to the
+    capped logits (both in the compute dtype); counted only when not already kept for backward."""
+    if spec.final_logit_softcapping is None:
+        return 0
+    return logits_bytes(spec, num_tokens, dtype)
+
+
+def logprob_backward_bytes(spec: ModelSpec, num_tokens: int, impl: LogProbImpl, dtype: DType) -> int:
+    """Gradient tensors of the log-prob computation alive at its worst moment (beyond the fp32 logits).
+
+        flash-attn Triton CE:  4·N·V (fp32 dlogits) + 2·N·V (its bf16 cast by the .to backward)
+        torch fallback:        3 × 4·N·V (see TORCH_CHUNKED_BACKWARD_COPIES)
+
+    Source: FLASH_ATTN_CE (``CrossEntropyLoss.backward``: ``dlogits = torch.empty_like(logits)``,
+    ``inplace_backward=False`` as OpenRLHF calls it); openrlhf_source("openrlhf/models/utils.py",
+    "log_probs_from_logits, _logsumexp_by_chunk").
+    Assumes: the fallback's logsumexp kernel temporaries (chunk × V) are not counted (they sit below
+    the dispatcher and a trace does not see them either).
+    Checked by: tests/memory/test_logits.py::test_logprob_backward_by_hand; tracing test
+    """
+    fp32 = logits_bytes(spec, num_tokens, LOGITS_FP32)
+    if impl == LogProbImpl.TORCH_CHUNKED:
+        return TORCH_CHUNKED_BACKWARD_COPIES * fp32
+    return fp32 + logits_bytes(spec, num_tokens, dtype)
+
+
+def lm_head_weight_grad_bytes(spec: ModelSpec, dtype: DType, *, trained: bool) -> int:
+    """The LM head's weight gradient V × h, allocated by its backward before the optimizer's hook
+    takes it (ZeRO copies it into a bucket): a transient in the weight dtype.
+
+    Source: torch ``linear`` backward (``mm``); deepspeed runtime/zero/stage_1_and_2.py@v0.19.8
+    (``reduce_ready_partitions_and_remove_grads`` after the gradient exists).
+    Checked by: tracing test (the trace tags it TEMP until the gradient hook runs)
+    """
+    if not trained:
+        return 0
+    return bytes_for(spec.vocab_size * spec.hidden_size, dtype)
+
+
+def entropy_bytes(spec: ModelSpec, num_tokens: int) -> int:
+    """``compute_entropy`` (``entropy_coef`` set): ``softmax(logits)`` over the fp32 logits, another
+    fp32 [N, V] (kept for backward when trained).
+
+    Source: openrlhf_source("openrlhf/models/utils.py", "compute_entropy").
+    Assumes: ``torch.compile`` fuses ``pd * logits`` but keeps ``pd``; not trace-checked.
+    Checked by: tests/memory/test_logits.py::test_entropy
+    """
+    return logits_bytes(spec, num_tokens, LOGITS_FP32)
+
+
+def kd_loss_bytes(spec: ModelSpec, num_tokens: int) -> int:
+    """KD (v0.9.5) vocabulary tensors at the KD loss's ``masked_fill``, next to the student's fp32
+    logits: GPTLMLoss's log_softmax output, the teacher's fp32 logits, teacher probs, student
+    log-probs, their product and its filled copy (6 fp32) plus the ``isinf`` mask (bool).
+
+    Source: openrlhf_source("openrlhf/models/loss.py", "KDLoss.forward, GPTLMLoss.forward", legacy=True);
+    openrlhf_source("openrlhf/trainer/kd_trainer.py", "fit", legacy=True).
+    Assumes: the backward never exceeds this moment (its chain frees the product before the
+    log_softmax gradient); not trace-checked at full size.
+    Checked by: tests/memory/test_logits.py::test_kd_by_hand
+    """
+    fp32 = logits_bytes(spec, num_tokens, LOGITS_FP32)
+    return KD_FP32_COPIES_AT_PEAK * fp32 + KD_BOOL_MASKS * logits_bytes(spec, num_tokens, DType.BOOL)
+
+
+def value_head_bytes(num_tokens: int, dtype: DType) -> int:
+    """Values [N] from ``Linear(hidden, 1)``: the reward/critic head's only output.
+
+    Source: openrlhf_source("openrlhf/models/model.py", "_get_reward_model.forward").
+    Checked by: tests/memory/test_logits.py::test_value_head_is_tiny
+    """
+    return bytes_for(num_tokens, dtype)

@@ -1,0 +1,157 @@
+"""PyTorch's MemTracker with per-phase peaks, a category override, and the frozen-parameter guard.
+
+``torch.distributed._tools.mem_tracker.MemTracker`` (torch 2.13) keeps one global peak. The tracer needs
+the peak of every phase (forward, backward, optimizer step) of every iteration, so :class:`PhaseTracker`
+extends its peak update, which runs after every dispatched op. Categories map to memplan's:
+
+    Parameter -> param, Buffer -> buffer, Gradient -> grad, Optstate -> optimizer,
+    Activation -> activation, Temp -> temp, Other -> temp (tensors registered with ``track_external``)
+
+Two fixes over the stock tracker (reference/tracing.md §1): frozen parameters (LoRA base, reference,
+teacher) get a no-op gradient-hook handle so the tracker never registers hooks on tensors that do not
+require grad; and :meth:`PhaseTracker.category` files new tensors under a chosen category (DeepSpeed's
+fp32 master weights and fp32 gradient partitions, which MemTracker would call activations).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+from torch.distributed._tools.mem_tracker import _TOTAL_KEY, MemTracker, _MemRefType, _ModState
+
+#: MemTracker reference type -> memplan category (memory/breakdown.py ``Category``).
+CATEGORY_OF = {
+    _MemRefType.PARAM: "param", _MemRefType.BUFFER: "buffer", _MemRefType.GRAD: "grad",
+    _MemRefType.OPT: "optimizer", _MemRefType.ACT: "activation", _MemRefType.TEMP: "temp",
+    _MemRefType.OTH: "temp",
+}
+CATEGORIES = ("param", "buffer", "grad", "optimizer", "activation", "temp")
+
+#: Category names accepted by :meth:`PhaseTracker.category`.
+_REFTYPE_OF = {"grad": _MemRefType.GRAD, "optimizer": _MemRefType.OPT, "param": _MemRefType.PARAM}
+
+
+class _NoopHandle:
+    """Stands in for a hook handle on a frozen parameter."""
+
+    def remove(self) -> None:
+        """Nothing was registered."""
+
+
+def to_categories(snapshot: dict[Any, dict[Any, int]]) -> dict[str, int]:
+    """Sum a MemTracker snapshot over devices into memplan categories (every category present)."""
+    out = dict.fromkeys(CATEGORIES, 0)
+    for dev_snap in snapshot.values():
+        for key, value in dev_snap.items():
+            if key != _TOTAL_KEY:
+                out[CATEGORY_OF[key]] += value
+    return out
+
+
+class PhaseTracker(MemTracker):
+    """MemTracker that also records the peak snapshot of each (iteration, phase)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.phase: tuple[int, str] = (0, "setup")
+        self.phase_peaks: dict[tuple[int, str], dict[str, int]] = {}
+        self._frozen: list[torch.Tensor] = []
+        self._forced: Any = None
+
+    def guard_frozen(self, params: Iterable[torch.Tensor]) -> None:
+        """Register parameters that must get no gradient hooks (they do not require grad)."""
+        frozen = [p for p in params if not p.requires_grad]
+        self._frozen.extend(frozen)
+        if self._depth > 0:
+            for param in frozen:
+                self._param_to_grad_hook_handles[param] = (_NoopHandle(), _NoopHandle())
+
+    def tag(self, tensor: torch.Tensor, name: str) -> None:
+        """File ``tensor``'s storage under category ``name`` (grad, optimizer or param) from now on."""
+        self._update_and_maybe_create_winfos(tensor, _REFTYPE_OF[name])
+
+    def __enter__(self) -> "PhaseTracker":
+        first = self._depth == 0
+        super().__enter__()
+        if first:
+            for param in self._frozen:
+                self._param_to_grad_hook_handles[param] = (_NoopHandle(), _NoopHandle())
+        return self
+
+    def set_phase(self, iteration: int, phase: str) -> None:
+        """Start a phase; what is resident now counts towards its peak."""
+        self.phase = (iteration, phase)
+        self._note_phase_peak()
+
+    def current_categories(self) -> dict[str, int]:
+        """Bytes resident now, by category."""
+        return to_categories(self._curr_mem_snap)
+
+    def current_total(self) -> int:
+        """Bytes resident now."""
+        return sum(dev[_TOTAL_KEY] for dev in self._curr_mem_snap.values())
+
+    @contextlib.contextmanager
+    def category(self, name: str) -> Iterator[None]:
+        """File every tensor created inside the block under ``name`` (grad, optimizer or param)."""
+        previous, self._forced = self._forced, _REFTYPE_OF[name]
+        try:
+            yield
+        finally:
+            self._forced = previous
+
+    def _pre_fw_hook(self, module: torch.nn.Module, inputs: Any) -> None:
+        try:
+            super()._pre_fw_hook(module, inputs)
+        except NotImplementedError:
+            # A root module called twice in one iteration (KTO's matched and unmatched forwards): the stock
+            # tracker takes that for a new iteration. Restart that module's stats; the phase peaks are ours.
+            self.memory_tracking.pop(module, None)
+            super()._pre_fw_hook(module, inputs)
+
+    def _track(self, reftype: Any, t: torch.Tensor) -> None:
+        super()._track(self._forced or reftype, t)
+
+    def _update_peak_stats(self, peak_state: Any) -> None:
+        super()._update_peak_stats(peak_state)
+        self._note_phase_peak()
+
+    def _note_phase_peak(self) -> None:
+        total = self.current_total()
+        best = self.phase_peaks.get(self.phase)
+        if best is None or total > best["total"]:
+            snap = self.current_categories()
+            snap["total"] = total
+            self.phase_peaks[self.phase] = snap
+
+    def module_rows(self, depth: int, roles: dict[int, str]) -> list[dict[str, Any]]:
+        """Per-module figures of the last tracked iteration, modules up to ``depth`` levels deep.
+
+        ``roles`` maps ``id(module)`` to the role of the model it belongs to (policy, ref, teacher), which
+        prefixes the name: two models of one class would otherwise share their names.
+        """
+        rows = []
+        for module, stats in self.memory_tracking.items():
+            if stats.mod_fqn.count(".") + 1 > depth:
+                continue
+            role = roles.get(id(module))
+            rows.append({
+                "module": f"{role}:{stats.mod_fqn}" if role else stats.mod_fqn,
+                "param_bytes": int(getattr(stats, "parameter_mem", 0)),
+                "buffer_bytes": int(getattr(stats, "buffer_mem", 0)),
+                "input_bytes": int(getattr(stats, "input_mem", 0)),
+                "output_bytes": int(getattr(stats, "output_mem", 0)),
+                "peak_forward_bytes": _max_total(stats.snapshots.get(_ModState.PEAK_FW, [])),
+                "peak_backward_bytes": _max_total(stats.snapshots.get(_ModState.PEAK_BW, [])),
+            })
+        return rows
+
+
+def _max_total(snapshots: list[dict[Any, dict[Any, int]]]) -> int:
+    best = 0
+    for snap in snapshots:
+        best = max(best, sum(dev.get(_TOTAL_KEY, 0) for dev in snap.values()))
+    return best
