@@ -294,7 +294,8 @@ def full_width_cases() -> list[Case]:
     llama = _preset("llama-2-7b")
     out += [Case("llama-2-7b-b4-s512", llama, 2, 4, 512), Case("llama-2-7b-s4096", llama, 2, 1, 4096),
             Case("llama-2-7b-b1-s512", llama, 2, 1, 512), Case("llama-2-7b-gc-16l-s4096", llama, 16, 1, 4096, gc=True),
-            Case("llama-2-7b-12l-s1024", llama, 12, 1, 1024), Case("llama-3-8b-b1-s256", _preset("llama-3-8b"), 2, 1, 256),
+            Case("llama-2-7b-12l-s1024", llama, 12, 1, 1024),
+            Case("llama-3-8b-b1-s256", _preset("llama-3-8b"), 2, 1, 256),
             Case("llama-2-7b-eager", llama, 2, 1, 2048, attn="eager"),
             Case("llama-2-7b-lora", llama, 2, 1, 2048, lora_rank=16),
             Case("llama-2-7b-lora-gc", llama, 2, 1, 2048, gc=True, lora_rank=16),
@@ -358,14 +359,18 @@ def compare_references(root: str = "validation/traced") -> float:
             continue
         rank = record["measured"]["ranks"][0]
         last = rank["iterations"][max(rank["iterations"], key=int)]
-        peak_traced = max(("forward", "backward"), key=lambda p: last[p]["activation"] + last[p]["temp"])
-        peak_pred = max(("forward", "backward"), key=lambda p: predicted.get(p, 0))
         for phase in ("forward", "backward"):
-            traced = last[phase]["activation"] + last[phase]["temp"]
+            snap = last[phase]
+            traced = snap["activation"] + snap["temp"]
+            if snap.get("grad", 0):
+                # the record keeps the phase's snapshot at its *total* peak; once gradients pile up
+                # (no ZeRO hand-off at world size 1) that instant is not the ACT + TEMP peak
+                print(f"{record['case']:28s} {phase:9s} {predicted[phase]:15,d} {traced:15,d}   n/a "
+                      f"(snapshot at the total peak holds {snap['grad']:,d} B of gradients)")
+                continue
             err = (predicted[phase] - traced) / traced * 100
             worst = max(worst, abs(err))
             print(f"{record['case']:28s} {phase:9s} {predicted[phase]:15,d} {traced:15,d} {err:+7.2f}%")
-        print(f"{record['case']:28s} peak phase predicted {peak_pred}, traced {peak_traced}")
     return worst
 
 

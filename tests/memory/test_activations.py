@@ -74,7 +74,8 @@ def test_eager_scores_by_hand() -> None:
 
 def test_eager_mask() -> None:
     # [B, 1, T, T] bf16: 2 · 2048² · 2 = 16,777,216; Gemma 2 has full and sliding layers: two masks
-    assert tr.attention_mask_bytes(LLAMA2, cfg(micro_batch_size=2, seq_len=2048, attn_impl=AttnImpl.EAGER)) == 16_777_216
+    eager = cfg(micro_batch_size=2, seq_len=2048, attn_impl=AttnImpl.EAGER)
+    assert tr.attention_mask_bytes(LLAMA2, eager) == 16_777_216
     assert tr.attention_mask_bytes(GEMMA2, cfg(seq_len=1024, attn_impl=AttnImpl.EAGER)) == 2 * 1024 * 1024 * 2
 
 

@@ -6,9 +6,10 @@ This module only routes a role's options into the formula modules (memory/*); it
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from memplan.dtypes import DType
-from memplan.jobs.job import GpuGroup, Role
+from memplan.jobs.job import GpuGroup, LoraOptions, Role
 from memplan.jobs.result import ModelInfo
 from memplan.memory import host, lora
 from memplan.memory.activations import ActivationConfig
@@ -18,6 +19,7 @@ from memplan.memory.model_states import frozen_model_states, nf4_base_weights, t
 from memplan.memory.transient import HeadConfig, forward_only_terms, training_transients
 from memplan.memory.zero import ParamLayout, ZeroConfig, eval_zero_config, layout_from_tree, train_zero_config
 from memplan.model.params import ModuleKind, ParamModule, ParamTensor, param_tree
+from memplan.model.spec import ModelSpec
 
 #: OpenRLHF's value head name (``--value_head_prefix`` default, openrlhf/models/model.py).
 VALUE_HEAD_PREFIX = "score"
@@ -44,19 +46,27 @@ class RoleMemory:
 def role_tree(role: Role) -> ParamModule:
     """The role's parameter tree: the causal LM, or the backbone plus a ``Linear(hidden, 1)`` value head
     (OpenRLHF ``get_llm_for_sequence_regression``: ``AutoModel`` base, ``score`` head, no bias)."""
-    tree = param_tree(role.spec)
-    if role.head == Head.LM:
+    return _tree(role.spec, role.head)
+
+
+@lru_cache(maxsize=64)
+def _tree(spec: ModelSpec, head: Head) -> ParamModule:
+    tree = param_tree(spec)
+    if head == Head.LM:
         return tree
     body = tree.children[0]
     score = ParamModule(path=VALUE_HEAD_PREFIX, kind=ModuleKind.LINEAR,
-                        tensors=(ParamTensor(name="weight", shape=(1, role.spec.hidden_size)),))
+                        tensors=(ParamTensor(name="weight", shape=(1, spec.hidden_size)),))
     return ParamModule(path="", kind=ModuleKind.CONTAINER, children=(body, score))
 
 
-def _adapter_tensors(role: Role, tree: ParamModule) -> tuple[int, ...]:
-    if role.lora is None or not role.trained:
-        return ()
-    return lora.adapter_tensor_numels(tree, role.lora.target_modules, role.lora.rank)
+@lru_cache(maxsize=256)
+def _layout(spec: ModelSpec, head: Head, lora_options: LoraOptions | None) -> tuple[ParamLayout, int]:
+    """The role's ParamLayout and total parameter count (cached: the planner re-estimates often)."""
+    tree = _tree(spec, head)
+    adapters = () if lora_options is None else lora.adapter_tensor_numels(tree, lora_options.target_modules,
+                                                                          lora_options.rank)
+    return layout_from_tree(tree, adapter_tensors=adapters), tree.num_params
 
 
 def role_zero(role: Role, group: GpuGroup) -> ZeroConfig:
@@ -70,9 +80,15 @@ def role_zero(role: Role, group: GpuGroup) -> ZeroConfig:
                             param_dtype=role.param_dtype, offload=role.offload_params)
 
 
+@lru_cache(maxsize=64)
+def _activation_targets(spec: ModelSpec, head: Head, target_modules: tuple[str, ...]) -> frozenset:  # type: ignore[type-arg]
+    return lora.activation_targets(_tree(spec, head), target_modules)
+
+
 def activation_config(role: Role, tree: ParamModule) -> ActivationConfig:
     """The activation formulas' inputs for one micro-step of the role."""
-    targets = lora.activation_targets(tree, role.lora.target_modules) if role.lora and role.trained else None
+    targets = _activation_targets(role.spec, role.head, role.lora.target_modules) if role.lora and role.trained \
+        else None
     kwargs = {"lora_targets": targets} if targets is not None else {}
     return ActivationConfig(
         micro_batch_size=role.micro_batch_size * role.sequences_per_sample, seq_len=role.seq_len,
@@ -100,7 +116,7 @@ def role_memory(role: Role, group: GpuGroup, logprob_impl: LogProbImpl,
                 forward_phases: tuple[Phase, ...] = (Phase.FORWARD,)) -> RoleMemory:
     """Model states, host terms and per-phase transient activity of one rank of ``role``."""
     tree = role_tree(role)
-    layout = layout_from_tree(tree, adapter_tensors=_adapter_tensors(role, tree))
+    layout, total = _layout(role.spec, role.head, role.lora if role.trained else None)
     zero = role_zero(role, group)
     terms = _state_terms(role, tree, layout, zero, forward_phases)
     cpu = [t for t in terms if t.device == Device.CPU]
@@ -112,7 +128,7 @@ def role_memory(role: Role, group: GpuGroup, logprob_impl: LogProbImpl,
         activity = dict(training_transients(role.spec, cfg, head, str(role.name)))
     else:
         activity = {p: forward_only_terms(role.spec, cfg, head, str(role.name), phase=p) for p in forward_phases}
-    info = ModelInfo(name=role.spec.name, num_params=tree.num_params,
+    info = ModelInfo(name=role.spec.name, num_params=total,
                      trainable_params=layout.trainable_params if role.trained else 0)
     return RoleMemory(role=role, gpu_terms=tuple(t for t in terms if t.device == Device.GPU), cpu_terms=tuple(cpu),
                       activity=activity, info=info, world_size=group.num_gpus)

@@ -29,6 +29,7 @@ What autograd keeps, op by op (the facts everything else is built from):
 
 from __future__ import annotations
 
+from functools import lru_cache
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -56,7 +57,12 @@ GEMMA_NORM_FAMILIES = frozenset({"gemma", "gemma2", "gemma3_text"})
 #: MoE families whose router renormalises the top-k weights (``norm_topk_prob``) by default and
 #: whose top-k weights stay fp32 (Mixtral) or are cast to the model dtype (Qwen).
 MOE_ROUTER_RENORMALISES = {"mixtral": True, "qwen3_moe": True, "qwen2_moe": False}
-MOE_FP32_WEIGHTS = frozenset({"mixtral"})
+MOE_FP32_WEIGHTS = frozenset({"mixtral", "deepseek_v2", "deepseek_v3"})
+#: DeepSeek routers run in fp32 on an fp32 copy of the hidden states, with group-limited top-k.
+DEEPSEEK_ROUTER_FAMILIES = frozenset({"deepseek_v2", "deepseek_v3"})
+#: ``n_group`` / ``topk_group`` of DeepSeek-V3's config (not in ModelSpec; a few bytes per token).
+DEEPSEEK_N_GROUP = 8
+DEEPSEEK_TOPK_GROUP = 4
 
 
 class LinearModule(StrEnum):
@@ -201,11 +207,13 @@ def attention_saved_bytes(spec: ModelSpec, cfg: ActivationConfig) -> int:
     hf_source("qwen3", "Qwen3Attention.forward (q_norm, k_norm)").
     Assumes: no padding in the batch (HF then passes no mask and SDPA keeps kv-width k/v). With
     flash_attention_2 and padded rows (B > 1, no packing) HF unpads q/k/v and pads the output back:
-    one more 2·qd per token, added here. MLA (DeepSeek) is approximated by the expanded q/k/v widths.
+    one more 2·qd per token, added here. MLA (DeepSeek): see mla_attention_saved_bytes.
     Checked by: tests/memory/test_activations.py::test_llama_layer_by_hand, ::test_phi3_fused_v
     """
     if not cfg.trainable:
         return 0
+    if spec.mla is not None:
+        return mla_attention_saved_bytes(spec, cfg)
     n, dt = num_tokens(cfg), cfg.compute_dtype
     heads, kv_heads = _split(spec.num_attention_heads, cfg), _split(spec.num_key_value_heads, cfg)
     qd, kvd = _split(spec.q_dim, cfg), _split(spec.kv_dim, cfg)
@@ -228,6 +236,42 @@ def attention_saved_bytes(spec: ModelSpec, cfg: ActivationConfig) -> int:
         total += rmsnorm_saved_bytes(spec, cfg, rows=n * kv_heads, width=spec.head_dim, output_saved=False,
                                      weight_trained=trained)
     return total
+
+
+def mla_attention_saved_bytes(spec: ModelSpec, cfg: ActivationConfig) -> int:
+    """DeepSeek multi-head latent attention (``DeepseekV3Attention.forward``, ``expand_kv``).
+
+        q_a_layernorm over q_lora_rank (output kept by q_b_proj), kv_a_layernorm over kv_lora_rank
+        (output kept by kv_b_proj); the kernel keeps query and key [N, H, nope + rope] (both new
+        tensors: ``cat`` and ``new_empty`` + ``copy_``), the value, a view of kv_b_proj's output
+        [N, H, nope + v] which stays whole, the output [N, H, v] and the fp32 logsumexp.
+        Eager keeps fp32 softmax + bf16 probs (eager_scores_saved_bytes) and the o_proj input instead
+        of the output and logsumexp.
+
+    Source: hf_source("deepseek_v3", "DeepseekV3Attention.forward, expand_kv").
+    Assumes: on CUDA, SDPA/flash run a fused kernel; a CPU trace with SDPA falls back to the math
+    kernel (q/k and v head dims differ), which keeps fp32 q, k, v and the T² probabilities instead.
+    Checked by: scripts/probe_activations.py (tiny-deepseek-eager; the norms and projections match
+    the SDPA trace exactly, the kernel part does not, see above)
+    """
+    mla = spec.mla
+    assert mla is not None
+    n, dt = num_tokens(cfg), cfg.compute_dtype
+    heads = _split(spec.num_attention_heads, cfg)
+    qk = mla.qk_nope_head_dim + mla.qk_rope_head_dim
+    trained = _full_finetune(cfg)
+    total = 0
+    if mla.q_lora_rank is not None:
+        total += rmsnorm_saved_bytes(spec, cfg, rows=n, width=mla.q_lora_rank, weight_trained=trained,
+                                     output_saved=cfg.saves_input(LinearModule.Q_PROJ))
+    total += rmsnorm_saved_bytes(spec, cfg, rows=n, width=mla.kv_lora_rank, weight_trained=trained,
+                                 output_saved=cfg.saves_input(LinearModule.K_PROJ))
+    value_store = heads * (mla.qk_nope_head_dim + mla.v_head_dim)
+    if cfg.attn_impl == AttnImpl.EAGER:
+        out_in = heads * mla.v_head_dim if cfg.saves_input(LinearModule.O_PROJ) else 0
+        return total + bytes_for(n * (2 * heads * qk + value_store + out_in), dt)
+    return (total + bytes_for(n * (2 * heads * qk + value_store + heads * mla.v_head_dim), dt)
+            + bytes_for(n * heads, LSE_DTYPE))
 
 
 def _qk_head_dim(spec: ModelSpec) -> int:
@@ -291,7 +335,7 @@ def moe_saved_bytes(spec: ModelSpec, cfg: ActivationConfig) -> int:
 
     Source: hf_source("mixtral", "MixtralTopKRouter.forward, MixtralSparseMoeBlock.forward");
     ``integrations/moe.py::grouped_mm_experts_forward`` @v5.24.0; hf_source("qwen2_moe",
-    "Qwen2MoeSparseMoeBlock.forward").
+    "Qwen2MoeSparseMoeBlock.forward"); hf_source("deepseek_v3", "DeepseekV3TopkRouter.forward").
     Assumes: with LoRA the experts stay frozen (3-D parameters, not ``nn.Linear``), so their input and
     product are not kept; DeepSeek's sigmoid
     router with group-limited top-k is counted like a softmax router.
@@ -307,6 +351,10 @@ def moe_saved_bytes(spec: ModelSpec, cfg: ActivationConfig) -> int:
     router = bytes_for(n * e, ROUTER_DTYPE) + bytes_for(n * k, INDEX_DTYPE)
     if renorm:
         router += bytes_for(n * k + n, ROUTER_DTYPE)
+    if spec.model_type in DEEPSEEK_ROUTER_FAMILIES:
+        # fp32 router input, group top-2 and group top-k indices, the group mask
+        router += bytes_for(n * h, ROUTER_DTYPE) + bytes_for(n * e, DType.BOOL)
+        router += bytes_for(n * (2 * DEEPSEEK_N_GROUP + DEEPSEEK_TOPK_GROUP), INDEX_DTYPE)
     fe = _split(moe.moe_intermediate_size, cfg)
     # gathered input and product are kept only for the (trained) expert weights' gradients
     kept = (h + fe if _full_finetune(cfg) else 0) + 3 * fe + h
@@ -333,7 +381,8 @@ def lora_saved_bytes(spec: ModelSpec, cfg: ActivationConfig, layer_idx: int) -> 
     if not cfg.lora:
         return 0
     targets = set(cfg.lora_targets)
-    if spec.is_moe and layer_idx in spec.moe_layers and (spec.moe is None or not spec.moe.shared_expert_intermediate_size):
+    routed_only = spec.moe is None or not spec.moe.shared_expert_intermediate_size
+    if spec.is_moe and layer_idx in spec.moe_layers and routed_only:
         targets -= {LinearModule.GATE_PROJ, LinearModule.UP_PROJ, LinearModule.DOWN_PROJ}
     if spec.fused_qkv:
         targets -= {LinearModule.K_PROJ, LinearModule.V_PROJ}
@@ -386,6 +435,7 @@ def norms_saved_bytes(spec: ModelSpec, cfg: ActivationConfig, layer_idx: int) ->
     return total
 
 
+@lru_cache(maxsize=4096)
 def layer_saved(spec: ModelSpec, cfg: ActivationConfig, layer_idx: int) -> LayerSaved:
     """Everything decoder layer ``layer_idx`` keeps for backward when it is not checkpointed.
 
@@ -424,11 +474,6 @@ def stack_saved_bytes(spec: ModelSpec, cfg: ActivationConfig) -> int:
     if cfg.gradient_checkpointing:
         return spec.num_hidden_layers * checkpoint_bytes(spec, cfg)
     return sum(layer_saved(spec, cfg, i).total for i in range(spec.num_hidden_layers))
-
-
-def largest_layer(spec: ModelSpec, cfg: ActivationConfig) -> int:
-    """Index of the layer that keeps the most (the one recomputed at the worst moment)."""
-    return max(range(spec.num_hidden_layers), key=lambda i: (layer_saved(spec, cfg, i).total, i))
 
 
 def rotary_saved_bytes(spec: ModelSpec, cfg: ActivationConfig) -> int:

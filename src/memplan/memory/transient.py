@@ -7,11 +7,23 @@ A phase's peak is the largest of a few *moments*, each the set of tensors alive 
               recompute:(checkpointing) one layer's forward with nothing kept but its temporaries
     BACKWARD  loss:     forward end + the log-prob gradients
               lm_head:  forward end + bf16 logit gradient + the V × h weight gradient in flight
+              final norm: forward end + the RMSNorm backward's fp32 temporaries
               layer i:  what layers < i keep (or their checkpoints) + layer i's activations
                         (recomputed under checkpointing) + its input gradient + its worst stage
+                        (gradients of the MLP, a weight gradient in flight, eager softmax backward)
+              embedding: the embedding's V × h gradient (three with tied embeddings, at their sum)
 
 The terms of the winning moment are returned with the phase; their sum is the phase's peak of
-activation + temp bytes (what MemTracker reports as ACT + TEMP with gradients handed off).
+activation + temp bytes (what MemTracker reports as ACT + TEMP with gradients handed off). Weight
+gradients appear as TEMP while autograd holds them, before ZeRO's hook takes them.
+
+GPU vs a CPU trace: users run flash_attention_2 and flash-attn's Triton cross-entropy
+(``LogProbImpl.FLASH_ATTN_TRITON``); a CPU trace runs SDPA's CPU flash kernel (the same saved
+tensors as flash-attn, except that flash-attn unpads padded batches: +2·qd per token, see
+activations.attention_saved_bytes) and the torch log-prob fallback (``TORCH_CHUNKED``: 3 fp32
+[N, V] at its backward peak instead of 1.5). Pass the matching ``HeadConfig`` to predict either.
+What neither counts: caching-allocator rounding and fragmentation, kernel workspaces (cuBLAS,
+flash-attn's internal buffers, the fallback's logsumexp temporaries inside the kernel).
 Paths: ``{role}.activations.*``, ``{role}.logits.*``, ``{role}.loss.*``, ``{role}.backward.*``.
 """
 
@@ -213,7 +225,8 @@ def forward_terms(spec: ModelSpec, cfg: ActivationConfig, head: HeadConfig, role
     moments = [end + _cast_moment(spec, cfg, head, role, phase)]
     n, h = act.num_tokens(cfg), spec.hidden_size
     moments.append([t for t in end if not t.path.startswith(f"{role}.logits")] + [_t(
-        f"{role}.activations.final_norm_temp", bytes_for(n * h, act.NORM_DTYPE) + 2 * bytes_for(n * h, cfg.compute_dtype),
+        f"{role}.activations.final_norm_temp",
+        bytes_for(n * h, act.NORM_DTYPE) + FORWARD_ONLY_HIDDEN_COPIES * bytes_for(n * h, cfg.compute_dtype),
         phase, _src("LlamaRMSNorm.forward (fp32 product; embeddings and last layer output still referenced)"),
         Category.TEMP)])
     non_layer = [t for t in end if not t.path.endswith(("activations.layers", "logits.fp32", "logits.softcap",
@@ -242,13 +255,14 @@ def forward_terms(spec: ModelSpec, cfg: ActivationConfig, head: HeadConfig, role
 
 
 def _layer_moment(spec: ModelSpec, cfg: ActivationConfig, role: str, phase: Phase, i: int,
-                  non_layer: list[Term]) -> list[Term]:
+                  non_layer: list[Term], saved: list[int], saved_below: list[int]) -> list[Term]:
+    """Layer ``i``'s backward; ``saved[j]`` is layer j's saved bytes, ``saved_below[i]`` = Σ_{j<i} saved[j]."""
     n = act.num_tokens(cfg)
-    saved_i = act.layer_saved(spec, cfg, i).total
+    saved_i = saved[i]
     if cfg.gradient_checkpointing:
         below = (i + 1) * act.checkpoint_bytes(spec, cfg)
     else:
-        below = sum(act.layer_saved(spec, cfg, j).total for j in range(i))
+        below = saved_below[i]
     src = _src("LlamaDecoderLayer.forward (its backward)")
     return non_layer + [
         _t(f"{role}.activations.layers", below, phase, src),
@@ -300,8 +314,12 @@ def backward_terms(spec: ModelSpec, cfg: ActivationConfig, head: HeadConfig, rol
         n * h, act.NORM_DTYPE), phase, _src("LlamaRMSNorm (backward, with the incoming gradient)"), Category.TEMP)])
     non_layer = [t for t in end if not t.path.endswith(("activations.layers", "activations.final_norm",
                                                         "logits.softcap"))] + tied
+    saved = [act.layer_saved(spec, cfg, j).total for j in range(spec.num_hidden_layers)]
+    saved_below = [0]
+    for value in saved:
+        saved_below.append(saved_below[-1] + value)
     for i in range(spec.num_hidden_layers):
-        moments.append(_layer_moment(spec, cfg, role, phase, i, non_layer))
+        moments.append(_layer_moment(spec, cfg, role, phase, i, non_layer, saved, saved_below))
     if emb_end is not None:
         kept = [t for t in end if t.path.endswith(("logits.fp32", "loss.entropy", "activations.embedding_output"))]
         moments.append(kept + [grad_h, emb_end])
