@@ -19,7 +19,9 @@ from memplan.frameworks.openrlhf.job import (
     build_single_model_job,
     world_of,
 )
+from memplan.frameworks.openrlhf.rl_job import METHOD_ESTIMATOR, build_rl_job
 from memplan.hardware import parse_host_ram, resolve_gpu
+from memplan.jobs.rl_estimate import estimate_rl
 from memplan.hardware.gpu import Gpu
 from memplan.jobs.job import GpuGroup
 from memplan.jobs.estimate import estimate_job
@@ -27,6 +29,12 @@ from memplan.jobs.options import Method
 from memplan.jobs.result import Estimate
 from memplan.memory.logits import LogProbImpl
 from memplan.model import load_model_spec
+
+
+#: The RL entry script.
+RL_SCRIPT = "train_ppo_ray"
+#: GPU assumed for RL estimates without ``--gpu`` (vLLM's KV budget is a fraction of the GPU's memory).
+DEFAULT_RL_GPU = "a100-80g"
 
 
 def _notes_from_parse(parsed: object) -> list[str]:
@@ -57,9 +65,9 @@ def resolve_command(command: str | Sequence[str], *, version: str | None = None)
     """Parse a launch command and apply OpenRLHF's defaults for its script and version."""
     parsed = parse_command(command)
     values = resolve_values(parsed, version)
-    if parsed.script not in SCRIPT_METHOD:
-        raise ConfigError("command", f"{parsed.script} is not supported yet; memplan estimates "
-                                     f"{', '.join(sorted(SCRIPT_METHOD))}")
+    if parsed.script not in SCRIPT_METHOD and parsed.script != RL_SCRIPT:
+        raise ConfigError("command", f"{parsed.script} is not supported; memplan estimates "
+                                     f"{', '.join(sorted([*SCRIPT_METHOD, RL_SCRIPT]))}")
     text = command if isinstance(command, str) else shlex.join(command)
     return ResolvedRun(script=parsed.script, values=dict(values), group=world_of(parsed.world.nodes,
                                                                                  parsed.world.gpus_per_node),
@@ -70,6 +78,17 @@ def resolve_command(command: str | Sequence[str], *, version: str | None = None)
 def estimate_run(run: ResolvedRun, *, gpu: Gpu | None, host_ram_bytes: int | None,
                  logprob_impl: LogProbImpl = LogProbImpl.FLASH_ATTN_TRITON) -> Estimate:
     """Estimate a resolved run (the planner and the suggestions vary ``run.values`` and call this)."""
+    if run.script == RL_SCRIPT:
+        rl, notes = build_rl_job(run.values, version=run.version, load=load_model_spec, command=run.command,
+                                 logprob_impl=logprob_impl)
+        extra: tuple[str, ...] = ()
+        if gpu is None:
+            gpu = resolve_gpu(DEFAULT_RL_GPU, location="--gpu")
+            extra = (f"vLLM sizes its KV cache from the GPU's memory: no --gpu given, assumed {DEFAULT_RL_GPU}",)
+        est = estimate_rl(rl, gpu=gpu, host_ram_bytes=host_ram_bytes)
+        if extra:
+            est = replace(est, devices=tuple(replace(d, capacity_bytes=None) for d in est.devices))
+        return replace(est, notes=run.notes + notes + extra)
     job, notes = build_single_model_job(run.script, run.values, group=run.group, version=run.version,
                                         load=load_model_spec, command=run.command, logprob_impl=logprob_impl)
     est = estimate_job(job, gpu=gpu, host_ram_bytes=host_ram_bytes)
@@ -101,9 +120,13 @@ def command_for(model: str, method: Method | str, flags: Sequence[str] = (), *, 
     except ValueError:
         raise ConfigError("--method", f"unknown method {method!r}; choose from "
                                       f"{', '.join(m.value for m in Method)}") from None
-    script = METHOD_SCRIPT.get(method)
-    if script is None:
-        raise ConfigError("--method", f"{method} needs the RL estimator (train_ppo_ray), not available yet")
+    if method in METHOD_ESTIMATOR:
+        if gpus is not None or nodes is not None or gpus_per_node is not None:
+            raise ConfigError("--gpus", "RL runs place each model with OpenRLHF's flags "
+                                        "(--actor_num_gpus_per_node, --vllm_num_engines, ...), not --gpus")
+        return ["python3", "-m", f"openrlhf.cli.{RL_SCRIPT}", "--pretrain", model,
+                "--advantage_estimator", METHOD_ESTIMATOR[method], *flags]
+    script = METHOD_SCRIPT[method]
     if gpus is not None and (nodes is not None or gpus_per_node is not None):
         raise ConfigError("--gpus", "give either --gpus or --nodes/--gpus-per-node, not both")
     for name, value in (("--gpus", gpus), ("--nodes", nodes), ("--gpus-per-node", gpus_per_node)):

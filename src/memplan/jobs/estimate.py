@@ -44,9 +44,13 @@ def device_phases(memories: list[RoleMemory], phases: tuple[Phase, ...]) -> tupl
 
 
 def reserved_for(usage: PhaseUsage) -> int:
-    """Device memory held at a phase's peak: allocated tensors plus the allocator reserve, plus overhead."""
-    extra = sum(t.bytes for t in usage.terms if t.category == Category.OVERHEAD)
-    return overhead.reserved_bytes(usage.bytes - extra, extra)
+    """Device memory held at a phase's peak: allocated tensors plus the allocator reserve, plus overhead.
+
+    vLLM's memory (``rollout.*`` terms) is sized by vLLM itself as a share of the GPU and preallocated,
+    so the caching allocator's reserve is not added to it.
+    """
+    fixed = sum(t.bytes for t in usage.terms if t.category == Category.OVERHEAD or t.path.startswith("rollout."))
+    return overhead.reserved_bytes(usage.bytes - fixed, fixed)
 
 
 def host_phases(memories: list[RoleMemory], ranks_per_node: dict[str, int],

@@ -139,3 +139,63 @@ class Job:
     def role(self, name: RoleName) -> Role | None:
         """The role called ``name``, if the job has it."""
         return next((r for r in self.roles if r.name == name), None)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RolloutSettings:
+    """The vLLM engines and the rollout of an RL iteration."""
+
+    num_engines: int
+    """vLLM engines (0: no vLLM)."""
+    tensor_parallel_size: int
+    """GPUs per engine."""
+    gpu_memory_utilization: float
+    """Fraction of each GPU's total memory vLLM takes."""
+    enforce_eager: bool
+    """No CUDA graphs."""
+    enable_prefix_caching: bool
+    """vLLM prefix cache."""
+    enable_sleep: bool
+    """vLLM sleep level 1 between rollouts (weights to host RAM, KV dropped)."""
+    max_len: int
+    """``max_model_len`` (prompt + generation)."""
+    prompt_len: int
+    """Longest prompt."""
+    generate_len: int
+    """Longest generation."""
+    rollout_batch_size: int
+    """Prompts per rollout."""
+    n_samples_per_prompt: int
+    """Samples per prompt."""
+    micro_rollout_batch_size: int
+    """Sequences per forward in make-experience."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Slot:
+    """One GPU of the cluster and what runs on it."""
+
+    node: int
+    """Node index."""
+    gpu: int
+    """GPU index on the node."""
+    roles: tuple[RoleName, ...]
+    """Roles with a rank on this GPU (``rollout`` for a vLLM engine or TP shard)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RlJob:
+    """A resolved ``train_ppo_ray`` run: roles, their GPU placement, and the rollout."""
+
+    job: Job
+    """Roles and groups (each role's ``group`` names its own group)."""
+    rollout: RolloutSettings
+    """vLLM and rollout settings."""
+    slots: tuple[Slot, ...]
+    """Every GPU with the roles placed on it."""
+    deepspeed_sleep: bool
+    """``--deepspeed_enable_sleep``: optimizer state, grads and fp32 master go to host RAM outside training."""
+    colocate_all: bool
+    """Hybrid engine (``--colocate_all_models``): vLLM weights sync through CUDA IPC clones."""
+    entropy: bool
+    """``--entropy_loss_coef`` set: the actor computes a softmax over its fp32 logits."""

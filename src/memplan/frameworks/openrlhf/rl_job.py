@@ -1,0 +1,204 @@
+"""OpenRLHF semantics for ``train_ppo_ray``: which models exist, where Ray places them, what each runs.
+
+Source: OpenRLHF/OpenRLHF openrlhf/cli/train_ppo_ray.py::train and trainer/ray/launcher.py at v0.11.0
+(3c3be623) and v0.9.5 (c0e2ee24); ../shared/reference/openrlhf.md §1.1, §3, §4.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from memplan.dtypes import DType
+from memplan.errors import ConfigError
+from memplan.frameworks.openrlhf.job import _attn, _lora, _param_dtype, _positive
+from memplan.jobs.job import GpuGroup, Job, Role, RoleName, RolloutSettings, RlJob, Slot
+from memplan.jobs.options import Method, ZeroStage
+from memplan.memory.logits import Head, LogProbImpl
+from memplan.model.spec import ModelSpec
+
+#: Physical GPUs per node when no group asks for more (OpenRLHF's ``--*_num_gpus_per_node`` default).
+NODE_GPUS = 8
+
+#: ``--advantage_estimator`` per memplan method (``gae`` alone needs a critic).
+METHOD_ESTIMATOR = {Method.PPO: "gae", Method.GRPO: "group_norm", Method.REINFORCE: "reinforce",
+                    Method.RLOO: "rloo"}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Unit:
+    """A Ray placement group's bundles: each bundle is one GPU holding these roles."""
+
+    name: str
+    bundles: int
+    roles: tuple[RoleName, ...]
+    ranks: dict[RoleName, int]
+
+
+def _group(values: Mapping[str, Any], prefix: str) -> GpuGroup:
+    nodes = _positive(values, f"{prefix}_num_nodes")
+    per_node = _positive(values, f"{prefix}_num_gpus_per_node")
+    return GpuGroup(name=prefix, num_nodes=nodes, gpus_per_node=per_node)
+
+
+def rollout_settings(values: Mapping[str, Any]) -> RolloutSettings:
+    """vLLM and rollout flags, with ``max_len`` = prompt + generation when not given (legacy)."""
+    prompt = int(values.get("prompt_max_len") or 1024)
+    generate = values.get("generate_max_len")
+    max_len = values.get("max_len") or (prompt + int(generate or 1024))
+    generate = int(generate) if generate else max(int(max_len) - prompt, 1)
+    util = float(values.get("vllm_gpu_memory_utilization") or 0.95)
+    if not 0 < util <= 1:
+        raise ConfigError("--vllm_gpu_memory_utilization", f"must be in (0, 1], got {util}")
+    return RolloutSettings(
+        num_engines=int(values.get("vllm_num_engines") or 0), tensor_parallel_size=int(values.get(
+            "vllm_tensor_parallel_size") or 1), gpu_memory_utilization=util,
+        enforce_eager=bool(values.get("enforce_eager")), enable_prefix_caching=bool(values.get("enable_prefix_caching")),
+        enable_sleep=bool(values.get("vllm_enable_sleep")) and bool(values.get("colocate_all_models")),
+        max_len=int(max_len), prompt_len=prompt, generate_len=generate,
+        rollout_batch_size=_positive(values, "rollout_batch_size"),
+        n_samples_per_prompt=_positive(values, "n_samples_per_prompt"),
+        micro_rollout_batch_size=_positive(values, "micro_rollout_batch_size"))
+
+
+def _units(values: Mapping[str, Any], groups: dict[RoleName, GpuGroup], rollout: RolloutSettings) -> list[_Unit]:
+    """Placement groups in the order ``train_ppo_ray.train`` creates them, with the roles per bundle."""
+    colocate_all = bool(values.get("colocate_all_models")) and not values.get("async_train")
+    actor_ref = colocate_all or bool(values.get("colocate_actor_ref"))
+    critic_reward = bool(values.get("colocate_critic_reward"))
+    units: list[_Unit] = []
+    shared_a: list[RoleName] = [RoleName.ACTOR]
+    if actor_ref and RoleName.REF in groups:
+        shared_a.append(RoleName.REF)
+    if colocate_all:
+        shared_a += [r for r in (RoleName.CRITIC, RoleName.REWARD) if r in groups and not critic_reward]
+        if rollout.num_engines:
+            shared_a.append(RoleName.ROLLOUT)
+    alone = [r for r in (RoleName.ROLLOUT, RoleName.ACTOR, RoleName.REF) if r in groups and r not in shared_a]
+    shared_b = [r for r in (RoleName.CRITIC, RoleName.REWARD) if critic_reward and r in groups]
+    alone += [r for r in (RoleName.CRITIC, RoleName.REWARD) if r in groups and r not in shared_a + shared_b]
+    order = [RoleName.ROLLOUT, RoleName.ACTOR, RoleName.REF, RoleName.CRITIC, RoleName.REWARD]
+    if len(shared_a) > 1 or colocate_all:
+        units.append(_Unit(name="actor", bundles=groups[RoleName.ACTOR].num_gpus, roles=tuple(shared_a),
+                           ranks={r: groups[r].num_gpus for r in shared_a}))
+    else:
+        alone.append(RoleName.ACTOR)
+    for role in order:
+        if role in alone and role != RoleName.CRITIC and role != RoleName.REWARD:
+            units.append(_Unit(name=str(role), bundles=groups[role].num_gpus, roles=(role,),
+                               ranks={role: groups[role].num_gpus}))
+    if shared_b:
+        units.append(_Unit(name="critic", bundles=groups[RoleName.CRITIC].num_gpus, roles=tuple(shared_b),
+                           ranks={r: groups[r].num_gpus for r in shared_b}))
+    for role in (RoleName.CRITIC, RoleName.REWARD):
+        if role in alone:
+            units.append(_Unit(name=str(role), bundles=groups[role].num_gpus, roles=(role,),
+                               ranks={role: groups[role].num_gpus}))
+    return units
+
+
+def pack_slots(units: list[_Unit], node_gpus: int) -> tuple[Slot, ...]:
+    """Ray PACK placement: each group's bundles fill the current node, then the next.
+
+    Assumes: groups are placed in creation order on nodes of ``node_gpus`` GPUs (Ray may place
+    differently on a busy cluster; host RAM per node depends on it).
+    """
+    slots: list[Slot] = []
+    node, used = 0, 0
+    for unit in units:
+        for bundle in range(unit.bundles):
+            if used == node_gpus:
+                node, used = node + 1, 0
+            roles = tuple(r for r in unit.roles if bundle < unit.ranks[r])
+            slots.append(Slot(node=node, gpu=used, roles=roles))
+            used += 1
+    return tuple(slots)
+
+
+def _check_asserts(values: Mapping[str, Any], groups: dict[RoleName, GpuGroup], rollout: RolloutSettings) -> None:
+    """The constraints ``train_ppo_ray.train`` asserts, with its messages."""
+    colocate_all = bool(values.get("colocate_all_models")) and not values.get("async_train")
+    actor = groups[RoleName.ACTOR]
+    if (colocate_all or values.get("colocate_actor_ref")) and RoleName.REF in groups and \
+            (groups[RoleName.REF].num_nodes, groups[RoleName.REF].gpus_per_node) != (actor.num_nodes, actor.gpus_per_node):
+        raise ConfigError("--colocate_actor_ref", "num_nodes and num_gpus_per_node must be the same when colocate "
+                                                  "actor and ref model.")
+    if values.get("colocate_critic_reward") and RoleName.CRITIC in groups and RoleName.REWARD in groups and \
+            (groups[RoleName.CRITIC].num_nodes, groups[RoleName.CRITIC].gpus_per_node) != \
+            (groups[RoleName.REWARD].num_nodes, groups[RoleName.REWARD].gpus_per_node):
+        raise ConfigError("--colocate_critic_reward", "num_nodes and num_gpus_per_node must be the same when "
+                                                      "colocate critic and reward model.")
+    if colocate_all and rollout.num_engines and actor.num_gpus != rollout.num_engines * rollout.tensor_parallel_size:
+        raise ConfigError("--colocate_all_models", f"actor_num_nodes * actor_num_gpus_per_node must be equal to "
+                                                   f"vllm_num_engines * vllm_tensor_parallel_size, got {actor.num_gpus} "
+                                                   f"and {rollout.num_engines * rollout.tensor_parallel_size}")
+    if values.get("packing_samples") and not rollout.num_engines:
+        raise ConfigError("--packing_samples", "packing_samples needs vLLM (--vllm_num_engines > 0)")
+
+
+def build_rl_job(values: Mapping[str, Any], *, version: str, load: Callable[[str], ModelSpec], command: str,
+                 logprob_impl: LogProbImpl = LogProbImpl.FLASH_ATTN_TRITON) -> tuple[RlJob, tuple[str, ...]]:
+    """The RlJob of a ``train_ppo_ray`` run, and notes on assumptions."""
+    notes: list[str] = []
+    if not values.get("pretrain"):
+        raise ConfigError("--pretrain", "required: the actor model")
+    rollout = rollout_settings(values)
+    estimator = str(values.get("advantage_estimator") or "gae")
+    remote = bool(values.get("remote_rm_url") or values.get("agent_func_path"))
+    groups = {RoleName.ACTOR: _group(values, "actor")}
+    if float(values.get("init_kl_coef") or 0) > 0 or values.get("use_kl_loss"):
+        groups[RoleName.REF] = _group(values, "ref")
+    if estimator == "gae":
+        groups[RoleName.CRITIC] = _group(values, "critic")
+    if not remote:
+        if not values.get("reward_pretrain"):
+            raise ConfigError("--reward_pretrain", "required unless --remote_rm_url or --agent_func_path is given")
+        groups[RoleName.REWARD] = _group(values, "reward")
+    if rollout.num_engines:
+        groups[RoleName.ROLLOUT] = GpuGroup(name="rollout", num_nodes=1,
+                                            gpus_per_node=rollout.num_engines * rollout.tensor_parallel_size)
+    _check_asserts(values, groups, rollout)
+    dtype = _param_dtype(values, notes)
+    stage = int(values.get("zero_stage", 2))
+    if stage not in (0, 1, 2, 3):
+        raise ConfigError("--zero_stage", f"must be 0, 1, 2 or 3, got {stage}")
+    seq = rollout.prompt_len + rollout.generate_len
+    common = dict(param_dtype=dtype, zero_stage=ZeroStage(stage), zpg=int(values.get("zpg") or 1),
+                  attn_impl=_attn(values), seq_len=seq, sequences_per_sample=1,
+                  packing=bool(values.get("packing_samples")), ring_attn_size=int(values.get("ring_attn_size") or 1),
+                  ds_tp_size=int(values.get("ds_tensor_parallel_size") or 1), overlap_comm=bool(values.get("overlap_comm")),
+                  load_in_4bit=bool(values.get("load_in_4bit")), grad_accum_dtype=DType.from_name(
+                      str(values["grad_accum_dtype"])) if values.get("grad_accum_dtype") else None)
+    trained = dict(offload_optimizer=bool(values.get("adam_offload")), offload_params=False, lora=_lora(values),
+                   gradient_checkpointing=bool(values.get("gradient_checkpointing")),
+                   micro_batch_size=_positive(values, "micro_train_batch_size"))
+    frozen = dict(offload_optimizer=False, lora=None, gradient_checkpointing=False,
+                  micro_batch_size=rollout.micro_rollout_batch_size)
+    roles = [Role(name=RoleName.ACTOR, spec=load(str(values["pretrain"])), head=Head.LM, trained=True, group="actor",
+                  **common, **trained)]
+    if RoleName.CRITIC in groups:
+        critic = values.get("critic_pretrain") or values.get("reward_pretrain") or values["pretrain"]
+        roles.append(Role(name=RoleName.CRITIC, spec=load(str(critic)), head=Head.VALUE, trained=True, group="critic",
+                          **common, **trained))
+    if RoleName.REF in groups:
+        roles.append(Role(name=RoleName.REF, spec=load(str(values.get("ref_pretrain") or values["pretrain"])),
+                          head=Head.LM, trained=False, group="ref", offload_params=bool(values.get("ref_offload")),
+                          **{**common, "load_in_4bit": False}, **frozen))
+    if RoleName.REWARD in groups:
+        roles.append(Role(name=RoleName.REWARD, spec=load(str(values["reward_pretrain"])), head=Head.VALUE,
+                          trained=False, group="reward", offload_params=bool(values.get("reward_offload")),
+                          **{**common, "load_in_4bit": False}, **frozen))
+    node_gpus = max([NODE_GPUS] + [g.gpus_per_node for g in groups.values()])
+    slots = pack_slots(_units(values, groups, rollout), node_gpus)
+    method = next((m for m, e in METHOD_ESTIMATOR.items() if e == estimator), Method.PPO)
+    job = Job(method=method, roles=tuple(roles), groups=tuple(groups.values()), logprob_impl=logprob_impl,
+              framework_version=version, command=command)
+    ds_sleep = bool(values.get("deepspeed_enable_sleep")) and not values.get("adam_offload")
+    rl = RlJob(job=job, rollout=rollout, slots=slots, deepspeed_sleep=ds_sleep,
+               colocate_all=bool(values.get("colocate_all_models")) and not values.get("async_train"),
+               entropy=values.get("entropy_loss_coef") is not None)
+    return rl, tuple(notes)
+
+
+__all__ = ["METHOD_ESTIMATOR", "build_rl_job", "pack_slots", "replace"]
