@@ -53,6 +53,15 @@ def reserved_for(usage: PhaseUsage) -> int:
     return overhead.reserved_bytes(usage.bytes - fixed, fixed)
 
 
+def host_resident(term: Term, phase: Phase) -> bool:
+    """Whether a host term is held in ``phase``: persistent state exists from engine initialisation on,
+    after loading (the loaded copies are freed when the model moves to the GPU), so the LOAD phase
+    holds only the load terms and the processes' runtime."""
+    if term.phase is not None:
+        return term.phase == phase
+    return phase != Phase.LOAD or term.category == Category.OVERHEAD
+
+
 def host_phases(memories: list[RoleMemory], ranks_per_node: dict[str, int],
                 phases: tuple[Phase, ...]) -> tuple[PhaseUsage, ...]:
     """Host RAM of one node per phase: every rank's host terms times the ranks of that role on the node."""
@@ -62,7 +71,7 @@ def host_phases(memories: list[RoleMemory], ranks_per_node: dict[str, int],
         for m in memories:
             ranks = ranks_per_node.get(str(m.role.name), 0)
             for t in m.cpu_terms:
-                if t.phase is None or t.phase == phase:
+                if host_resident(t, phase):
                     label = f"{t.path} (×{ranks} ranks)" if ranks > 1 else t.path
                     terms.append(replace(t, path=label, bytes=t.bytes * ranks))
         usages.append(PhaseUsage(phase=phase, terms=tuple(t for t in terms if t.bytes)))

@@ -13,7 +13,7 @@ from collections import defaultdict
 from dataclasses import replace
 
 from memplan.hardware.gpu import Gpu
-from memplan.jobs.estimate import reserved_for
+from memplan.jobs.estimate import host_resident, reserved_for
 from memplan.jobs.job import Role, RoleName, RlJob, Slot
 from memplan.jobs.result import DeviceEstimate, Estimate, HostEstimate, ModelInfo, PhaseUsage
 from memplan.jobs.roles import RoleMemory, activation_config, role_memory, role_tree
@@ -133,8 +133,8 @@ def _host_terms(slot_roles: list[tuple[RoleName, ...]], mems: dict[RoleName, Rol
             per_rank += rollout_terms.host_terms(rl, phase) + [host.process_runtime(role="rollout")]
         else:
             mem = mems[name]
-            per_rank += [t for t in mem.cpu_terms if t.phase is None or t.phase == phase]
-            if rl.deepspeed_sleep and mem.role.trained and phase != Phase.TRAINING:
+            per_rank += [t for t in mem.cpu_terms if host_resident(t, phase)]
+            if rl.deepspeed_sleep and mem.role.trained and phase not in (Phase.TRAINING, Phase.LOAD):
                 per_rank += [replace(t, device=Device.CPU) for t in mem.gpu_terms
                              if t.phase is None and t.category in SLEEP_CATEGORIES]
             if name == RoleName.ACTOR:
