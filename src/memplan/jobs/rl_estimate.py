@@ -104,9 +104,10 @@ def slot_phases(slot: Slot, mems: dict[RoleName, RoleMemory], rl: RlJob, gpu: Gp
     """What one GPU holds in each phase of the iteration."""
     fixed: list[Term] = []
     for name in slot.roles:
+        if name == RoleName.ROLLOUT:
+            continue  # the engine's own terms carry its CUDA context and NCCL buffers
         fixed.append(overhead.cuda_context(f"{name}.cuda_context"))
-        world = rl.rollout.tensor_parallel_size if name == RoleName.ROLLOUT else mems[name].world_size
-        fixed += overhead.nccl_buffers(f"{name}.nccl", world)
+        fixed += overhead.nccl_buffers(f"{name}.nccl", mems[name].world_size)
     usages = []
     for phase in RL_PHASES:
         base = [t for name in slot.roles if name in mems for t in _resident(mems[name], phase, rl)]

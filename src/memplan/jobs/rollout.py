@@ -5,6 +5,8 @@ from __future__ import annotations
 from memplan.dtypes import DType, bytes_for
 from memplan.hardware.gpu import Gpu
 from memplan.jobs.job import RlJob
+from memplan.memory.vllm import VllmConfig, openrlhf_vllm_config
+from memplan.memory.vllm_budget import engine_gpu_terms, engine_host_terms
 from memplan.memory.breakdown import Category, Device, Phase, Term
 from memplan.sources import code
 
@@ -33,35 +35,31 @@ def replay_buffer_terms(rl: RlJob, actor_ranks: int) -> list[Term]:
                  device=Device.CPU, source=src, phase=phase) for phase in (Phase.MAKE_EXPERIENCE, Phase.TRAINING)]
 
 
+#: vLLM release each OpenRLHF version pins (setup.py extras): 0.11 → vllm==0.27.1, 0.9.5 → vllm==0.17.0,
+#: 0.8.5 → vllm==0.9.1, whose V1 engine is modelled with the closest release read, 0.17.0.
+OPENRLHF_VLLM = {"0.11": "0.27.1", "0.9": "0.17.0", "0.8": "0.17.0"}
+
+
 def _actor_spec(rl: RlJob):  # type: ignore[no-untyped-def]
     return next(r.spec for r in rl.job.roles if str(r.name) == "actor")
 
 
-def gpu_terms(rl: RlJob, gpu: Gpu, phase: Phase) -> list[Term]:
-    """One GPU of a vLLM engine (one TP shard) in ``phase`` (provisional: weights + the KV budget)."""
-    from memplan.model import num_params
-
+def vllm_config(rl: RlJob) -> VllmConfig:
+    """The engine OpenRLHF builds for this run (``create_vllm_engines``)."""
     r = rl.rollout
-    weights = bytes_for(num_params(_actor_spec(rl)), DType.BF16) // r.tensor_parallel_size
-    kv = max(int(gpu.memory_bytes * r.gpu_memory_utilization) - weights, 0)
-    src = code("vllm-project/vllm:vllm/v1/worker/gpu_worker.py", "determine_available_memory (provisional)")
-    awake_weights = phase in (Phase.ROLLOUT, Phase.WEIGHT_SYNC) or not r.enable_sleep
-    awake_kv = phase == Phase.ROLLOUT or not r.enable_sleep
-    terms = []
-    if awake_weights:
-        terms.append(Term(path="rollout.weights", bytes=weights, category=Category.PARAM, device=Device.GPU, source=src))
-    if awake_kv:
-        terms.append(Term(path="rollout.kv_cache", bytes=kv, category=Category.KV_CACHE, device=Device.GPU, source=src))
-    return terms
+    return openrlhf_vllm_config(max_len=r.max_len, tensor_parallel_size=r.tensor_parallel_size,
+                                gpu_memory_utilization=r.gpu_memory_utilization, enforce_eager=r.enforce_eager,
+                                enable_prefix_caching=r.enable_prefix_caching, enable_sleep=r.enable_sleep,
+                                vllm_version=OPENRLHF_VLLM.get(rl.job.framework_version, OPENRLHF_VLLM["0.11"]))
+
+
+def gpu_terms(rl: RlJob, gpu: Gpu, phase: Phase) -> list[Term]:
+    """One GPU of a vLLM engine (one TP shard) resident in ``phase``; vLLM sizes its KV cache from the
+    total memory the driver reports (``cudaMemGetInfo``), the catalogue's capacity."""
+    terms = engine_gpu_terms(_actor_spec(rl), vllm_config(rl), gpu.capacity_bytes)
+    return [t for t in terms if t.phase is None or t.phase == phase]
 
 
 def host_terms(rl: RlJob, phase: Phase) -> list[Term]:
-    """Host RAM of one vLLM rank in ``phase``: with sleep level 1, its bf16 weight shard while asleep."""
-    from memplan.model import num_params
-
-    r = rl.rollout
-    if not r.enable_sleep or phase in (Phase.ROLLOUT, Phase.WEIGHT_SYNC, Phase.LOAD):
-        return []
-    weights = bytes_for(num_params(_actor_spec(rl)), DType.BF16) // r.tensor_parallel_size
-    src = code("vllm-project/vllm:vllm/device_allocator/cumem.py", "sleep(level=1): weights offloaded to CPU")
-    return [Term(path="rollout.sleeping_weights", bytes=weights, category=Category.PARAM, device=Device.CPU, source=src)]
+    """Host RAM of one vLLM rank in ``phase`` (the sleeping weight shard, pinned)."""
+    return engine_host_terms(_actor_spec(rl), vllm_config(rl))

@@ -1,0 +1,411 @@
+"""vLLM rollout engines: hand-computed KV/weight arithmetic, the budget per version, and published vLLM logs."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from memplan.errors import ConfigError
+from memplan.memory import vllm_budget as vb
+from memplan.memory.breakdown import Category, Device, Phase
+from memplan.memory.vllm import (
+    DEFAULT_VLLM_VERSION, VllmConfig, behaviour, blocks_per_request, kv_bytes_per_token, kv_heads_per_rank,
+    kv_layout, openrlhf_vllm_config, page_size_bytes, weight_bytes_per_rank,
+)
+from memplan.model import load_model_spec
+from memplan.units import GiB, MiB
+
+RECORDS = Path(__file__).resolve().parents[2] / "validation" / "published" / "vllm"
+CASES = {p.stem: tomllib.loads(p.read_text()) for p in sorted(RECORDS.glob("*.toml"))}
+#: A100 80GB as cudaMemGetInfo reports it (hardware/data/gpus.toml runtime_total_bytes).
+A100_TOTAL = 85_100_068_864
+
+
+def _cfg(version: str = DEFAULT_VLLM_VERSION, **kw) -> VllmConfig:
+    base = dict(tensor_parallel_size=1, gpu_memory_utilization=0.9, max_model_len=2048, max_num_seqs=128,
+                max_num_batched_tokens=2048, vllm_version=version)
+    base.update(kw)
+    return VllmConfig(**base)
+
+
+def _record_cfg(case: dict) -> VllmConfig:
+    c = case["config"]
+    return _cfg(case["vllm_version"], tensor_parallel_size=c.get("tensor_parallel_size", 1),
+                gpu_memory_utilization=c.get("gpu_memory_utilization", 0.9),
+                max_model_len=c.get("max_model_len", 2048), max_num_seqs=c.get("max_num_seqs", 256),
+                max_num_batched_tokens=c.get("max_num_batched_tokens", 2048), block_size=c.get("block_size", 16))
+
+
+# ----------------------------------------------------------------------------- KV arithmetic
+
+
+def test_kv_bytes_per_token_hand_computed() -> None:
+    # 2 (K and V) × layers × kv heads × head_dim × 2 B (bf16)
+    assert kv_bytes_per_token(load_model_spec("llama-3-8b"), 1) == 2 * 32 * 8 * 128 * 2 == 131_072
+    assert kv_bytes_per_token(load_model_spec("llama-2-7b"), 1) == 2 * 32 * 32 * 128 * 2 == 524_288
+    assert kv_bytes_per_token(load_model_spec("llama-3-70b"), 1) == 2 * 80 * 8 * 128 * 2 == 327_680
+    # TP 2 halves the KV heads of each rank when kv_heads >= 2
+    assert kv_bytes_per_token(load_model_spec("llama-3-8b"), 2) == 65_536
+    assert kv_bytes_per_token(load_model_spec("llama-2-7b"), 2) == 262_144
+    assert kv_bytes_per_token(load_model_spec("llama-3-70b"), 2) == 163_840
+    # TP 16 > 8 KV heads: each rank keeps one (replicated) head: 2 × 32 × 1 × 128 × 2
+    assert kv_bytes_per_token(load_model_spec("llama-3-8b"), 16) == 16_384
+    # MLA keeps one latent of kv_lora_rank + rope dim per layer on every rank: 61 × (512 + 64) × 2
+    assert kv_bytes_per_token(load_model_spec("deepseek-v3"), 1) == 61 * 576 * 2 == 70_272
+    assert kv_bytes_per_token(load_model_spec("deepseek-v3"), 8) == 70_272
+
+
+def test_page_size_is_block_times_token_bytes_per_layer() -> None:
+    spec = load_model_spec("llama-3-8b")
+    # 2 × 16 tokens × 8 heads × 128 × 2 B = 64 KiB per layer and block
+    assert page_size_bytes(spec, _cfg()) == 2 * 16 * 8 * 128 * 2 == 64 * 1024
+
+
+def test_kv_heads_replicated_past_their_count() -> None:
+    spec = load_model_spec("qwen2.5-7b")  # 4 KV heads
+    assert [kv_heads_per_rank(spec, tp) for tp in (1, 2, 4, 8)] == [4, 2, 1, 1]
+    with pytest.raises(ConfigError):
+        kv_heads_per_rank(spec, 3)
+
+
+# ----------------------------------------------------------------------------- weights
+
+
+def test_weights_tp_split_hand_computed() -> None:
+    spec = load_model_spec("llama-3-8b")
+    h, i, v, layers = 4096, 14336, 128256, 32
+    per_layer = (4096 * h + 2 * 1024 * h + h * 4096) // 2 + 3 * i * h // 2 + 2 * h  # q,k,v,o + gate,up,down + 2 norms
+    numel = 2 * v * h // 2 + layers * per_layer + h + 8192 * 128  # embed + head (vocab split), final norm, rotary
+    assert weight_bytes_per_rank(spec, 2) == 2 * numel == 8_032_624_640
+
+
+def test_vocab_padded_to_64_before_the_split() -> None:
+    base = load_model_spec("llama-2-7b")
+    odd = dataclasses.replace(base, vocab_size=32_001)  # padded to 32064: 63 more rows in embed and head
+    assert weight_bytes_per_rank(odd, 1) - weight_bytes_per_rank(base, 1) == 2 * (2 * 64 * 4096)
+    # tied heads are stored once
+    tied = dataclasses.replace(base, tie_word_embeddings=True)
+    assert weight_bytes_per_rank(base, 1) - weight_bytes_per_rank(tied, 1) == 2 * 32_000 * 4096
+
+
+def test_weights_match_logged_llama3_8b() -> None:
+    # parameters 8,030,261,248 × 2 B + rotary cache 8192 × 128 × 2 B = 16,062,619,648 B = 14.9595 GiB
+    assert weight_bytes_per_rank(load_model_spec("llama-3-8b"), 1) == 8_030_261_248 * 2 + 8192 * 128 * 2
+
+
+def test_weights_match_logged_llama31_8b() -> None:
+    # 131072-row rotary cache (llama3 rope type keeps max_position rows): 14.98876 GiB, logged "14.9888"
+    got = weight_bytes_per_rank(load_model_spec("llama-3.1-8b"), 1)
+    assert got == 8_030_261_248 * 2 + 131_072 * 128 * 2
+    assert round(got / GiB, 4) == 14.9888
+
+
+def test_tp_must_divide_heads() -> None:
+    with pytest.raises(ConfigError, match="tensor_parallel_size"):
+        weight_bytes_per_rank(load_model_spec("llama-3-8b"), 3)
+
+
+# ----------------------------------------------------------------------------- config and versions
+
+
+def test_openrlhf_scheduler_defaults() -> None:
+    # engine usage context → SchedulerConfig defaults 2048 tokens / 128 seqs, chunked prefill on
+    cfg = openrlhf_vllm_config(max_len=4096, tensor_parallel_size=2)
+    assert (cfg.max_num_batched_tokens, cfg.max_num_seqs, cfg.gpu_memory_utilization) == (2048, 128, 0.95)
+    assert cfg.vllm_version == DEFAULT_VLLM_VERSION == "0.27.1"
+    # max_len 8: tokens = min(128 × 8, 2048) = 1024
+    assert openrlhf_vllm_config(max_len=8).max_num_batched_tokens == 1024
+    # V0 (chunked prefill off): max(max_len, 2048)
+    assert openrlhf_vllm_config(max_len=20_000, vllm_version="0.6.4").max_num_batched_tokens == 20_000
+    assert openrlhf_vllm_config(max_len=2048, enable_sleep=True).sleep_level == 1
+
+
+def test_unknown_version_and_bad_values_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match="vllm.version"):
+        behaviour("9.9.9")
+    with pytest.raises(ConfigError, match="gpu_memory_utilization"):
+        _cfg(gpu_memory_utilization=1.5)
+
+
+def test_version_table_rows() -> None:
+    new, v17, v0 = behaviour("0.27.1"), behaviour("0.17.0"), behaviour("0.7.3")
+    assert new.requested_ceil and new.startup_free_check and new.cudagraph_estimate_default
+    assert v17.startup_free_check and not v17.cudagraph_estimate_default and v17.in_flight_batches == 1
+    assert not v0.startup_free_check and v0.nccl_in_budget and not v0.hybrid_allocator
+
+
+# ----------------------------------------------------------------------------- budget
+
+
+def test_budget_formula_worked_example() -> None:
+    cfg = _cfg(gpu_memory_utilization=0.9)
+    # 80 GiB × 0.9 = 72 GiB; − 16 (weights) − 1 (activations) − 0.5 (non-torch) = 54.5 GiB
+    got = vb.kv_budget_from_components(cfg, 80 * GiB, weights=16 * GiB, activation_peak=GiB, non_torch=GiB // 2)
+    assert got == 72 * GiB - 16 * GiB - GiB - GiB // 2 == int(54.5 * GiB)
+    # requested rounds up in 0.17+ (math.ceil) and down in V0: 0.95 × 85,100,068,864 = 80,845,065,420.8
+    assert vb.requested_bytes(_cfg(gpu_memory_utilization=0.95), A100_TOTAL) == 80_845_065_421
+    assert vb.requested_bytes(_cfg("0.7.3", gpu_memory_utilization=0.95), A100_TOTAL) == 80_845_065_420
+
+
+def test_budget_llama3_8b_openrlhf_defaults() -> None:
+    spec, cfg = load_model_spec("llama-3-8b"), openrlhf_vllm_config(max_len=2048)
+    weights = 16_062_619_648
+    sampler = 128 * 128_256 * 39 + 2048 * 4096 * 2     # 128 rows of logits + the [T, H] hidden states
+    forward = 2048 * (3 * 4096 + 3 * 14336) * 2         # below the sampler
+    assert vb.profile_peak_bytes(spec, cfg) == max(sampler, forward) == 657_031_168
+    non_torch = int(0.16 * GiB)
+    # dense model on 0.27.1 → V2 runner → CUDA graphs are not estimated in the budget
+    expected = 80_845_065_421 - weights - sampler - non_torch
+    assert vb.kv_cache_budget_bytes(spec, cfg, A100_TOTAL) == expected == 63_953_615_914
+    cap = vb.kv_capacity(spec, cfg, expected)
+    # one block of all 32 layers = 32 × 64 KiB = 2 MiB
+    assert cap.num_blocks == expected // (64 * 1024) // 32 == 30_495
+    assert cap.blocks_per_seq == 2048 // 16 and cap.seqs_at_max_len == 30_495 // 128 == 238
+    assert cap.num_tokens == int(30_495 / 128 * 2048) == 487_920
+    assert cap.pool_bytes == 30_495 * 2 * MiB
+
+
+def test_capacity_hand_computed_v17_tokens() -> None:
+    spec, cfg = load_model_spec("llama-3-8b"), openrlhf_vllm_config(max_len=3000, vllm_version="0.17.0")
+    cap = vb.kv_capacity(spec, cfg, 1000 * 2 * MiB + 5)
+    # 0.17.0 logs num_blocks // groups × block_size; concurrency uses ceil(3000 / 16) = 188 blocks
+    assert (cap.num_blocks, cap.num_tokens, cap.blocks_per_seq) == (1000, 16_000, 188)
+
+
+def test_gemma2_hybrid_groups() -> None:
+    gemma = load_model_spec("gemma-2-9b")  # 21 full + 21 sliding (window 4096) layers
+    cfg = openrlhf_vllm_config(max_len=8192)
+    layout = kv_layout(gemma, cfg)
+    assert (layout.group_size, layout.num_full_groups, layout.num_sliding_groups) == (21, 1, 1)
+    # full: 8192/16 = 512 blocks; sliding: ceil(min(4095 + 2 × 2048, 8192) / 16) + 1 = 513
+    assert blocks_per_request(gemma, cfg, 8192) == 512 + 513
+    # 0.17.0: one batch in flight: ceil(min(4095 + 2048, 8192) / 16) + 1 = 385
+    assert blocks_per_request(gemma, openrlhf_vllm_config(max_len=8192, vllm_version="0.17.0"), 8192) == 512 + 385
+    # V0 keeps every token in every layer: one group of 42
+    assert kv_layout(gemma, openrlhf_vllm_config(max_len=8192, vllm_version="0.7.3")).group_size == 42
+    # Gemma-3-1B: 4 full, 22 sliding → group 4: 1 full group, ceil(22/4) = 6 sliding groups
+    g3 = kv_layout(load_model_spec("gemma-3-1b"), cfg)
+    assert (g3.group_size, g3.num_full_groups, g3.num_sliding_groups) == (4, 1, 6)
+    # every-layer-sliding Mistral-7B-v0.1 runs as full attention (vLLM reads windows from layer_types)
+    assert kv_layout(load_model_spec("mistral-7b"), cfg).num_sliding_groups == 0
+
+
+# ----------------------------------------------------------------------------- profile, non-torch, graphs
+
+
+def test_forward_peak_matches_issue10517() -> None:
+    spec = load_model_spec("llama-3.1-8b")
+    for name in ("issue10517-llama3.1-8b-rtx3090-20k", "issue10517-llama3.1-8b-rtx3090-29k"):
+        case = CASES[name]
+        logged = (case["logged"]["peak_torch_gib"] - case["logged"]["weights_gib"]) * GiB
+        got = vb.profile_peak_bytes(spec, _record_cfg(case))
+        assert abs(got - logged) / logged <= case["tolerance"]["activation_relative"], case["source"]
+
+
+def test_profile_peak_matches_pr10511() -> None:
+    spec = load_model_spec("llama-3-8b")
+    for name in ("pr10511-llama3-8b-tp1", "pr10511-llama3-8b-tp2"):
+        case = CASES[name]
+        got = vb.profile_peak_bytes(spec, _record_cfg(case)) / GiB
+        assert abs(got - case["logged"]["activation_peak_gib"]) <= 0.01  # 1.255 vs 1.26 (calibration record)
+
+
+def test_non_torch_tied_to_records() -> None:
+    assert CASES["gaie-pr550-a100-80g"]["logged"]["non_torch_gib"] == 0.16
+    assert CASES["mellea-pr416-a100-80g"]["logged"]["non_torch_gib"] == 0.16
+    assert vb.non_torch_bytes(_cfg()) == int(0.16 * GiB)
+    tp1, tp2 = (CASES[f"pr10511-llama3-8b-tp{n}"]["logged"]["non_torch_gib"] for n in (1, 2))
+    assert vb.V0_TP_NON_TORCH_BYTES == int((tp2 - tp1) * GiB)
+    assert vb.non_torch_bytes(_cfg("0.7.3", tensor_parallel_size=2)) == int(0.16 * GiB) + int(1.79 * GiB)
+    assert vb.non_torch_bytes(_cfg("0.27.1", tensor_parallel_size=2)) == int(0.16 * GiB)  # NCCL outside budget
+
+
+def test_cuda_graphs_by_version() -> None:
+    llama, mixtral = load_model_spec("llama-3-8b"), load_model_spec("mixtral-8x7b")
+    qwen_moe = load_model_spec("qwen1.5-moe-a2.7b")
+    assert vb.cuda_graph_bytes(llama, _cfg()) == 32 * (int(0.21 * GiB) // 16)
+    assert vb.CUDA_GRAPH_BYTES_PER_LAYER_TP == 2464 * MiB // 60
+    assert vb.cuda_graph_bytes(llama, _cfg(enforce_eager=True)) == 0
+    assert not vb.cuda_graph_in_budget(llama, _cfg())              # 0.27.1 dense: V2 runner, estimate = 0
+    assert vb.cuda_graph_in_budget(mixtral, _cfg(tensor_parallel_size=2))  # 0.27.1 MoE: V1 runner, default on
+    assert not vb.cuda_graph_in_budget(qwen_moe, _cfg())          # qwen2_moe is on 0.27.1's V2 list
+    assert not vb.cuda_graph_in_budget(mixtral, _cfg("0.17.0", tensor_parallel_size=2))
+    assert not vb.cuda_graph_in_budget(mixtral, _cfg(tensor_parallel_size=2, enforce_eager=True))
+    cfg = _cfg(tensor_parallel_size=2)
+    with_graphs = vb.kv_cache_budget_bytes(mixtral, cfg, A100_TOTAL)
+    eager = vb.kv_cache_budget_bytes(mixtral, dataclasses.replace(cfg, enforce_eager=True), A100_TOTAL)
+    assert eager - with_graphs == 32 * vb.CUDA_GRAPH_BYTES_PER_LAYER_TP
+
+
+# ----------------------------------------------------------------------------- start-up
+
+
+def test_startup_free_memory_message_matches_record() -> None:
+    case = CASES["pytorch-issue175666-startup-free-memory"]
+    cfg = _cfg("0.17.0", gpu_memory_utilization=0.9)
+    total = int(22.048 * GiB)  # prints 22.05; 0.9 × total prints 19.84
+    requested = vb.requested_bytes(cfg, total)
+    assert abs(requested / GiB - case["logged"]["requested_gib"]) <= case["tolerance"]["requested_gib"]
+    msg = vb.free_memory_message(cfg, int(19.77 * GiB), total, requested, device="cuda:1")
+    assert msg == case["logged"]["error"]
+
+
+def test_startup_fails_on_shared_gpu_only_from_017() -> None:
+    spec, cfg = load_model_spec("llama-3-8b"), openrlhf_vllm_config(max_len=2048)
+    assert vb.startup_check(spec, cfg, A100_TOTAL).status == vb.StartupStatus.OK
+    # a DeepSpeed process holding 10 GiB: free = 79.26 − 10 − 0.95 (own context) = 68.31 < 75.29 GiB
+    shared = vb.startup_check(spec, cfg, A100_TOTAL, other_process_bytes=10 * GiB)
+    assert shared.status == vb.StartupStatus.INSUFFICIENT_FREE_MEMORY
+    assert shared.message.startswith("Free memory on device cuda:0 (68.31/79.26 GiB) on startup is less than "
+                                     "desired GPU memory utilization (0.95, 75.29 GiB)")
+    old = openrlhf_vllm_config(max_len=2048, vllm_version="0.7.3")
+    assert vb.startup_check(spec, old, A100_TOTAL, other_process_bytes=10 * GiB).status == vb.StartupStatus.OK
+
+
+def test_startup_no_kv_memory() -> None:
+    # 16 GiB × 0.9 = 14.4 GiB < 14.96 GiB weights + 0.61 GiB activations + 0.16 GiB non-torch
+    cfg = openrlhf_vllm_config(max_len=2048, gpu_memory_utilization=0.9)
+    check = vb.startup_check(load_model_spec("llama-3-8b"), cfg, 16 * GiB)
+    assert check.status == vb.StartupStatus.NO_KV_MEMORY and check.kv_budget_bytes < 0
+    assert check.message == "No available memory for the cache blocks."
+
+
+def test_startup_max_model_len_too_large() -> None:
+    spec = load_model_spec("qwen2.5-7b")  # 28 × 2 × 4 × 128 × 2 = 57,344 B per token
+    cfg = openrlhf_vllm_config(max_len=131_072, gpu_memory_utilization=0.9)
+    check = vb.startup_check(spec, cfg, 20 * GiB)  # 18 − 14.22 (weights) − 0.72 − 0.16 ≈ 2.9 GiB left
+    assert check.status == vb.StartupStatus.MAX_MODEL_LEN_TOO_LARGE
+    assert check.message.startswith("To serve at least one request with the model's max seq len (131072), (7.0 GiB "
+                                    "KV cache is needed")  # 8192 blocks × 16 × 57,344 B = 7 GiB
+    fits = vb.max_len_that_fits(spec, cfg, check.kv_budget_bytes)
+    # one block of 28 layers = 28 × (2 × 16 × 4 × 128 × 2 B) = 917,504 B; whole blocks of 16 tokens
+    assert fits == check.kv_budget_bytes // (28 * 32 * 1024) * 16 == 54_352
+    v0 = openrlhf_vllm_config(max_len=29_000, gpu_memory_utilization=0.9, vllm_version="0.6.4")
+    v0_check = vb.startup_check(load_model_spec("llama-3.1-8b"), v0, int(23.58 * GiB))
+    assert v0_check.status == vb.StartupStatus.MAX_MODEL_LEN_TOO_LARGE
+    assert v0_check.message.startswith("The model's max seq len (29000) is larger than the maximum number of tokens")
+
+
+# ----------------------------------------------------------------------------- rollout and terms
+
+
+def test_rollout_demand_waves() -> None:
+    spec, cfg = load_model_spec("llama-3-8b"), openrlhf_vllm_config(max_len=2048)
+    d = vb.rollout_demand(spec, cfg, A100_TOTAL, rollout_batch_size=1024, n_samples_per_prompt=8, num_engines=8)
+    # 1024 × 8 / 8 = 1024 sequences; min(max_num_seqs 128, 238 at max_len) = 128 at once → 8 waves
+    assert (d.seqs_per_engine, d.concurrent_seqs, d.waves) == (1024, 128, 8)
+    assert "throughput, not memory" in d.note
+
+
+def test_engine_terms_sleep_phases() -> None:
+    spec = load_model_spec("llama-3-8b")
+    awake = vb.engine_gpu_terms(spec, openrlhf_vllm_config(max_len=2048), A100_TOTAL)
+    assert all(t.phase is None and t.device == Device.GPU for t in awake)
+    names = {t.path for t in awake}
+    assert names == {f"rollout.{n}" for n in ("weights", "kv_cache", "activations", "non_torch", "cuda_graphs",
+                                              "cuda_context")}
+    # everything the engine holds stays under requested + context + graphs (outside the budget)
+    requested = vb.requested_bytes(openrlhf_vllm_config(max_len=2048), A100_TOTAL)
+    inside = sum(t.bytes for t in awake if t.path.split(".")[1] in ("weights", "kv_cache", "activations", "non_torch"))
+    assert requested - 2 * MiB < inside <= requested
+
+    cfg = openrlhf_vllm_config(max_len=2048, enable_sleep=True, tensor_parallel_size=2)
+    terms = vb.engine_gpu_terms(spec, cfg, A100_TOTAL)
+    by_phase = {p: {t.path.split(".")[1] for t in terms if t.phase in (None, p)}
+                for p in (Phase.ROLLOUT, Phase.TRAINING, Phase.WEIGHT_SYNC)}
+    assert {"weights", "kv_cache"} <= by_phase[Phase.ROLLOUT]
+    assert "weights" in by_phase[Phase.WEIGHT_SYNC] and "kv_cache" not in by_phase[Phase.WEIGHT_SYNC]
+    assert not {"weights", "kv_cache"} & by_phase[Phase.TRAINING]
+    assert {"activations", "cuda_graphs", "non_torch", "cuda_context", "nccl"} <= by_phase[Phase.TRAINING]
+    kv = next(t for t in terms if t.category == Category.KV_CACHE)
+    assert vb.sleep_released_bytes(spec, cfg, A100_TOTAL) == weight_bytes_per_rank(spec, 2) + kv.bytes
+
+
+def test_engine_host_terms() -> None:
+    spec = load_model_spec("llama-3-70b")
+    assert vb.engine_host_terms(spec, openrlhf_vllm_config(max_len=2048, tensor_parallel_size=4)) == []
+    cfg = openrlhf_vllm_config(max_len=2048, tensor_parallel_size=4, enable_sleep=True)
+    (term,) = vb.engine_host_terms(spec, cfg)
+    assert term.device == Device.CPU and term.phase is None
+    assert term.bytes == weight_bytes_per_rank(spec, 4)
+
+
+# ----------------------------------------------------------------------------- published logs (golden)
+
+
+def _cases_with(*keys: str, model: bool = False):
+    for name, case in CASES.items():
+        logged = case.get("logged", {})
+        if all(k in logged for k in keys) and (not model or "model" in case.get("config", {})) \
+                and "vllm_version" in case:
+            yield pytest.param(case, id=name)
+
+
+@pytest.mark.parametrize("case", list(_cases_with("weights_gib", model=True)))
+def test_published_weights(case: dict) -> None:
+    c = case["config"]
+    got = weight_bytes_per_rank(load_model_spec(c["model"]), c["tensor_parallel_size"]) / GiB
+    logged = case["logged"]["weights_gib"]
+    assert abs(got - logged) / logged <= case["tolerance"]["weights_relative"], case["source"]
+
+
+@pytest.mark.parametrize("case", list(_cases_with("kv_budget_gib", "weights_gib", "non_torch_gib")))
+def test_published_kv_formula(case: dict) -> None:
+    """vLLM's KV budget from the logged components must equal the logged budget up to rounding."""
+    log, cfg = case["logged"], _record_cfg(case)
+    # 0.6.4 logs the torch peak including the weights
+    activation = log.get("activation_peak_gib", log.get("peak_torch_gib", 0) - log["weights_gib"])
+    got = vb.kv_budget_from_components(cfg, int(log["total_gib"] * GiB), weights=int(log["weights_gib"] * GiB),
+                                       activation_peak=int(activation * GiB), non_torch=int(log["non_torch_gib"] * GiB))
+    assert abs(got / GiB - log["kv_budget_gib"]) <= case["tolerance"]["kv_formula_gib"], case["source"]
+    if "requested_gib" in log:
+        assert abs(vb.requested_bytes(cfg, int(log["total_gib"] * GiB)) / GiB - log["requested_gib"]) <= 0.01
+    if "error" in log and log["kv_budget_gib"] <= 0:
+        assert log["error"].startswith("No available memory for the cache blocks")
+
+
+@pytest.mark.parametrize("case", list(_cases_with("kv_budget_gib", "num_blocks", model=True)))
+def test_published_blocks(case: dict) -> None:
+    """Blocks vLLM made of its logged budget, and the too-long error it raised."""
+    spec, cfg, log = load_model_spec(case["config"]["model"]), _record_cfg(case), case["logged"]
+    cap = vb.kv_capacity(spec, cfg, int(log["kv_budget_gib"] * GiB))
+    assert abs(cap.num_blocks - log["num_blocks"]) <= case["tolerance"]["num_blocks"], case["source"]
+    if "kv_tokens" in log:  # V0: max tokens = logged blocks × 16
+        assert log["num_blocks"] * cfg.block_size == log["kv_tokens"] < cfg.max_model_len
+
+
+@pytest.mark.parametrize("case", list(_cases_with("num_blocks", "max_concurrency", model=True)))
+def test_published_concurrency(case: dict) -> None:
+    spec, cfg, log = load_model_spec(case["config"]["model"]), _record_cfg(case), case["logged"]
+    budget = log["num_blocks"] * page_size_bytes(spec, cfg) * kv_layout(spec, cfg).group_size
+    cap = vb.kv_capacity(spec, cfg, budget)
+    assert cap.num_blocks == log["num_blocks"]
+    assert abs(cap.max_concurrency - log["max_concurrency"]) <= 0.005, case["source"]
+
+
+@pytest.mark.parametrize("case", list(_cases_with("kv_budget_gib", "weights_gib", model=True)))
+def test_published_end_to_end_budget(case: dict) -> None:
+    """memplan's own budget (its activation, non-torch and weight formulas) against the logged budget."""
+    c, log = case["config"], case["logged"]
+    got = vb.kv_cache_budget_bytes(load_model_spec(c["model"]), _record_cfg(case), int(log["total_gib"] * GiB))
+    assert abs(got / GiB - log["kv_budget_gib"]) <= case["tolerance"]["end_to_end_kv_gib"], case["source"]
+
+
+def test_every_record_cites_a_url() -> None:
+    assert len(CASES) >= 10
+    for name, case in CASES.items():
+        assert case["source"].startswith("https://github.com/"), name
+        assert case["quote"] and case["id"], name
+
+
+@pytest.mark.parametrize("name", ["llama-3-8b", "qwen2.5-7b", "llama-3-70b", "mixtral-8x7b", "deepseek-v3"])
+def test_shards_cover_the_model(name: str) -> None:
+    """Σ over TP ranks ≥ one full copy (replicated norms, KV heads, rotary cache); each rank holds less."""
+    spec = load_model_spec(name)
+    full = weight_bytes_per_rank(spec, 1)
+    for tp in (2, 4, 8):
+        shard = weight_bytes_per_rank(spec, tp)
+        assert full / tp <= shard < full
