@@ -41,11 +41,16 @@ def _retag(terms: list[Term] | tuple[Term, ...], phase: Phase) -> list[Term]:
     return [replace(t, phase=phase) for t in terms]
 
 
-def training_activity(mem: RoleMemory) -> list[Term]:
-    """The worst instant of a trained role's micro-step (forward, backward or optimizer step)."""
+def training_activity(mem: RoleMemory, rl: RlJob) -> list[Term]:
+    """The worst instant of a trained role's micro-step (forward, backward or optimizer step). With
+    DeepSpeed sleep the role reloads its optimizer state and gradients for its own fit only
+    (``reload_states`` → fit → ``offload_states``), so they belong to its activity."""
     candidates = [[t for t in mem.gpu_terms if t.phase == sub] + list(mem.activity.get(sub, ()))
                   for sub in TRAIN_SUBPHASES]
-    return _retag(max(candidates, key=lambda ts: sum(t.bytes for t in ts)), Phase.TRAINING)
+    worst = _retag(max(candidates, key=lambda ts: sum(t.bytes for t in ts)), Phase.TRAINING)
+    if rl.deepspeed_sleep:
+        worst += [t for t in mem.gpu_terms if t.phase is None and t.category in SLEEP_CATEGORIES]
+    return worst
 
 
 def experience_activity(mem: RoleMemory, rl: RlJob) -> list[Term]:
@@ -79,7 +84,7 @@ def weight_sync_activity(mem: RoleMemory, rl: RlJob) -> list[Term]:
 
 def _resident(mem: RoleMemory, phase: Phase, rl: RlJob) -> list[Term]:
     persistent = [t for t in mem.gpu_terms if t.phase is None]
-    if rl.deepspeed_sleep and mem.role.trained and phase != Phase.TRAINING:
+    if rl.deepspeed_sleep and mem.role.trained:
         return [t for t in persistent if t.category not in SLEEP_CATEGORIES]
     return persistent
 
@@ -94,7 +99,7 @@ def _activities(mems: dict[RoleName, RoleMemory], roles: tuple[RoleName, ...], p
         if phase == Phase.MAKE_EXPERIENCE:
             acts.append(experience_activity(mem, rl))
         elif phase == Phase.TRAINING and mem.role.trained:
-            acts.append(training_activity(mem))
+            acts.append(training_activity(mem, rl))
         elif phase == Phase.WEIGHT_SYNC and name == RoleName.ACTOR and rl.rollout.num_engines:
             acts.append(weight_sync_activity(mem, rl))
     return acts
