@@ -61,8 +61,7 @@ CASES: dict[str, tuple[str, str]] = {
                                       "--gradient_checkpointing", ""),
     "llama-2-70b-sft-s4096-b1-ckpt": ("llama-2-70b --method sft --max_len 4096 --micro_train_batch_size 1 "
                                       "--gradient_checkpointing", "the motivating case"),
-    "llama-2-70b-sft-lora64-s2048-b1-ckpt": ("llama-2-70b --method sft --max_len 2048 --micro_train_batch_size 1 "
-                                             "--gradient_checkpointing --lora_rank 64", "70B LoRA"),
+    "llama-2-70b-sft-s2048-b1": ("llama-2-70b --method sft --max_len 2048 --micro_train_batch_size 1", ""),
     "llama-3-8b-sft-s8192-b1-ckpt": ("llama-3-8b --method sft --max_len 8192 --micro_train_batch_size 1 "
                                      "--gradient_checkpointing", "128k vocabulary, long sequence"),
     "llama-3-8b-sft-s2048-b2-eager": ("llama-3-8b --method sft --max_len 2048 --micro_train_batch_size 2 "
@@ -81,8 +80,8 @@ CASES: dict[str, tuple[str, str]] = {
     "gemma-2-9b-sft-s2048-b1-ckpt-eager": ("gemma-2-9b --method sft --max_len 2048 --micro_train_batch_size 1 "
                                            "--gradient_checkpointing --attn_implementation eager",
                                            "256k vocabulary; transformers has no sdpa for gemma2"),
-    "gemma-2-9b-sft-lora16-s1024-b2-eager": ("gemma-2-9b --method sft --max_len 1024 --micro_train_batch_size 2 "
-                                             "--attn_implementation eager --lora_rank 16", ""),
+    "gemma-2-9b-rm-s1024-b2-eager": ("gemma-2-9b --method rm --max_len 1024 --micro_train_batch_size 2 "
+                                     "--attn_implementation eager", "reward model: no vocabulary logits"),
     # --- deepspeed-cpu engine, real DeepSpeed, small models ---
     "llama-small-zero0-w1": (f"{SMALL_LLAMA} --method sft --engine deepspeed-cpu --max_len 256 "
                              "--micro_train_batch_size 2 --zero_stage 0 --gpus 1", "bf16 optimizer, no ZeRO"),

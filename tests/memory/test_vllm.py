@@ -11,9 +11,10 @@ import pytest
 from memplan.errors import ConfigError
 from memplan.memory import vllm_budget as vb
 from memplan.memory.breakdown import Category, Device, Phase
+from memplan.hardware import resolve_gpu
 from memplan.memory.vllm import (
-    DEFAULT_VLLM_VERSION, VllmConfig, behaviour, blocks_per_request, kv_bytes_per_token, kv_heads_per_rank,
-    kv_layout, openrlhf_vllm_config, page_size_bytes, weight_bytes_per_rank,
+    DEFAULT_VLLM_VERSION, VLLM_BEHAVIOURS, VllmConfig, behaviour, blocks_per_request, kv_bytes_per_token,
+    kv_heads_per_rank, kv_layout, openrlhf_vllm_config, page_size_bytes, weight_bytes_per_rank,
 )
 from memplan.model import load_model_spec
 from memplan.units import GiB, MiB
@@ -131,10 +132,34 @@ def test_unknown_version_and_bad_values_are_config_errors() -> None:
 
 
 def test_version_table_rows() -> None:
-    new, v17, v0 = behaviour("0.27.1"), behaviour("0.17.0"), behaviour("0.7.3")
+    new, v17, v9, v0 = behaviour("0.27.1"), behaviour("0.17.0"), behaviour("0.9.1"), behaviour("0.7.3")
     assert new.requested_ceil and new.startup_free_check and new.cudagraph_estimate_default
     assert v17.startup_free_check and not v17.cudagraph_estimate_default and v17.in_flight_batches == 1
     assert not v0.startup_free_check and v0.nccl_in_budget and not v0.hybrid_allocator
+    # 0.9.1: V1 runner, float share, free check, but the snapshot still precedes NCCL init
+    assert v9.startup_free_check and v9.nccl_in_budget and not v9.requested_ceil and v9.hybrid_allocator
+    # only 0.6.4 measures its own CUDA context inside the share
+    assert [v for v, b in sorted(VLLM_BEHAVIOURS.items()) if b.context_in_budget] == ["0.6.4"]
+    # hybrid grouping: larger kind when max < r × min, r = 1.5 (0.27.1), 1.25 (0.17.0), never (0.9.1)
+    assert (new.group_max_ratio_pct, v17.group_max_ratio_pct, v9.group_max_ratio_pct) == (150, 125, 100)
+
+
+def test_openrlhf_091_llm_class_defaults() -> None:
+    # OpenRLHF 0.8.5 builds vllm.LLM (LLM class): 8192 batched tokens, 256 sequences on an A100 or a GPU-less driver
+    cfg = openrlhf_vllm_config(max_len=2048, tensor_parallel_size=2, vllm_version="0.9.1")
+    assert (cfg.max_num_batched_tokens, cfg.max_num_seqs) == (8192, 256)
+
+
+def test_hybrid_group_size_per_version() -> None:
+    # 12 sliding + 13 full layers (gpt-oss-20b + eagle, the example in kv_cache_utils.py@v0.17.0 L1043-1047):
+    # 13 < 1.25 × 12 = 15 → group of 13 in 0.17.0 and 0.27.1; 0.9.1 always takes the smaller count, 12
+    base = load_model_spec("gemma-2-9b")
+    spec = dataclasses.replace(base, num_hidden_layers=25, layer_types=base.layer_types[:24] + base.layer_types[1:2])
+    counts = {t: spec.layer_types.count(t) for t in set(spec.layer_types)}
+    assert sorted(counts.values()) == [12, 13]
+    sizes = [kv_layout(spec, openrlhf_vllm_config(max_len=4096, vllm_version=v)).group_size
+             for v in ("0.9.1", "0.17.0", "0.27.1")]
+    assert sizes == [12, 13, 13]
 
 
 # ----------------------------------------------------------------------------- budget
@@ -223,11 +248,24 @@ def test_non_torch_tied_to_records() -> None:
     assert vb.non_torch_bytes(_cfg("0.27.1", tensor_parallel_size=2)) == int(0.16 * GiB)  # NCCL outside budget
 
 
+def test_non_torch_064_holds_the_context() -> None:
+    # 0.6.4 measures used − torch after the profile: its 0.35 GiB (RTX 3090 log) already holds the CUDA context,
+    # so no context is charged outside its share
+    assert vb.V064_NON_TORCH_BYTES == int(CASES["issue10517-llama3.1-8b-rtx3090-20k"]["logged"]["non_torch_gib"] * GiB)
+    assert vb.non_torch_bytes(_cfg("0.6.4")) == int(0.35 * GiB)
+    assert vb.context_outside_bytes(_cfg("0.6.4")) == 0
+    assert vb.context_outside_bytes(_cfg("0.7.3", tensor_parallel_size=2)) == vb.VLLM_CUDA_CONTEXT_BYTES
+
+
 def test_cuda_graphs_by_version() -> None:
     llama, mixtral = load_model_spec("llama-3-8b"), load_model_spec("mixtral-8x7b")
     qwen_moe = load_model_spec("qwen1.5-moe-a2.7b")
-    assert vb.cuda_graph_bytes(llama, _cfg()) == 32 * (int(0.21 * GiB) // 16)
-    assert vb.CUDA_GRAPH_BYTES_PER_LAYER_TP == 2464 * MiB // 60
+    # V0 (0.7.3): 0.21 GiB / 16 layers at TP 1; 2464 MiB / 60 layers at TP > 1
+    assert vb.cuda_graph_bytes(llama, _cfg("0.7.3")) == 32 * (int(0.21 * GiB) // 16)
+    assert vb.cuda_graph_bytes(llama, _cfg("0.7.3", tensor_parallel_size=2)) == 32 * (2464 * MiB // 60)
+    # V1/V2 runners (0.9.1+): 0.65 GiB / 34 layers at TP 1; 2.65 GiB / 80 layers at TP > 1
+    assert vb.cuda_graph_bytes(llama, _cfg()) == 32 * (int(0.65 * GiB) // 34)
+    assert vb.cuda_graph_bytes(llama, _cfg("0.9.1", tensor_parallel_size=2)) == 32 * (int(2.65 * GiB) // 80)
     assert vb.cuda_graph_bytes(llama, _cfg(enforce_eager=True)) == 0
     assert not vb.cuda_graph_in_budget(llama, _cfg())              # 0.27.1 dense: V2 runner, estimate = 0
     assert vb.cuda_graph_in_budget(mixtral, _cfg(tensor_parallel_size=2))  # 0.27.1 MoE: V1 runner, default on
@@ -237,7 +275,126 @@ def test_cuda_graphs_by_version() -> None:
     cfg = _cfg(tensor_parallel_size=2)
     with_graphs = vb.kv_cache_budget_bytes(mixtral, cfg, A100_TOTAL)
     eager = vb.kv_cache_budget_bytes(mixtral, dataclasses.replace(cfg, enforce_eager=True), A100_TOTAL)
-    assert eager - with_graphs == 32 * vb.CUDA_GRAPH_BYTES_PER_LAYER_TP
+    assert eager - with_graphs == 32 * vb.CUDA_GRAPH_BYTES_PER_LAYER_V1_TP
+    # estimated inside the share → not charged again outside it
+    names = {t.path for t in vb.engine_gpu_terms(mixtral, cfg, A100_TOTAL)}
+    assert "rollout.cuda_graphs" not in names and "rollout.nccl" in names
+
+
+@pytest.mark.parametrize("name", ["issue16570-qwen25vl-72b-tp4-cuda-graphs", "issue18136-qwen3-32b-tp4-cuda-graphs",
+                                  "pr21489-gemma3-4b-b200-startup"])
+def test_v1_cuda_graphs_match_logs(name: str) -> None:
+    """V1 "Graph capturing finished ..., took X GiB" against layers × per-layer cost (tolerance per record)."""
+    case = CASES[name]
+    c = case["config"]
+    spec = (load_model_spec(c["model"]) if "model" in c
+            else dataclasses.replace(load_model_spec("llama-3-8b"), num_hidden_layers=c["num_hidden_layers"]))
+    got = vb.cuda_graph_bytes(spec, _cfg("0.17.0", tensor_parallel_size=c["tensor_parallel_size"])) / GiB
+    logged = case["logged"]["cuda_graph_gib"]
+    assert abs(got - logged) / logged <= case["tolerance"]["cuda_graph_relative"], case["source"]
+
+
+def test_cuda_graph_per_layer_scaling_between_logs() -> None:
+    # two TP-4 V1 logs: 2.65 GiB / 80 layers = 33.9 MiB, 2.28 GiB / 64 layers = 36.5 MiB per layer (8 % apart)
+    a = CASES["issue16570-qwen25vl-72b-tp4-cuda-graphs"]["logged"]["cuda_graph_gib"] / 80
+    b = CASES["issue18136-qwen3-32b-tp4-cuda-graphs"]["logged"]["cuda_graph_gib"] / 64
+    assert abs(a - b) / a < 0.08
+
+
+# ----------------------------------------------------------------------------- memory before the snapshot
+
+
+def test_vllm_context_tied_to_record() -> None:
+    log = CASES["pr21489-gemma3-4b-b200-startup"]["logged"]
+    assert vb.VLLM_CUDA_CONTEXT_BYTES == round((log["startup_total_gib"] - log["startup_free_gib"]) * GiB)
+    assert abs(vb.VLLM_CUDA_CONTEXT_BYTES / GiB - 0.70) < 1e-9
+    # TP 1: nothing but the context precedes the snapshot
+    assert vb.context_outside_bytes(_cfg("0.17.0")) == vb.VLLM_CUDA_CONTEXT_BYTES
+
+
+def test_nccl_tied_to_record() -> None:
+    rec = CASES["nccl-issue964-a100-nvlink-groups"]["measured"]
+    assert vb.NCCL_TP2_COMMUNICATOR_BYTES == rec["two_rank_mb"] * MiB
+    assert vb.NCCL_TP_WIDE_COMMUNICATOR_BYTES == rec["wider_mb"] * MiB
+    # custom all-reduce: meta (8 MiB + Signal), buffer (8 MiB), rank_data (8 MiB)
+    assert vb.CUSTOM_ALLREDUCE_BYTES == 24 * MiB
+    assert vb.tp_communicator_bytes(_cfg("0.17.0", tensor_parallel_size=2)) == 544 * MiB + 24 * MiB
+    assert vb.tp_communicator_bytes(_cfg("0.17.0", tensor_parallel_size=8)) == 688 * MiB + 24 * MiB
+    assert vb.tp_communicator_bytes(_cfg("0.17.0")) == 0
+    # 0.17+: before the snapshot (outside the share); 0.9.1: after it (inside, as non-torch)
+    assert vb.context_outside_bytes(_cfg("0.17.0", tensor_parallel_size=2)) == vb.VLLM_CUDA_CONTEXT_BYTES + 568 * MiB
+    assert vb.context_outside_bytes(_cfg("0.9.1", tensor_parallel_size=2)) == vb.VLLM_CUDA_CONTEXT_BYTES
+    assert vb.non_torch_bytes(_cfg("0.9.1", tensor_parallel_size=2)) == int(0.16 * GiB) + 568 * MiB
+
+
+def test_pre_snapshot_memory_h100_tp4() -> None:
+    """total − free at the snapshot of a TP-4 engine (context + NCCL + custom all-reduce) vs vLLM's log."""
+    case = CASES["pr48601-qwen36-27b-h100-tp4-startup"]
+    log = case["logged"]
+    logged = log["startup_total_gib"] - log["startup_free_gib"]          # 1.54 GiB
+    got = vb.context_outside_bytes(_cfg("0.27.1", tensor_parallel_size=4)) / GiB  # 0.70 + 0.672 + 0.023
+    assert abs(got - logged) <= case["tolerance"]["pre_snapshot_gib"], case["source"]
+
+
+def test_issue16570_predicted_not_to_fit() -> None:
+    """0.95 on a 39.38 GiB A100 leaves 1.97 GiB outside the share; context + 80 layers of graphs need 3.35 GiB,
+    and the logged engine died in the sampler warm-up right after graph capture."""
+    case = CASES["issue16570-qwen25vl-72b-tp4-cuda-graphs"]
+    c = case["config"]
+    spec = load_model_spec(c["model"])
+    cfg = _cfg("0.9.1", tensor_parallel_size=c["tensor_parallel_size"],
+               gpu_memory_utilization=c["gpu_memory_utilization"], max_num_seqs=c["max_num_seqs"],
+               max_model_len=c["max_model_len"], max_num_batched_tokens=8192)
+    total = int(c["total_gib"] * GiB)
+    headroom = total - vb.requested_bytes(cfg, total)
+    outside = vb.outside_budget_bytes(spec, cfg)
+    assert outside == vb.VLLM_CUDA_CONTEXT_BYTES + 80 * vb.CUDA_GRAPH_BYTES_PER_LAYER_V1_TP
+    assert outside > headroom and "OOM" in case["logged"]["outcome"]
+    terms = vb.engine_gpu_terms(spec, cfg, total)
+    assert sum(t.bytes for t in terms) > total
+
+
+# ----------------------------------------------------------------------------- the OpenRLHF 70B engine
+
+
+def _llama3_70b_tp2(version: str):  # type: ignore[no-untyped-def]
+    spec = load_model_spec("llama-3-70b")
+    cfg = openrlhf_vllm_config(max_len=2048, tensor_parallel_size=2, gpu_memory_utilization=0.95,
+                               vllm_version=version)
+    return spec, cfg, resolve_gpu("a100-80g").capacity_bytes
+
+
+def test_llama3_70b_tp2_a100_fits_at_095() -> None:
+    """OpenRLHF's 70B script (4 engines × TP 2, u = 0.95, CUDA graphs on) on A100-80G with vLLM 0.17.0.
+
+    requested = ceil(0.95 × 79.256 GiB) = 75.293 GiB; outside it: CUDA graphs 80 × 33.9 MiB = 2.650 GiB,
+    context 0.700 GiB, NCCL 544 MiB + custom all-reduce 24 MiB = 0.555 GiB → 79.198 GiB of 79.256 GiB.
+    The evidence says it fits, by 0.06 GiB: far inside the records' own spread (the context is a Blackwell's,
+    the graph cost was logged with 67 capture sizes where this engine captures 35), so the verdict is "tight".
+    """
+    spec, cfg, capacity = _llama3_70b_tp2("0.17.0")
+    terms = {t.path.split(".")[1]: t.bytes for t in vb.engine_gpu_terms(spec, cfg, capacity)}
+    assert terms["cuda_graphs"] == 80 * (int(2.65 * GiB) // 80)
+    assert terms["cuda_context"] == round(0.70 * GiB)
+    assert terms["nccl"] == 544 * MiB + 24 * MiB
+    requested = vb.requested_bytes(cfg, capacity)
+    inside = sum(v for k, v in terms.items() if k in ("weights", "kv_cache", "activations", "non_torch"))
+    # the KV pool is whole blocks of all 80 layers: 80 × 32 KiB per block at TP 2 = 2.5 MiB left at most
+    assert requested - 80 * page_size_bytes(spec, cfg) < inside <= requested
+    total = sum(terms.values())
+    assert total < capacity
+    assert capacity - total < GiB // 4   # tight: a quarter GiB more of any term would not fit
+
+
+def test_llama3_70b_tp2_a100_fits_with_091() -> None:
+    """The same engine under 0.9.1 (OpenRLHF 0.8.5's pin): NCCL sits inside the share, so only the context and
+    the graphs are outside it: 75.293 + 0.700 + 2.650 = 78.643 GiB, 0.61 GiB free."""
+    spec, cfg, capacity = _llama3_70b_tp2("0.9.1")
+    names = {t.path.split(".")[1] for t in vb.engine_gpu_terms(spec, cfg, capacity)}
+    assert "nccl" not in names
+    assert vb.outside_budget_bytes(spec, cfg) == round(0.70 * GiB) + 80 * (int(2.65 * GiB) // 80)
+    total = sum(t.bytes for t in vb.engine_gpu_terms(spec, cfg, capacity))
+    assert 0.5 * GiB < capacity - total < 0.7 * GiB
 
 
 # ----------------------------------------------------------------------------- start-up
@@ -256,11 +413,15 @@ def test_startup_free_memory_message_matches_record() -> None:
 def test_startup_fails_on_shared_gpu_only_from_017() -> None:
     spec, cfg = load_model_spec("llama-3-8b"), openrlhf_vllm_config(max_len=2048)
     assert vb.startup_check(spec, cfg, A100_TOTAL).status == vb.StartupStatus.OK
-    # a DeepSpeed process holding 10 GiB: free = 79.26 − 10 − 0.95 (own context) = 68.31 < 75.29 GiB
+    # a DeepSpeed process holding 10 GiB: free = 79.26 − 10 − 0.70 (own context) = 68.56 < 75.29 GiB
     shared = vb.startup_check(spec, cfg, A100_TOTAL, other_process_bytes=10 * GiB)
     assert shared.status == vb.StartupStatus.INSUFFICIENT_FREE_MEMORY
-    assert shared.message.startswith("Free memory on device cuda:0 (68.31/79.26 GiB) on startup is less than "
+    assert shared.message.startswith("Free memory on device cuda:0 (68.56/79.26 GiB) on startup is less than "
                                      "desired GPU memory utilization (0.95, 75.29 GiB)")
+    # 0.9.1 checks too (before NCCL), and names no device (gpu_worker.py@v0.9.1 L138-147)
+    v9 = openrlhf_vllm_config(max_len=2048, vllm_version="0.9.1")
+    assert vb.startup_check(spec, v9, A100_TOTAL, other_process_bytes=10 * GiB).message.startswith(
+        "Free memory on device (68.56/79.26 GiB) on startup is less than desired GPU memory utilization (0.95, ")
     old = openrlhf_vllm_config(max_len=2048, vllm_version="0.7.3")
     assert vb.startup_check(spec, old, A100_TOTAL, other_process_bytes=10 * GiB).status == vb.StartupStatus.OK
 

@@ -82,8 +82,9 @@ def estimate_job(job: Job, *, gpu: Gpu | None = None, host_ram_bytes: int | None
                  phases: tuple[Phase, ...] = SINGLE_MODEL_PHASES) -> Estimate:
     """Estimate every GPU and node of a job whose roles share one GPU group (SFT, RM, DPO, KTO, PRM, KD)."""
     groups = {g.name: g for g in job.groups}
-    memories = [role_memory(r, groups[r.group], job.logprob_impl, forward_phases=(Phase.FORWARD,))
-                for r in job.roles]
+    frozen = next((r for r in job.roles if not r.trained), None)
+    memories = [role_memory(r, groups[r.group], job.logprob_impl, forward_phases=(Phase.FORWARD,),
+                            partner=frozen if r.trained else None) for r in job.roles]
     by_group: dict[str, list[RoleMemory]] = defaultdict(list)
     for m in memories:
         by_group[m.role.group].append(m)

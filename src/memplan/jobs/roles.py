@@ -9,14 +9,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from memplan.dtypes import DType
-from memplan.jobs.job import GpuGroup, LoraOptions, Role
+from memplan.jobs.job import GpuGroup, LoraOptions, Role, RoleName
 from memplan.jobs.result import ModelInfo
 from memplan.memory import host, lora
 from memplan.memory.activations import ActivationConfig
 from memplan.memory.breakdown import Device, Phase, Term
 from memplan.memory.logits import Head, LogProbImpl
 from memplan.memory.model_states import frozen_model_states, nf4_base_weights, trained_model_states
-from memplan.memory.transient import HeadConfig, forward_only_terms, training_transients
+from memplan.memory.transient import HeadConfig, forward_only_terms, micro_step_transients, training_transients
 from memplan.memory.zero import ParamLayout, ZeroConfig, eval_zero_config, layout_from_tree, train_zero_config
 from memplan.model.params import ModuleKind, ParamModule, ParamTensor, param_tree
 from memplan.model.spec import ModelSpec
@@ -113,8 +113,12 @@ def _state_terms(role: Role, tree: ParamModule, layout: ParamLayout, zero: ZeroC
 
 
 def role_memory(role: Role, group: GpuGroup, logprob_impl: LogProbImpl,
-                forward_phases: tuple[Phase, ...] = (Phase.FORWARD,)) -> RoleMemory:
-    """Model states, host terms and per-phase transient activity of one rank of ``role``."""
+                forward_phases: tuple[Phase, ...] = (Phase.FORWARD,), partner: Role | None = None) -> RoleMemory:
+    """Model states, host terms and per-phase transient activity of one rank of ``role``.
+
+    ``partner`` is the frozen model a trained role's trainer runs between its forward and backward
+    (DPO/KTO reference, KD teacher): its forward rides on the policy's forward-end tensors.
+    """
     tree = role_tree(role)
     layout, total = _layout(role.spec, role.head, role.lora if role.trained else None)
     zero = role_zero(role, group)
@@ -124,7 +128,12 @@ def role_memory(role: Role, group: GpuGroup, logprob_impl: LogProbImpl,
     cfg = activation_config(role, tree)
     head = HeadConfig(head=role.head, logprob_impl=logprob_impl, holds_output=role.holds_output,
                       kd=role.kd_student)
-    if role.trained:
+    if role.trained and partner is not None:
+        is_teacher = partner.name == RoleName.TEACHER
+        activity = dict(micro_step_transients(role.spec, cfg, head, role=str(role.name),
+                                              reference_role=None if is_teacher else str(partner.name),
+                                              teacher=partner.spec if is_teacher else None))
+    elif role.trained:
         activity = dict(training_transients(role.spec, cfg, head, str(role.name)))
     else:
         activity = {p: forward_only_terms(role.spec, cfg, head, str(role.name), phase=p) for p in forward_phases}

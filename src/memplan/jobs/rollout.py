@@ -36,8 +36,8 @@ def replay_buffer_terms(rl: RlJob, actor_ranks: int) -> list[Term]:
 
 
 #: vLLM release each OpenRLHF version pins (setup.py extras): 0.11 → vllm==0.27.1, 0.9.5 → vllm==0.17.0,
-#: 0.8.5 → vllm==0.9.1, whose V1 engine is modelled with the closest release read, 0.17.0.
-OPENRLHF_VLLM = {"0.11": "0.27.1", "0.9": "0.17.0", "0.8": "0.17.0"}
+#: 0.8.5 → vllm==0.9.1.
+OPENRLHF_VLLM = {"0.11": "0.27.1", "0.9": "0.17.0", "0.8": "0.9.1"}
 
 
 def _actor_spec(rl: RlJob):  # type: ignore[no-untyped-def]

@@ -73,12 +73,18 @@ class VllmBehaviour:
     """Raises "Free memory on device ... less than desired GPU memory utilization" at start-up."""
     nccl_in_budget: bool
     """The memory snapshot precedes NCCL init, so NCCL/custom all-reduce buffers count as non-torch."""
+    context_in_budget: bool
+    """The CUDA context is measured as non-torch memory inside ``total × u`` (0.6.4: used − torch after the
+    profile run); later versions take their baseline after the context exists, so it lies outside the share."""
     others_in_budget: bool
     """Other processes' memory on the GPU counts as this engine's non-torch memory (0.6.4: used − torch)."""
     cudagraph_estimate_default: bool
     """``VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS`` default: the V1 runner's graph estimate is subtracted."""
     hybrid_allocator: bool
     """Sliding-window layers keep only their window (hybrid KV cache manager)."""
+    group_max_ratio_pct: int
+    """Hybrid grouping: layers per group = the larger kind's count when ``100 × max < pct × min``, else the
+    smaller kind's (100: always the smaller)."""
     in_flight_batches: int
     """Concurrent scheduler batches (2 with async scheduling): sliding-window admission budget multiplier."""
     default_max_num_seqs: int
@@ -100,35 +106,51 @@ def _src(version: str, path: str) -> str:
 VLLM_BEHAVIOURS: dict[str, VllmBehaviour] = {
     "0.6.4": VllmBehaviour(
         version="0.6.4.post1", runner_dense=VllmRunner.V0, runner_moe=VllmRunner.V0, requested_ceil=False,
-        startup_free_check=False, nccl_in_budget=True, others_in_budget=True, cudagraph_estimate_default=False,
-        hybrid_allocator=False, in_flight_batches=1, default_max_num_seqs=256, default_max_num_batched_tokens=2048,
-        chunked_prefill=False, tokens_from_concurrency=False,
-        source=_src("0.6.4.post1", "vllm/worker/worker.py") + " determine_num_available_blocks L185-243: "
-        "total×u − (allocated_bytes.all.peak + non-torch); other processes' memory counts as non-torch"),
+        startup_free_check=False, nccl_in_budget=True, context_in_budget=True, others_in_budget=True,
+        cudagraph_estimate_default=False, hybrid_allocator=False, group_max_ratio_pct=100, in_flight_batches=1,
+        default_max_num_seqs=256, default_max_num_batched_tokens=2048, chunked_prefill=False,
+        tokens_from_concurrency=False,
+        source=_src("0.6.4.post1", "vllm/worker/worker.py") + " init_device L122-147 (no snapshot; NCCL after), "
+        "determine_num_available_blocks L174-250: total×u − (allocated_bytes.all.peak + non-torch), non-torch = "
+        "(total − free) − torch allocated after the profile: context, NCCL and other processes' memory included"),
     "0.7.3": VllmBehaviour(
         version="0.7.3", runner_dense=VllmRunner.V0, runner_moe=VllmRunner.V0, requested_ceil=False,
-        startup_free_check=False, nccl_in_budget=True, others_in_budget=False, cudagraph_estimate_default=False,
-        hybrid_allocator=False, in_flight_batches=1, default_max_num_seqs=256, default_max_num_batched_tokens=2048,
-        chunked_prefill=False, tokens_from_concurrency=False,
-        source=_src("0.7.3", "vllm/worker/worker.py") + " L161-166 (snapshot before NCCL), L205-271 "
+        startup_free_check=False, nccl_in_budget=True, context_in_budget=False, others_in_budget=False,
+        cudagraph_estimate_default=False, hybrid_allocator=False, group_max_ratio_pct=100, in_flight_batches=1,
+        default_max_num_seqs=256, default_max_num_batched_tokens=2048, chunked_prefill=False,
+        tokens_from_concurrency=False,
+        source=_src("0.7.3", "vllm/worker/worker.py") + " L161-166 (set_device, then snapshot, then NCCL), L205-271 "
         "(total×u − weights − torch peak increase − non-torch increase)"),
+    "0.9.1": VllmBehaviour(
+        version="0.9.1", runner_dense=VllmRunner.V1, runner_moe=VllmRunner.V1, requested_ceil=False,
+        startup_free_check=True, nccl_in_budget=True, context_in_budget=False, others_in_budget=False,
+        cudagraph_estimate_default=False, hybrid_allocator=True, group_max_ratio_pct=100, in_flight_batches=1,
+        default_max_num_seqs=256, default_max_num_batched_tokens=8192, chunked_prefill=True,
+        tokens_from_concurrency=False,
+        source=_src("0.9.1", "vllm/v1/worker/gpu_worker.py") + " init_device L115-155 (snapshot, free check, then "
+        "init_worker_distributed_environment), determine_available_memory L183-230 (requested − non_kv), "
+        "compile_or_warm_up_model L247-261 (graphs after the KV cache); utils.py memory_profiling L2342-2415; "
+        "engine/arg_utils.py L1540-1605 (LLM class: 8192 tokens, 256 seqs on A100 or a GPU-less Ray driver); "
+        "v1/core/kv_cache_utils.py L825 (group = min), L867 (tokens = blocks // groups × block)"),
     "0.17.0": VllmBehaviour(
         version="0.17.0", runner_dense=VllmRunner.V1, runner_moe=VllmRunner.V1, requested_ceil=True,
-        startup_free_check=True, nccl_in_budget=False, others_in_budget=False, cudagraph_estimate_default=False,
-        hybrid_allocator=True,
+        startup_free_check=True, nccl_in_budget=False, context_in_budget=False, others_in_budget=False,
+        cudagraph_estimate_default=False, hybrid_allocator=True, group_max_ratio_pct=125,
         in_flight_batches=1, default_max_num_seqs=128, default_max_num_batched_tokens=2048, chunked_prefill=True,
         tokens_from_concurrency=False,
         source=_src("0.17.0", "vllm/v1/worker/gpu_worker.py") + " init_device L262-286, determine_available_memory "
-        "L384-409; v1/worker/utils.py request_memory L217-237; no VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS in envs.py"),
+        "L384-409; v1/worker/utils.py request_memory L217-237; no VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS in envs.py; "
+        "v1/core/kv_cache_utils.py L1040-1049 (group = max when max < 1.25 × min)"),
     "0.27.1": VllmBehaviour(
         version="0.27.1", runner_dense=VllmRunner.V2, runner_moe=VllmRunner.V1, requested_ceil=True,
-        startup_free_check=True, nccl_in_budget=False, others_in_budget=False, cudagraph_estimate_default=True,
-        hybrid_allocator=True,
+        startup_free_check=True, nccl_in_budget=False, context_in_budget=False, others_in_budget=False,
+        cudagraph_estimate_default=True, hybrid_allocator=True, group_max_ratio_pct=150,
         in_flight_batches=2, default_max_num_seqs=128, default_max_num_batched_tokens=2048, chunked_prefill=True,
         tokens_from_concurrency=True,
         source=_src("0.27.1", "vllm/v1/worker/gpu_worker.py") + " L395-396, L498-548; envs.py L2018-2019 "
         "(estimate default '1'); config/vllm.py L69-79, L540-550, L637-658 (V2 runner for dense models, async "
-        "scheduling); v1/worker/gpu/model_runner.py L749-751 (V2 profile_cudagraph_memory returns 0)"),
+        "scheduling); v1/worker/gpu/model_runner.py L749-751 (V2 profile_cudagraph_memory returns 0); "
+        "v1/core/kv_cache_utils.py L1248 (group = max when max < 1.5 × min)"),
 }
 
 #: Architectures 0.27.1 runs on the V2 runner even though they are MoE (config/vllm.py L69-79), by model_type.
@@ -216,7 +238,9 @@ def openrlhf_vllm_config(*, max_len: int, tensor_parallel_size: int = 1,
 
     D_tokens = 2048 and max_num_seqs_default = 128 are ``SchedulerConfig.DEFAULT_MAX_NUM_BATCHED_TOKENS`` /
     ``DEFAULT_MAX_NUM_SEQS``: ``get_batch_defaults`` only knows ``LLM_CLASS`` and ``OPENAI_API_SERVER``, and
-    ``AsyncLLM.from_engine_args`` passes ``ENGINE_CONTEXT``.
+    ``AsyncLLM.from_engine_args`` passes ``ENGINE_CONTEXT``. The 0.9.1 row holds the ``LLM_CLASS`` values
+    (8192 tokens, 256 seqs), as OpenRLHF 0.8.5 builds ``vllm.LLM`` (vllm_engine.py@v0.8.5 L70) from a Ray actor
+    that holds no GPU (arg_utils.py@v0.9.1 L1540-1567: no device memory read → the non-H100 defaults).
 
     Source: vllm/engine/arg_utils.py@v0.27.1 ``get_batch_defaults`` L2515-2595 and
     ``_set_default_max_num_seqs_and_batched_tokens_args`` L2712-2800 (same logic at v0.17.0 L2101-2161);
@@ -389,11 +413,12 @@ def kv_layout(spec: ModelSpec, cfg: VllmConfig) -> KvLayout:
     """Group the layers as vLLM's KV cache manager does.
 
     Uniform models: one group of all L layers. Mixed full/sliding (Gemma-2/3) with the hybrid allocator:
-    group_size = min(#full, #sliding), or the max when max < 1.5 × min; each kind is cut into
-    ceil(n / group_size) groups (the last padded).
+    group_size = min(#full, #sliding), or the max when max < r × min (r = 1.5 in 0.27.1, 1.25 in 0.17.0, never
+    in 0.9.1: ``group_max_ratio_pct``); each kind is cut into ceil(n / group_size) groups (the last padded).
 
     Source: vllm/v1/core/kv_cache_utils.py@v0.27.1 ``get_kv_cache_groups`` L1781-1852,
-    ``_get_kv_cache_groups_uniform_page_size`` L1140-1280 (group size L1246-1256);
+    ``_get_kv_cache_groups_uniform_page_size`` L1140-1280 (group size L1246-1256); @v0.17.0 L1040-1049;
+    @v0.9.1 ``_get_kv_cache_config_uniform_page_size`` L825;
     vllm/model_executor/models/llama.py@v0.27.1 L182-201 (a layer slides only when the config has ``layer_types``).
     Assumes: models whose every layer slides (Mistral-7B-v0.1: no ``layer_types`` in its HF config) run as full
     attention in vLLM, as llama.py reads the window only from ``layer_types``; pre-hybrid versions (V0) keep every
@@ -406,7 +431,7 @@ def kv_layout(spec: ModelSpec, cfg: VllmConfig) -> KvLayout:
     if not mixed or not cfg.behaviour.hybrid_allocator:
         return KvLayout(group_size=spec.num_hidden_layers, num_full_groups=1, num_sliding_groups=0, sliding_window=0)
     small, large = min(n_full, n_sliding), max(n_full, n_sliding)
-    group = large if 2 * large < 3 * small else small
+    group = large if 100 * large < cfg.behaviour.group_max_ratio_pct * small else small
     return KvLayout(group_size=group, num_full_groups=-(-n_full // group), num_sliding_groups=-(-n_sliding // group),
                     sliding_window=int(spec.sliding_window or 0))
 

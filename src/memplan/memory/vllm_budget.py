@@ -7,9 +7,19 @@ At start-up every version computes (``determine_available_memory`` / V0 ``determ
 
 with ``total`` = cudaMemGetInfo total (catalogue ``runtime_total_bytes``); ``activation_peak`` the torch peak of
 the dummy forward + sampler (:func:`profile_peak_bytes`); ``non_torch`` what appears outside torch after the
-memory snapshot (workspaces; V0 also NCCL; 0.6.4 also other processes); ``cuda_graph_estimate`` only in 0.27.1
-on the V1 runner (MoE). Outside ``requested``: the engine's CUDA context and (0.17+) NCCL, created before the
-snapshot, and CUDA graphs not estimated in the budget. Constants tie to ``validation/published/vllm/`` records.
+memory snapshot (workspaces; 0.9.1 and V0 also NCCL; 0.6.4 also the CUDA context and other processes);
+``cuda_graph_estimate`` only in 0.27.1 on the V1 runner (MoE).
+
+Outside ``requested`` (what the engine holds beyond ``total × u``; read from each version's worker):
+
+    version   CUDA context   NCCL + custom all-reduce (tp > 1)   CUDA graphs
+    0.6.4     inside         inside                              outside (captured after the KV cache)
+    0.7.3     outside        inside (snapshot precedes NCCL)     outside
+    0.9.1     outside        inside (snapshot precedes NCCL)     outside
+    0.17.0    outside        outside (NCCL precedes snapshot)    outside
+    0.27.1    outside        outside                             inside for the V1 runner (estimate), else outside
+
+Constants tie to ``validation/published/vllm/`` records.
 """
 
 from __future__ import annotations
@@ -19,7 +29,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from memplan.dtypes import bytes_for
-from memplan.memory import overhead
 from memplan.memory.breakdown import Category, Device, Phase, Term
 from memplan.memory.vllm import (
     OPENRLHF_ENGINE, VllmConfig, VllmRunner, blocks_per_request, kv_layout, page_size_bytes, runner_for,
@@ -48,12 +57,35 @@ NON_TORCH_BYTES = int(0.16 * GiB)
 #: NCCL + custom all-reduce buffers counted as non-torch when the snapshot precedes NCCL init (V0):
 #: 3.58 − 1.79 GiB between TP 2 and TP 1 of the same run. Records: pr10511-llama3-8b-tp2.toml, -tp1.toml
 V0_TP_NON_TORCH_BYTES = int(1.79 * GiB)
-#: CUDA-graph memory per decoder layer at TP 1: 0.21 GiB / 16 layers (Llama-3.2-1B, 35 graphs).
+#: V0 CUDA-graph memory per decoder layer at TP 1: 0.21 GiB / 16 layers (Llama-3.2-1B, 35 graphs).
 #: Record: pr11349-llama3.2-1b-cuda-graphs.toml
 CUDA_GRAPH_BYTES_PER_LAYER_TP1 = int(0.21 * GiB) // 16
-#: CUDA-graph memory per decoder layer at TP > 1 (custom all-reduce buffers per graph): 2464 MiB / 60 layers
+#: V0 CUDA-graph memory per decoder layer at TP > 1 (custom all-reduce buffers per graph): 2464 MiB / 60 layers
 #: (Yi-1.5-34B, TP 4). Record: issue7553-yi34b-tp4-cuda-graphs.toml
 CUDA_GRAPH_BYTES_PER_LAYER_TP = 2464 * MiB // 60
+#: V1/V2-runner CUDA-graph memory per decoder layer at TP 1 ("Graph capturing finished ..., took 0.65 GiB",
+#: gemma-3-4b: 34 layers, B200). Record: pr21489-gemma3-4b-b200-startup.toml
+CUDA_GRAPH_BYTES_PER_LAYER_V1_TP1 = int(0.65 * GiB) // 34
+#: V1/V2-runner CUDA-graph memory per decoder layer at TP > 1: "took 2.65 GiB" / 80 layers (Qwen2.5-VL-72B,
+#: TP 4, 67 capture sizes, vLLM 0.8.3). Record: issue16570-qwen25vl-72b-tp4-cuda-graphs.toml
+#: (checked by issue18136-qwen3-32b-tp4-cuda-graphs.toml: 64 layers, 2.28 GiB logged, 2.12 predicted).
+CUDA_GRAPH_BYTES_PER_LAYER_V1_TP = int(2.65 * GiB) // 80
+#: Device memory a vLLM worker holds before its memory snapshot at TP 1 (CUDA context, loaded modules): the
+#: start-up line "Free memory on device (177.66/178.36 GiB)" of an idle B200 gives 178.36 − 177.66 = 0.70 GiB.
+#: Record: pr21489-gemma3-4b-b200-startup.toml
+VLLM_CUDA_CONTEXT_BYTES = round((178.36 - 177.66) * GiB)
+#: GPU memory of the one NCCL communicator a TP worker warms up (``PyNcclCommunicator``), 4 A100 with NVLink,
+#: after a 4 MB all-reduce: 544 MB in a 2-rank group, 688 MB in a larger one (read as MiB).
+#: Record: nccl-issue964-a100-nvlink-groups.toml
+NCCL_TP2_COMMUNICATOR_BYTES = 544 * MiB
+NCCL_TP_WIDE_COMMUNICATOR_BYTES = 688 * MiB
+#: Custom all-reduce buffers of one rank: ``meta`` (meta_size + max_size), ``buffer`` (max_size) and
+#: ``rank_data`` (8 MiB), max_size = 8 MiB; the small Signal struct (``meta_size``) is ignored.
+#: Source: vllm/distributed/device_communicators/custom_all_reduce.py@v0.17.0 L59, L176-190
+CUSTOM_ALLREDUCE_BYTES = 3 * 8 * MiB
+#: 0.6.4 measures the CUDA context with the other non-torch memory: 0.35 GiB on a one-GPU RTX 3090 run
+#: ("non_torch_memory=0.35GiB"). Records: issue10517-llama3.1-8b-rtx3090-20k.toml, -29k.toml
+V064_NON_TORCH_BYTES = int(0.35 * GiB)
 
 _BUDGET_SRC = ("vllm/v1/worker/gpu_worker.py", "determine_available_memory")
 _V0_WORKER = ("vllm/worker/worker.py", "determine_num_available_blocks")
@@ -116,32 +148,82 @@ def profile_peak_bytes(spec: ModelSpec, cfg: VllmConfig) -> int:
     return max(forward_peak_bytes(spec, cfg), sampler_peak_bytes(spec, cfg))
 
 
+def tp_communicator_bytes(cfg: VllmConfig) -> int:
+    """NCCL + custom all-reduce memory of one TP rank (0 at tp = 1).
+
+        V0:   V0_TP_NON_TORCH_BYTES                                  (measured: TP 2 − TP 1 non-torch)
+        V1:   NCCL communicator (544 MiB at tp = 2, 688 MiB above) + CUSTOM_ALLREDUCE_BYTES
+
+    Source: records pr10511-llama3-8b-tp1/-tp2 (V0) and nccl-issue964-a100-nvlink-groups (V1: one eager
+    ``PyNcclCommunicator`` per TP group, vllm/distributed/device_communicators/cuda_communicator.py@v0.17.0 L73-78;
+    the world group has no device communicator, parallel_state.py L1132-1141; torch's own NCCL group is lazy);
+    custom_all_reduce.py@v0.17.0 L176-190.
+    Assumes: one node with NVLink (custom all-reduce on); no SymmMem buffers (sm 9.0/10.0 only, all_reduce_utils.py
+    L49-61); NVLS (H100 NVSwitch) buffers not modelled.
+    Checked by: tests/memory/test_vllm.py::test_pre_snapshot_memory_h100_tp4
+    """
+    if cfg.tensor_parallel_size == 1:
+        return 0
+    if _is_v0(cfg):
+        return V0_TP_NON_TORCH_BYTES
+    nccl = NCCL_TP2_COMMUNICATOR_BYTES if cfg.tensor_parallel_size == 2 else NCCL_TP_WIDE_COMMUNICATOR_BYTES
+    return nccl + CUSTOM_ALLREDUCE_BYTES
+
+
 def non_torch_bytes(cfg: VllmConfig) -> int:
     """Non-torch memory inside the budget on one rank.
 
-        NON_TORCH_BYTES (+ V0_TP_NON_TORCH_BYTES when tp > 1 and the version snapshots before NCCL init)
+        NON_TORCH_BYTES                 (0.6.4: V064_NON_TORCH_BYTES, which holds the CUDA context too)
+        + tp_communicator_bytes         (when the version snapshots before NCCL init: V0, 0.9.1)
 
-    Source: records gaie-pr550 / mellea-pr416 (0.16 GiB) and pr10511 tp1/tp2 (NCCL + custom all-reduce);
-    vllm/worker/worker.py@v0.7.3 L161-166 (snapshot, then NCCL) vs v1/worker/gpu_worker.py@v0.27.1 L373-396
-    (NCCL, then snapshot).
-    Assumes: one value for every GPU and model (the logs range 0.03-0.35 GiB at TP 1; pr10511 shows 1.79).
+    Source: records gaie-pr550 / mellea-pr416 (0.16 GiB), issue10517 (0.6.4, 0.35 GiB);
+    vllm/worker/worker.py@v0.7.3 L161-166 (snapshot, then NCCL); v1/worker/gpu_worker.py@v0.9.1 L128-155 (same);
+    @v0.17.0 L265-284 (NCCL, then snapshot).
+    Assumes: one value for every GPU and model (the logs range 0.03-0.35 GiB at TP 1).
     Checked by: tests/memory/test_vllm.py::test_non_torch_tied_to_records
     """
-    extra = V0_TP_NON_TORCH_BYTES if cfg.tensor_parallel_size > 1 and cfg.behaviour.nccl_in_budget else 0
-    return NON_TORCH_BYTES + extra
+    b = cfg.behaviour
+    base = V064_NON_TORCH_BYTES if b.context_in_budget else NON_TORCH_BYTES
+    return base + (tp_communicator_bytes(cfg) if b.nccl_in_budget else 0)
+
+
+def context_outside_bytes(cfg: VllmConfig) -> int:
+    """What the worker holds before its snapshot, outside ``requested``: the CUDA context, plus NCCL and custom
+    all-reduce when they are initialised first (0.17+, tp > 1). 0 for 0.6.4 (it measures the context inside).
+
+        VLLM_CUDA_CONTEXT_BYTES + (tp_communicator_bytes if not nccl_in_budget)
+
+    Source: v1/worker/gpu_worker.py@v0.17.0 init_device L256-286 (set_device, NCCL init, then MemorySnapshot);
+    @v0.9.1 L128-137 (set_device, MemorySnapshot, NCCL after); utils/mem_utils.py@v0.17.0 ``memory_profiling``
+    (``non_torch_increase`` is measured from that snapshot, so what precedes it is not charged).
+    Checked by: tests/memory/test_vllm.py::test_pre_snapshot_memory_h100_tp4
+    """
+    b = cfg.behaviour
+    context = 0 if b.context_in_budget else VLLM_CUDA_CONTEXT_BYTES
+    return context + (0 if b.nccl_in_budget else tp_communicator_bytes(cfg))
 
 
 def cuda_graph_bytes(spec: ModelSpec, cfg: VllmConfig) -> int:
-    """CUDA-graph pool of one rank: 0 with ``enforce_eager``, else L × per-layer cost (TP 1 or TP > 1 record).
+    """CUDA-graph pool of one rank: 0 with ``enforce_eager``, else L × per-layer cost of the runner and TP.
 
-    Source: records pr11349 (TP 1) and issue7553 (TP 4); vLLM's own V0 warning "CUDA graphs can take
-    additional 1~3 GiB memory per GPU" (record mlcommons-inference-issue2408).
-    Assumes: cost proportional to decoder layers; capture sizes (max_num_seqs) and V1 piecewise graphs not modelled.
-    Checked by: tests/memory/test_vllm.py::test_cuda_graphs_by_version
+        V0:      L × 13.4 MiB (tp = 1) / 41.1 MiB (tp > 1)        records pr11349, issue7553
+        V1, V2:  L × 19.6 MiB (tp = 1) / 33.9 MiB (tp > 1)        records pr21489, issue16570 (issue18136: −7 %)
+
+    Source: the records above ("Graph capturing finished in X secs, took Y GiB" is the free-memory drop across
+    ``capture_model``, v1/worker/gpu_model_runner.py@v0.17.0 L5298-5366); vLLM's own V0 warning "CUDA graphs can
+    take additional 1~3 GiB memory per GPU" (record mlcommons-inference-issue2408).
+    Assumes: cost proportional to decoder layers (two TP-4 logs, 64 and 80 layers, agree to 7 %); the V1 records
+    captured 67 sizes (up to 512 tokens); 0.17.0's OpenRLHF engine captures 35 piecewise sizes (up to 256,
+    config/vllm.py@v0.17.0 L1368-1421) plus full decode graphs; the difference is not modelled (no log shows it).
+    Checked by: tests/memory/test_vllm.py::test_cuda_graphs_by_version, ::test_v1_cuda_graphs_match_logs
     """
     if cfg.enforce_eager:
         return 0
-    per_layer = CUDA_GRAPH_BYTES_PER_LAYER_TP1 if cfg.tensor_parallel_size == 1 else CUDA_GRAPH_BYTES_PER_LAYER_TP
+    if _is_v0(cfg):
+        per_layer = CUDA_GRAPH_BYTES_PER_LAYER_TP1 if cfg.tensor_parallel_size == 1 else CUDA_GRAPH_BYTES_PER_LAYER_TP
+    else:
+        per_layer = (CUDA_GRAPH_BYTES_PER_LAYER_V1_TP1 if cfg.tensor_parallel_size == 1
+                     else CUDA_GRAPH_BYTES_PER_LAYER_V1_TP)
     return spec.num_hidden_layers * per_layer
 
 
@@ -150,8 +232,9 @@ def cuda_graph_in_budget(spec: ModelSpec, cfg: VllmConfig) -> bool:
 
     0.27.1: yes on the V1 runner (``VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS`` defaults to 1, gpu_worker.py
     L512-548); the V2 runner (dense models) returns 0 from ``profile_cudagraph_memory`` (gpu/model_runner.py
-    L749-751), so its graphs land outside the budget. 0.17.0 and V0: never (graphs are captured in
-    ``compile_or_warm_up_model`` after the KV cache exists).
+    L749-751), so its graphs land outside the budget. 0.17.0, 0.9.1 and V0: never (graphs are captured in
+    ``compile_or_warm_up_model`` after the KV cache exists: v1/worker/gpu_worker.py@v0.17.0 L484-522,
+    @v0.9.1 L247-261).
     Checked by: tests/memory/test_vllm.py::test_cuda_graphs_by_version
     """
     return (not cfg.enforce_eager and cfg.behaviour.cudagraph_estimate_default
@@ -307,10 +390,20 @@ def max_len_that_fits(spec: ModelSpec, cfg: VllmConfig, kv_budget: int) -> int:
     return best
 
 
+#: Versions whose start-up error names no device ("Free memory on device (…"): v1/worker/gpu_worker.py@v0.9.1
+#: L138-147.
+_FREE_MESSAGE_WITHOUT_DEVICE = frozenset({"0.9.1"})
+#: Versions that spell "models's" in the max-seq-len error (kv_cache_utils.py@v0.9.1 L573, @v0.17.0 L620-650).
+_MODELS_S = frozenset({"0.9.1", "0.17.0"})
+#: Versions that print that error's GiB with ``:.2f`` (kv_cache_utils.py@v0.9.1 L572-576) rather than format_gib.
+_TWO_DECIMALS = frozenset({"0.9.1"})
+
+
 def free_memory_message(cfg: VllmConfig, free: int, total: int, requested: int, device: str = "cuda:0") -> str:
     """vLLM's start-up error when other processes hold memory (``request_memory``, v1/worker/utils.py@v0.27.1
-    L418-426; same text at v0.17.0 L225-233)."""
-    return (f"Free memory on device {device} ({_gib(free)}/{_gib(total)} GiB) on startup is less than desired "
+    L418-426; same text at v0.17.0 L225-233; v1/worker/gpu_worker.py@v0.9.1 L138-147 without the device)."""
+    where = "" if cfg.vllm_version in _FREE_MESSAGE_WITHOUT_DEVICE else f"{device} "
+    return (f"Free memory on device {where}({_gib(free)}/{_gib(total)} GiB) on startup is less than desired "
             f"GPU memory utilization ({cfg.gpu_memory_utilization}, {_gib(requested)} GiB).")
 
 
@@ -318,25 +411,23 @@ def startup_check(spec: ModelSpec, cfg: VllmConfig, total_gpu_bytes: int, *,
                   other_process_bytes: int = 0) -> StartupCheck:
     """Will the engine start on a GPU where other processes already hold ``other_process_bytes``?
 
-    1. (0.17+) free at the snapshot = total − others − own CUDA context − own NCCL (tp > 1) must be ≥
-       ``ceil(total × u)``: "Free memory on device ... is less than desired GPU memory utilization".
+    1. (0.9.1+) free at the snapshot = total − others − :func:`context_outside_bytes` must be ≥ ``total × u``
+       (0.17+: ``ceil``): "Free memory on device ... is less than desired GPU memory utilization".
     2. budget ≤ 0: "No available memory for the cache blocks."
     3. one ``max_model_len`` request must fit: V1 "To serve at least one request with the model's max seq len
        (L), (X GiB KV cache is needed, ...)"; V0 "The model's max seq len (L) is larger than the maximum number
        of tokens that can be stored in KV cache (N)."
 
     Source: vllm/v1/worker/utils.py@v0.27.1 L409-430; gpu_worker.py L373-396 (snapshot after NCCL);
-    kv_cache_utils.py L751-788 (@v0.17.0 L620-650 spells "models's"); vllm/worker/worker.py@v0.7.3 L535-549.
-    Assumes: the engine's own pre-snapshot memory is one CUDA context (memory/overhead.py) plus one NCCL
-    communicator when tp > 1; other processes do not change their memory during profiling.
+    kv_cache_utils.py L751-788 (@v0.17.0 L620-650 spells "models's"); v1/worker/gpu_worker.py@v0.9.1 L128-147
+    (snapshot and check before NCCL); vllm/worker/worker.py@v0.7.3 L535-549.
+    Assumes: the engine's own pre-snapshot memory is :func:`context_outside_bytes`; other processes do not change
+    their memory during profiling.
     Checked by: tests/memory/test_vllm.py::test_startup_*
     """
     b = cfg.behaviour
     requested = requested_bytes(cfg, total_gpu_bytes)
-    own = overhead.CUDA_CONTEXT_BYTES
-    if cfg.tensor_parallel_size > 1 and not b.nccl_in_budget:
-        own += overhead.NCCL_COMMUNICATOR_BYTES
-    free = total_gpu_bytes - other_process_bytes - own
+    free = total_gpu_bytes - other_process_bytes - context_outside_bytes(cfg)
     budget = kv_cache_budget_bytes(spec, cfg, total_gpu_bytes, other_process_bytes=other_process_bytes)
 
     def result(status: StartupStatus, message: str = "") -> StartupCheck:
@@ -359,10 +450,11 @@ def _too_long_message(spec: ModelSpec, cfg: VllmConfig, budget: int, cap: KvCapa
         return (f"The model's max seq len ({cfg.max_model_len}) is larger than the maximum number of tokens that "
                 f"can be stored in KV cache ({cap.num_blocks * cfg.block_size}).")
     needed = cap.blocks_per_seq * page_size_bytes(spec, cfg) * kv_layout(spec, cfg).group_size
-    model = "models's" if cfg.vllm_version == "0.17.0" else "model's"
+    model = "models's" if cfg.vllm_version in _MODELS_S else "model's"
+    gib = (lambda b: f"{b / GiB:.2f}") if cfg.vllm_version in _TWO_DECIMALS else _gib
     return (f"To serve at least one request with the {model} max seq len ({cfg.max_model_len}), "
-            f"({_gib(needed)} GiB KV cache is needed, which is larger than the available KV cache memory "
-            f"({_gib(budget)} GiB). Based on the available memory, the estimated maximum model length is "
+            f"({gib(needed)} GiB KV cache is needed, which is larger than the available KV cache memory "
+            f"({gib(budget)} GiB). Based on the available memory, the estimated maximum model length is "
             f"{max_len_that_fits(spec, cfg, budget)}.")
 
 
@@ -409,7 +501,7 @@ def engine_gpu_terms(spec: ModelSpec, cfg: VllmConfig, total_gpu_bytes: int, *, 
     ``phase_when_awake`` and WEIGHT_SYNC (OpenRLHF wakes only "weights" before the sync and leaves them awake until
     the next generation), the KV pool in ``phase_when_awake`` only. The rest stays: sleep releases only the
     "weights"/"kv_cache" CuMem pools and does not empty torch's cache (activations, CUDA graphs, non-torch,
-    context, NCCL remain).
+    context, NCCL remain). Beyond ``requested``: :func:`outside_budget_bytes` (graphs, context, 0.17+ NCCL).
 
     Source: vllm/device_allocator/cumem.py@v0.27.1 ``sleep`` L229-281, ``wake_up`` L283-310;
     sleep_mode_backend.py L120-139 ("NCCL live outside CuMemAllocator's pool"); gpu_worker.py L192-225, L437,
@@ -433,15 +525,42 @@ def engine_gpu_terms(spec: ModelSpec, cfg: VllmConfig, total_gpu_bytes: int, *, 
     terms.append(term("kv_cache", cap.pool_bytes, Category.KV_CACHE, kv_src, phase_when_awake if sleeping else None))
     terms.append(term("activations", profile_peak_bytes(spec, cfg), Category.TEMP,
                       _worker_source(cfg, "profile_run peak (kept in torch's cache)")))
+    non_torch_rec = ("issue10517-llama3.1-8b-rtx3090-20k.toml" if cfg.behaviour.context_in_budget
+                     else "gaie-pr550-a100-80g.toml")
     terms.append(term("non_torch", non_torch_bytes(cfg), Category.OVERHEAD,
-                      measurement(_REC + "gaie-pr550-a100-80g.toml", "non-torch memory, one GPU")))
-    if graphs := cuda_graph_bytes(spec, cfg):
-        terms.append(term("cuda_graphs", graphs, Category.OVERHEAD,
-                          measurement(_REC + "pr11349-llama3.2-1b-cuda-graphs.toml", "graph pool per layer")))
-    terms.append(overhead.cuda_context(f"{path}.cuda_context"))
-    if not cfg.behaviour.nccl_in_budget:
-        terms += overhead.nccl_buffers(f"{path}.nccl", cfg.tensor_parallel_size)
+                      measurement(_REC + non_torch_rec, "non-torch memory inside the share")))
+    terms += [term(name, nbytes, Category.OVERHEAD, src) for name, nbytes, src in _outside_parts(spec, cfg) if nbytes]
     return terms
+
+
+def _outside_parts(spec: ModelSpec, cfg: VllmConfig) -> list[tuple[str, int, Source]]:
+    """(name, bytes, source) of what one rank holds outside ``requested``: CUDA graphs, the CUDA context and
+    (0.17+, tp > 1) NCCL + custom all-reduce. See :func:`cuda_graph_bytes`, :func:`context_outside_bytes`."""
+    b = cfg.behaviour
+    graph_rec = ("pr11349-llama3.2-1b-cuda-graphs.toml" if _is_v0(cfg)
+                 else "issue16570-qwen25vl-72b-tp4-cuda-graphs.toml")
+    parts: list[tuple[str, int, Source]] = []
+    if not cuda_graph_in_budget(spec, cfg):
+        parts.append(("cuda_graphs", cuda_graph_bytes(spec, cfg),
+                      measurement(_REC + graph_rec, "graph pool per layer")))
+    if not b.context_in_budget:
+        parts.append(("cuda_context", VLLM_CUDA_CONTEXT_BYTES, measurement(
+            _REC + "pr21489-gemma3-4b-b200-startup.toml", "free-memory gap before the snapshot, TP 1")))
+    if not b.nccl_in_budget:
+        parts.append(("nccl", tp_communicator_bytes(cfg), measurement(
+            _REC + "nccl-issue964-a100-nvlink-groups.toml", "one TP communicator + custom all-reduce buffers")))
+    return parts
+
+
+def outside_budget_bytes(spec: ModelSpec, cfg: VllmConfig) -> int:
+    """Bytes one rank holds beyond ``requested`` (the engine's total is ``requested`` + this).
+
+        cuda_graphs (unless estimated inside) + CUDA context (unless 0.6.4) + NCCL/custom all-reduce (0.17+)
+
+    Source: :func:`engine_gpu_terms` (the same parts).
+    Checked by: tests/memory/test_vllm.py::test_llama3_70b_tp2_a100_fits_at_095
+    """
+    return sum(nbytes for _, nbytes, _ in _outside_parts(spec, cfg))
 
 
 def sleep_released_bytes(spec: ModelSpec, cfg: VllmConfig, total_gpu_bytes: int) -> int:
