@@ -33,6 +33,14 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     parser.set_defaults(func=run)
 
 
+def _is_file(text: str) -> bool:
+    """True for an existing file; a long pasted command is not a path (ENAMETOOLONG)."""
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def _command_text(words: list[str]) -> str | list[str]:
     from memplan.errors import ConfigError
 
@@ -42,7 +50,7 @@ def _command_text(words: list[str]) -> str | list[str]:
         raise ConfigError("COMMAND", "missing: give the launch command after --")
     if words == ["-"]:
         text = sys.stdin.read(MAX_SCRIPT_BYTES + 1)
-    elif len(words) == 1 and Path(words[0]).is_file():
+    elif len(words) == 1 and _is_file(words[0]):
         path = Path(words[0])
         if path.stat().st_size > MAX_SCRIPT_BYTES:
             raise ConfigError(words[0], f"is larger than {MAX_SCRIPT_BYTES} bytes; not a launch script")

@@ -137,3 +137,154 @@ def estimate_text(est: Any, suggestions: Sequence[Any] = (), *, explain: bool = 
     for note in est.notes:
         lines.append(f"note: {note}")
     return "\n".join(lines)
+
+
+# --- plans (memplan plan) ----------------------------------------------------------------------
+
+
+def _layout_text(layout: Any) -> str:
+    """``separate: actor 8, critic 8, ref 4, reward 4; vLLM 4 × TP2 (gpu_memory_utilization 0.85)``."""
+    groups = ", ".join(f"{role} {n}" for role, n in layout.sizes)
+    text = f"{layout.placement}: {groups}"
+    if layout.engines:
+        text += f"; vLLM {layout.engines} × TP{layout.tp} (gpu_memory_utilization {layout.gmu})"
+    return text
+
+
+#: Searched flags left out of the text when at these values (they are off).
+_QUIET_FLAGS = {("lora_rank", 0), ("ring_attn_size", 1), ("vllm_enable_sleep", False),
+                ("deepspeed_enable_sleep", False)}
+
+
+def _flags_text(flags: Sequence[tuple[str, Any]]) -> str:
+    words = []
+    for key, value in flags:
+        if (key, value) in _QUIET_FLAGS:
+            continue
+        words.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
+    return " ".join(words)
+
+
+def binding_limit_text(limit: Any, gpu_name: str = "") -> str:
+    """One line: which limit binds, where, and by how much."""
+    kind = str(limit.kind)
+    if kind == "gpu_count":
+        if limit.limit < 1:
+            return f"--max-gpus {limit.limit} allows no GPU"
+        return (f"GPU count: the smallest layout whose every GPU fits needs {limit.need} GPUs, --max-gpus allows "
+                f"{limit.limit} ({limit.shortfall} short)")
+    if kind == "gpu_memory":
+        on = f" {gpu_name}" if gpu_name else ""
+        return (f"GPU memory of {limit.where}: {gib(limit.need)} reserved per GPU on {limit.num_gpus} GPU(s), "
+                f"the{on} GPU has {gib(limit.limit)} (short by {gib(limit.shortfall)}) at the most GPUs allowed")
+    if kind == "host_ram":
+        return (f"host RAM of {limit.where}: {gib(limit.need)} needed on the {limit.num_gpus}-GPU layout whose GPUs "
+                f"fit, the node has {gib(limit.limit)} (short by {gib(limit.shortfall)})")
+    return f"every candidate was rejected by OpenRLHF's constraints: {limit.where}"
+
+
+def plan_role_rows(est: Any) -> list[list[str]]:
+    """Rows of the per-role table: roles, GPUs, peak, reserved, capacity, free, verdict, peak phase."""
+    rows = []
+    for d in est.devices:
+        cap = d.capacity_bytes
+        free = f"{100 * (cap - d.reserved_bytes) / cap:.0f}%" if cap else "-"
+        rows.append(["+".join(d.roles), str(d.count), gib(d.peak_bytes), gib(d.reserved_bytes),
+                     gib(cap) if cap else "-", free, str(d.verdict or "-"), str(d.peak.phase)])
+    return rows
+
+
+def plan_text(title: str, plan: Any) -> str:
+    """One plan: layout, flags, per-role table, host RAM per node, the launch command."""
+    est = plan.estimate
+    nodes = len(est.hosts)
+    lines = [f"{title}: {est.num_gpus} GPUs on {nodes} node{'s' if nodes != 1 else ''} ({est.verdict or 'no capacity'})",
+             f"  layout: {_layout_text(plan.layout)}", f"  flags:  {_flags_text(plan.flags)}", ""]
+    table_text = table(["roles", "GPUs", "peak", "reserved", "capacity", "free", "verdict", "peak phase"],
+                       plan_role_rows(est), "lrrrrrll")
+    lines += ["  " + line for line in table_text.splitlines()]
+    for h in est.hosts:
+        cap = f" of {gib(h.capacity_bytes)} ({h.verdict})" if h.capacity_bytes else ""
+        lines.append(f"  host RAM {h.id}: {gib(h.peak_bytes)} at {h.peak.phase}{cap}")
+    lines += ["  command:", f"    {plan.command}"]
+    return "\n".join(lines)
+
+
+def plan_result_text(result: Any) -> str:
+    """The human report of one GPU type's plan."""
+    lines = [f"plan: {result.model}, {result.method} on {result.gpu.name} "
+             f"(max {result.max_gpus} GPUs{', host RAM ' + gib(result.host_ram_bytes) + '/node' if result.host_ram_bytes else ''})",
+             ""]
+    if result.minimum is None:
+        lines.append("no plan: nothing fits")
+        if result.binding_limit is not None:
+            lines.append(f"binding limit: {binding_limit_text(result.binding_limit, result.gpu.name)}")
+    else:
+        lines += [plan_text("minimum", result.minimum), ""]
+        if result.recommended is not None:
+            lines += [plan_text("recommended (>= 10% headroom)", result.recommended), ""]
+    lines.append(f"candidates evaluated: {result.candidates_evaluated} in {result.seconds:.2f} s")
+    lines += [f"note: {n}" for n in result.notes]
+    return "\n".join(lines)
+
+
+def plan_comparison_text(results: Sequence[Any]) -> str:
+    """Several GPU types side by side: the minimum (and the recommended GPU count) per type."""
+    rows = []
+    for r in results:
+        m = r.minimum
+        rows.append([r.gpu.name, str(m.num_gpus) if m else "no plan",
+                     _layout_text(m.layout) if m else binding_limit_text(r.binding_limit, r.gpu.name) if r.binding_limit else "-",
+                     gib(max(d.reserved_bytes for d in m.estimate.devices)) if m else "-",
+                     gib(m.max_host_bytes) if m else "-",
+                     str(r.recommended.num_gpus) if r.recommended else "-", str(r.candidates_evaluated)])
+    lines = [table(["GPU", "min GPUs", "minimum layout", "max reserved/GPU", "max host RAM/node", "recommended GPUs",
+                    "candidates"], rows, "lrlrrrr"), ""]
+    for r in results:
+        if r.minimum is not None:
+            lines += [f"{r.gpu.name} minimum:", f"  {r.minimum.command}"]
+    total = sum(r.candidates_evaluated for r in results)
+    lines.append(f"candidates evaluated: {total} in {sum(r.seconds for r in results):.2f} s")
+    return "\n".join(lines)
+
+
+def plan_json(plan: Any) -> dict[str, Any] | None:
+    """One PLAN of the contract: the estimate object plus ``command`` (and the layout and flags)."""
+    from memplan.jobs.report import estimate_json
+
+    if plan is None:
+        return None
+    data = estimate_json(plan.estimate)
+    layout = plan.layout
+    data["command"] = plan.command
+    data["layout"] = {"placement": str(layout.placement), "groups": dict(layout.sizes),
+                      "vllm": {"num_engines": layout.engines, "tensor_parallel_size": layout.tp,
+                               "gpu_memory_utilization": layout.gmu} if layout.engines else None}
+    data["flags"] = dict(plan.flags)
+    return data
+
+
+def plan_result_json(result: Any) -> dict[str, Any]:
+    """``{"minimum", "recommended", "candidates_evaluated", "binding_limit"}`` (DESIGN.md) and context."""
+    limit = result.binding_limit
+    return {"minimum": plan_json(result.minimum), "recommended": plan_json(result.recommended),
+            "candidates_evaluated": result.candidates_evaluated,
+            "binding_limit": binding_limit_text(limit, result.gpu.name) if limit else None,
+            "binding": None if limit is None else {"kind": str(limit.kind), "where": limit.where,
+                                                   "num_gpus": limit.num_gpus, "need": limit.need,
+                                                   "limit": limit.limit, "shortfall": limit.shortfall},
+            "gpu": result.gpu.name, "max_gpus": result.max_gpus, "host_ram_bytes": result.host_ram_bytes,
+            "seconds": result.seconds, "notes": list(result.notes)}
+
+
+def plan_comparison_json(results: Sequence[Any]) -> dict[str, Any]:
+    """One object per GPU type (each as ``plan_result_json``) and the total candidates evaluated."""
+    return {"plans": [plan_result_json(r) for r in results],
+            "candidates_evaluated": sum(r.candidates_evaluated for r in results)}
+
+
+def suggestion_effects_text(suggestion: Any) -> str:
+    """``--adam_offload (−106.86 GiB) + --gradient_checkpointing (−74.92 GiB)``: each change of a set with
+    the drop of the largest per-GPU reserved peak it gives alone."""
+    effects = getattr(suggestion, "effects", ()) or ((suggestion.change, suggestion.saving_bytes),)
+    return " + ".join(f"{text} ({'−' if saving >= 0 else '+'}{gib(abs(saving))})" for text, saving in effects)

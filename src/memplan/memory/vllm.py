@@ -19,6 +19,7 @@ Glossary: *rank* = one TP worker process = one GPU; *page* = the bytes of one KV
 
 from __future__ import annotations
 
+from functools import lru_cache
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -334,6 +335,7 @@ def rotary_cache_numel(spec: ModelSpec) -> int:
     return rows * rotary_dim
 
 
+@lru_cache(maxsize=256)
 def weight_bytes_per_rank(spec: ModelSpec, tp: int, dtype: DType = DType.BF16) -> int:
     """Weight bytes on one TP rank of a vLLM engine.
 

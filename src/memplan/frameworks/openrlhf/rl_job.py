@@ -189,7 +189,7 @@ def build_rl_job(values: Mapping[str, Any], *, version: str, load: Callable[[str
         roles.append(Role(name=RoleName.REWARD, spec=load(str(values["reward_pretrain"])), head=Head.VALUE,
                           trained=False, group="reward", offload_params=bool(values.get("reward_offload")),
                           **{**common, "load_in_4bit": False}, **frozen))
-    node_gpus = max([NODE_GPUS] + [g.gpus_per_node for g in groups.values()])
+    node_gpus = max([NODE_GPUS] + [g.gpus_per_node for name, g in groups.items() if name != RoleName.ROLLOUT])
     slots = pack_slots(_units(values, groups, rollout), node_gpus)
     method = next((m for m, e in METHOD_ESTIMATOR.items() if e == estimator), Method.PPO)
     job = Job(method=method, roles=tuple(roles), groups=tuple(groups.values()), logprob_impl=logprob_impl,
