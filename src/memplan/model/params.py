@@ -195,9 +195,24 @@ def param_tree(spec: ModelSpec) -> ParamModule:
     return ParamModule(path="", kind=ModuleKind.CONTAINER, children=(body, head))
 
 
+@lru_cache(maxsize=256)
 def num_params(spec: ModelSpec) -> int:
-    """Total distinct parameters of the causal LM (tied embeddings counted once)."""
-    return param_tree(spec).num_params
+    """Total distinct parameters of the causal LM (tied embeddings counted once).
+
+    Every dense layer has the same parameters, and every MoE layer too, so one of each is built and
+    multiplied (equal to ``param_tree(spec).num_params``, without building the whole tree).
+    """
+    h, v = spec.hidden_size, spec.vocab_size
+    moe_layers = set(spec.moe_layers)
+    num_moe = len(moe_layers)
+    num_dense = spec.num_hidden_layers - num_moe
+    total = v * h + h + (0 if spec.tie_word_embeddings else v * h)
+    if num_dense:
+        first_dense = next(i for i in range(spec.num_hidden_layers) if i not in moe_layers)
+        total += num_dense * _layer(spec, first_dense, False).num_params
+    if num_moe:
+        total += num_moe * _layer(spec, min(moe_layers), True).num_params
+    return total
 
 
 def largest_layer_params(spec: ModelSpec) -> int:

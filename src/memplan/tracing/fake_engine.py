@@ -7,6 +7,9 @@ frozen parameters, ``reset_mod_stats()`` between iterations.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import time
 from collections.abc import Callable
 from typing import Any
@@ -69,6 +72,28 @@ def _counts(module: nn.Module, name: str) -> dict[str, Any]:
             "trainable_params": sum(p.numel() for p in params if p.requires_grad)}
 
 
+@contextlib.contextmanager
+def unpacked_batches(*, enabled: bool) -> Iterator[None]:
+    """Tell transformers' mask builder the batch is not packed.
+
+    Under fake tensors ``masking_utils.find_packed_sequence_indices`` cannot read ``position_ids`` and
+    assumes packing, so HF builds a T × T mask, SDPA drops grouped-query attention (k/v repeated to every
+    head) and the CPU kernel keeps a mask copy per layer; a real unpacked batch on a GPU gets none of this.
+    Source: transformers v5.24.0 masking_utils.py ``find_packed_sequence_indices``. Restored on exit.
+    """
+    if not enabled:
+        yield
+        return
+    from transformers import masking_utils
+
+    original = masking_utils.find_packed_sequence_indices
+    masking_utils.find_packed_sequence_indices = lambda position_ids: None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        masking_utils.find_packed_sequence_indices = original
+
+
 def run_fake(request: TraceRequest, progress: Progress, module_depth: int = 0) -> TraceResult:
     """Trace ``NUM_ITERATIONS`` iterations of ``request`` at full size; returns what was measured."""
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -85,7 +110,7 @@ def run_fake(request: TraceRequest, progress: Progress, module_depth: int = 0) -
     tracker = PhaseTracker()
     models = [m for m in (built.policy, built.frozen) if m is not None]
     tracker.guard_frozen(p for m in models for p in m.parameters())
-    with fake_mode:
+    with fake_mode, unpacked_batches(enabled=not request.packing_samples):
         tracker.track_external(*models)
         measurement = _iterate(request, built, tracker, progress, module_depth)
     return TraceResult(request=request, ranks=(measurement,), models=count_models(built, request),
@@ -125,10 +150,13 @@ def _iterate(request: TraceRequest, built: BuiltModels, tracker: PhaseTracker, p
                 tracker.reset_mod_stats()
         states.update(_model_states(built, optimizer, grad_bytes[-1]))
     iterations: dict[int, dict[str, dict[str, int]]] = {}
+    transient: dict[int, dict[str, dict[str, int]]] = {}
     for (it, phase), snap in tracker.phase_peaks.items():
         if it >= 1 and phase != "end":
             iterations.setdefault(it, {})[phase] = snap
-    return RankMeasurement(rank=0, iterations=iterations, model_states=states, modules=modules)
+            transient.setdefault(it, {})[phase] = tracker.transient_peaks[(it, phase)]
+    return RankMeasurement(rank=0, iterations=iterations, model_states=states, modules=modules,
+                           transient_iterations=transient)
 
 
 def _roles(built: BuiltModels, request: TraceRequest) -> dict[int, str]:

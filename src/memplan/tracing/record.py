@@ -29,7 +29,9 @@ def _rank_record(rank: Any) -> dict[str, Any]:
             "peak_by_category": {k: v for k, v in snap.items() if k != "total"},
             "phases": {p: rank.phase_peak(p)[1]["total"] for p in PHASES},
             "iterations": {str(it): phases for it, phases in sorted(rank.iterations.items())},
-            "model_states": dict(rank.model_states)}
+            "model_states": dict(rank.model_states),
+            **({"transient_iterations": {str(it): phases for it, phases in sorted(rank.transient_iterations.items())}}
+               if rank.transient_iterations else {})}
 
 
 def build_record(case: str, result: TraceResult, description: str = "") -> dict[str, Any]:

@@ -32,6 +32,8 @@ class RankMeasurement:
     """Counts and bytes read from the tensors: params, trainable params, grads, masters, Adam moments."""
     modules: tuple[dict[str, Any], ...]
     """Per-module table of the last iteration (MemTracker's module snapshots)."""
+    transient_iterations: dict[int, dict[str, dict[str, int]]] | None = None
+    """iteration -> phase -> bytes by category at the instant activation + temp peaked in that phase."""
 
     def phase_peak(self, phase: str) -> tuple[int, dict[str, int]]:
         """(iteration, snapshot) of the largest total of ``phase`` over the iterations."""

@@ -58,6 +58,7 @@ class PhaseTracker(MemTracker):
         super().__init__()
         self.phase: tuple[int, str] = (0, "setup")
         self.phase_peaks: dict[tuple[int, str], dict[str, int]] = {}
+        self.transient_peaks: dict[tuple[int, str], dict[str, int]] = {}
         self._frozen: list[torch.Tensor] = []
         self._forced: Any = None
 
@@ -122,10 +123,18 @@ class PhaseTracker(MemTracker):
     def _note_phase_peak(self) -> None:
         total = self.current_total()
         best = self.phase_peaks.get(self.phase)
+        snap = None
         if best is None or total > best["total"]:
             snap = self.current_categories()
             snap["total"] = total
             self.phase_peaks[self.phase] = snap
+        # The computation's own peak (activation + temp) can come earlier than the phase's total peak: in
+        # a backward without ZeRO's gradient hand-off, gradients pile up until the very end.
+        snap = snap or self.current_categories()
+        transient = snap["activation"] + snap["temp"]
+        seen = self.transient_peaks.get(self.phase)
+        if seen is None or transient > seen["activation"] + seen["temp"]:
+            self.transient_peaks[self.phase] = {**snap, "total": total}
 
     def module_rows(self, depth: int, roles: dict[int, str]) -> list[dict[str, Any]]:
         """Per-module figures of the last tracked iteration, modules up to ``depth`` levels deep.
