@@ -53,6 +53,7 @@ def report(run_: object, est: object, args: argparse.Namespace) -> int:
     if args.json:
         data = estimate_json(est)  # type: ignore[arg-type]
         data["suggestions"] = [{"change": s.change, "saving_bytes": s.saving_bytes,
+                                "effects": [{"change": c, "saving_bytes": b} for c, b in getattr(s, "effects", ())],
                                 "max_reserved_bytes": s.max_reserved_bytes,
                                 "verdict": str(s.estimate.verdict) if s.estimate.verdict else None}
                                for s in suggestions]

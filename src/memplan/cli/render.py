@@ -134,6 +134,8 @@ def estimate_text(est: Any, suggestions: Sequence[Any] = (), *, explain: bool = 
             host = max((h.peak_bytes for h in s.estimate.hosts), default=0)
             lines.append(f"  {s.change:<40} −{gib(s.saving_bytes)} per GPU → {gib(after)}"
                          f"{' (' + str(v) + ')' if v else ''}; host peak {gib(host)}")
+            if len(getattr(s, "effects", ())) > 1:
+                lines.append(f"      each alone: {suggestion_effects_text(s)}")
     for note in est.notes:
         lines.append(f"note: {note}")
     return "\n".join(lines)
