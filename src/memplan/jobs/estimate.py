@@ -23,6 +23,8 @@ from memplan.memory.breakdown import Category, Phase, Term
 
 #: Phases of one SFT/RM/DPO/KTO/PRM/KD training step on the GPU.
 SINGLE_MODEL_PHASES = (Phase.FORWARD, Phase.BACKWARD, Phase.OPTIMIZER_STEP)
+#: Categories of a computation's own tensors (PhaseUsage.transient_bytes).
+TRANSIENT_CATEGORIES = (Category.ACTIVATION, Category.TEMP)
 
 
 def _sum(terms: list[Term] | tuple[Term, ...]) -> int:
@@ -38,8 +40,11 @@ def device_phases(memories: list[RoleMemory], phases: tuple[Phase, ...]) -> tupl
     for phase in phases:
         activities = [[t for t in m.gpu_terms if t.phase == phase] + list(m.activity.get(phase, ()))
                       for m in memories]
-        busiest = max(activities, key=_sum, default=[])
-        usages.append(PhaseUsage(phase=phase, terms=tuple(persistent + fixed + busiest)))
+        busiest = max(range(len(memories)), key=lambda i: _sum(activities[i]), default=None)
+        terms = activities[busiest] if busiest is not None else []
+        transient = None if busiest is None else sum(
+            t.bytes for t in memories[busiest].transient.get(phase, ()) if t.category in TRANSIENT_CATEGORIES)
+        usages.append(PhaseUsage(phase=phase, terms=tuple(persistent + fixed + terms), transient_bytes=transient))
     return tuple(usages)
 
 

@@ -56,6 +56,11 @@ class PhaseUsage:
     """The phase."""
     terms: tuple[Term, ...]
     """Terms resident at this phase's peak (persistent and the phase's worst transient set)."""
+    transient_bytes: int | None = None
+    """Activation + temp bytes of the worst moment of the busiest role's own computation in this phase,
+    before DeepSpeed's gradient buffers are placed at their moments (memory/grad_timeline.py): what a
+    trace's ACT + TEMP peak measures. The peak's ``terms`` can sit at a later moment with less of it.
+    Not part of the JSON report; None where not computed."""
 
     @property
     def bytes(self) -> int:

@@ -11,12 +11,14 @@ from functools import lru_cache
 from memplan.dtypes import DType
 from memplan.jobs.job import GpuGroup, LoraOptions, Role, RoleName
 from memplan.jobs.result import ModelInfo
-from memplan.memory import host, lora
+from memplan.memory import grad_timeline, host, lora
 from memplan.memory.activations import ActivationConfig
 from memplan.memory.breakdown import Device, Phase, Term
 from memplan.memory.logits import Head, LogProbImpl
 from memplan.memory.model_states import frozen_model_states, nf4_base_weights, trained_model_states
-from memplan.memory.transient import HeadConfig, forward_only_terms, micro_step_transients, training_transients
+from memplan.memory.transient import (
+    HeadConfig, backward_moments, forward_only_terms, held_output_terms, micro_step_transients, training_transients,
+)
 from memplan.memory.zero import ParamLayout, ZeroConfig, eval_zero_config, layout_from_tree, train_zero_config
 from memplan.model.params import ModuleKind, ParamModule, ParamTensor, param_tree
 from memplan.model.spec import ModelSpec
@@ -36,7 +38,11 @@ class RoleMemory:
     cpu_terms: tuple[Term, ...]
     """Host terms of one rank (persistent and LOAD-phase)."""
     activity: dict[Phase, tuple[Term, ...]]
-    """Transient terms of the role's own computation in each phase it is active."""
+    """Terms of the role's worst moment in each phase it is active: its own transient tensors and, in
+    backward, DeepSpeed's gradient buffers alive at that moment (memory/grad_timeline.py)."""
+    transient: dict[Phase, tuple[Term, ...]]
+    """The role's own computation alone at its largest in each phase (``activity`` before the gradient
+    buffers are placed)."""
     info: ModelInfo
     """Parameter counts."""
     world_size: int
@@ -67,6 +73,18 @@ def _layout(spec: ModelSpec, head: Head, lora_options: LoraOptions | None) -> tu
     adapters = () if lora_options is None else lora.adapter_tensor_numels(tree, lora_options.target_modules,
                                                                           lora_options.rank)
     return layout_from_tree(tree, adapter_tensors=adapters), tree.num_params
+
+
+@lru_cache(maxsize=256)
+def _grad_order(spec: ModelSpec, head: Head, lora_options: LoraOptions | None) -> grad_timeline.GradOrder:
+    tree = _tree(spec, head)
+    adapters = None
+    if lora_options is not None:
+        adapters = {}
+        for module in lora.targeted_linears(tree, lora_options.target_modules):
+            out_features, in_features = module.tensors[0].shape
+            adapters[module.path] = lora_options.rank * (in_features + out_features)
+    return grad_timeline.grad_order(tree, spec.num_hidden_layers, adapters)
 
 
 def role_zero(role: Role, group: GpuGroup) -> ZeroConfig:
@@ -105,11 +123,23 @@ def _state_terms(role: Role, tree: ParamModule, layout: ParamLayout, zero: ZeroC
         adapters = ParamLayout(trainable_groups=layout.trainable_groups, frozen_tensors=(),
                                largest_layer_params=layout.largest_layer_params, per_tensor=layout.per_tensor)
         value_head = role.spec.hidden_size if role.head == Head.VALUE else 0
-        return [*trained_model_states(adapters, zero, role=name, forward_phases=forward_phases),
+        return [*trained_model_states(adapters, zero, role=name, forward_phases=forward_phases, with_timeline=True),
                 *nf4_base_weights(tree, role=name, value_head_params=value_head)]
     if role.trained:
-        return trained_model_states(layout, zero, role=name, forward_phases=forward_phases)
+        return trained_model_states(layout, zero, role=name, forward_phases=forward_phases, with_timeline=True)
     return frozen_model_states(layout, zero, role=name, forward_phases=forward_phases)
+
+
+def _backward_with_grads(role: Role, cfg: ActivationConfig, head: HeadConfig, layout: ParamLayout,
+                         zero: ZeroConfig, transient_peak: tuple[Term, ...]) -> tuple[Term, ...]:
+    """The backward's worst moment with DeepSpeed's gradient buffers of that moment (grad_timeline).
+    ``transient_peak`` (the method's own backward peak: with a KD teacher's loss tensors it can exceed the
+    model's moments) counts as a moment before the first hook."""
+    name = str(role.name)
+    moments = [*backward_moments(role.spec, cfg, head, name), (transient_peak, ("loss",))]
+    order = _grad_order(role.spec, role.head, role.lora if role.trained else None)
+    return grad_timeline.backward_peak(moments, order, layout, zero, role=name,
+                                       end_transient=held_output_terms(role.spec, cfg, head, name, Phase.BACKWARD))
 
 
 def role_memory(role: Role, group: GpuGroup, logprob_impl: LogProbImpl,
@@ -137,7 +167,10 @@ def role_memory(role: Role, group: GpuGroup, logprob_impl: LogProbImpl,
         activity = dict(training_transients(role.spec, cfg, head, str(role.name)))
     else:
         activity = {p: forward_only_terms(role.spec, cfg, head, str(role.name), phase=p) for p in forward_phases}
+    transient = dict(activity)
+    if role.trained and grad_timeline.applies(zero, layout):
+        activity[Phase.BACKWARD] = _backward_with_grads(role, cfg, head, layout, zero, activity[Phase.BACKWARD])
     info = ModelInfo(name=role.spec.name, num_params=total,
                      trainable_params=layout.trainable_params if role.trained else 0)
     return RoleMemory(role=role, gpu_terms=tuple(t for t in terms if t.device == Device.GPU), cpu_terms=tuple(cpu),
-                      activity=activity, info=info, world_size=group.num_gpus)
+                      activity=activity, transient=transient, info=info, world_size=group.num_gpus)

@@ -28,7 +28,8 @@ from __future__ import annotations
 
 from memplan.dtypes import DType, bytes_for
 from memplan.jobs.options import ZeroStage
-from memplan.memory import host
+from memplan.memory import grad_timeline, host
+from memplan.memory.grad_timeline import zero3_module_grads
 from memplan.memory.breakdown import Category, Device, Phase, Term
 from memplan.memory.zero import (
     NON_ZERO_ALLREDUCE_BUCKET_SIZE, ParamLayout, ZeroConfig, ds_source, flat_group_numel, grads_in_partition_numel,
@@ -121,8 +122,9 @@ def lp_grads(layout: ParamLayout, zero: ZeroConfig, *, role: str) -> list[Term]:
 
     Source: the lines above. grad_accum defaults to the model dtype (engine.py:1806-1807), so ZeRO-3
     keeps bf16 gradient partitions unless ``--grad_accum_dtype fp32``.
-    Assumes: stage 0/1 lp gradients are charged until the step, although at stage 1 they are freed
-    once reduced at the accumulation boundary (an over-count of 2T − 2ps in the step phase).
+    Assumes: as resident (every phase). Estimates of a run place them in time instead where
+    memory/grad_timeline.py models the engine (``trained_model_states(with_timeline=True)``): growing
+    through backward, then the step's ``grads_in_partition`` (stage 1/2) or T (stage 0).
     Probe: after backward the ZeRO-2 worst rank holds 2,106,880 B (= this formula), ZeRO-3 a bf16
     partition, and ``--grad_accum_dtype fp32`` at ZeRO-2 a 4,213,248 B fp32 partition (both exact).
     Checked by: tests/memory/test_model_states.py::test_zero_paper_figure_1, ::test_grad_accum_dtype_fp32
@@ -334,24 +336,6 @@ def zero3_gathered_params(layout: ParamLayout, zero: ZeroConfig, *, role: str, p
                   phase) for phase in phases]
 
 
-def zero3_module_grads(layout: ParamLayout, zero: ZeroConfig, *, role: str) -> list[Term]:
-    """ZeRO-3: full gradients of the module whose backward just ran, before the hook copies them into the
-    bucket (``__add_grad_to_ipg_bucket`` stage3.py:1621-1644). DeepSpeed's estimator counts the same
-    2 B × largest layer (its ``largest_layer_memory = 4 × LL`` is these plus the gathered weights).
-
-    Assumes: with frozen tensors (LoRA) only trainable tensors get gradients: the largest trainable tensor.
-    Checked by: tests/memory/test_vs_deepspeed_estimator.py::test_zero3_gpu_agreement
-    """
-    if zero.stage != ZeroStage.ZERO_3 or not layout.trainable_params:
-        return []
-    if layout.frozen_params and layout.per_tensor:
-        numel = layout.largest_tensor
-    else:
-        numel = min(layout.largest_layer_params, layout.trainable_params)
-    return [_term(f"{role}.deepspeed.module_grads", numel, zero.param_dtype, Category.GRAD, Device.GPU,
-                  ds_source(Z3, "param.grad before __add_grad_to_ipg_bucket :1621-1644"), Phase.BACKWARD)]
-
-
 def hpz_secondary_params(layout: ParamLayout, zero: ZeroConfig, *, role: str) -> list[Term]:
     """ZeRO++ hpZ (``--zpg`` > 1): a secondary copy of every weight partitioned over ``zpg`` ranks,
     ``aligned(t) / zpg`` elements per tensor (``_partition_param_sec`` partition_parameters.py:1909-1916),
@@ -405,7 +389,8 @@ def compact_grad_upcast(layout: ParamLayout, zero: ZeroConfig, *, role: str) -> 
 
 
 def trained_model_states(layout: ParamLayout, zero: ZeroConfig, *, role: str,
-                         forward_phases: tuple[Phase, ...] = (Phase.FORWARD,)) -> list[Term]:
+                         forward_phases: tuple[Phase, ...] = (Phase.FORWARD,),
+                         with_timeline: bool = False) -> list[Term]:
     """Everything a trained model's DeepSpeed engine holds on one rank: GPU and host terms.
 
     Model states (params, grads, fp32 master, Adam moments), step-time fp32 gradients, DeepSpeed's
@@ -413,15 +398,29 @@ def trained_model_states(layout: ParamLayout, zero: ZeroConfig, *, role: str,
     ``offload_optimizer`` the host buffers of memory/host.py. ``forward_phases`` are the phases in which
     the model runs forward (e.g. add ``Phase.MAKE_EXPERIENCE`` for a PPO actor).
 
+    ``with_timeline``: the caller charges the backward's gradient buffers moment by moment
+    (memory/grad_timeline.py ``backward_peak``) where the timeline models the engine; the gradients,
+    reduce bucket and flat copy are then left out here and the gradients that outlive backward are
+    charged to the optimizer step only (``grad_timeline.at_step``). Otherwise they are charged as
+    resident (gradients) and through backward (bucket, flat copy).
+
     Checked by: tests/memory/test_model_states.py, tests/properties/test_model_state_invariants.py
     """
-    terms = [*lp_params(layout, zero, role=role), *lp_grads(layout, zero, role=role),
+    timeline = with_timeline and grad_timeline.applies(zero, layout)
+    if timeline and zero.stage == ZeroStage.ZERO_3:  # partition and bucket exist from initialisation on
+        grads, buckets = lp_grads(layout, zero, role=role), reduce_buckets(layout, zero, role=role)
+    elif timeline:
+        grads, buckets = grad_timeline.at_step(layout, zero, role=role), []
+    else:
+        grads = lp_grads(layout, zero, role=role)
+        buckets = [*reduce_buckets(layout, zero, role=role), *reduce_flat_copy(layout, zero, role=role),
+                   *zero3_module_grads(layout, zero, role=role)]
+    terms = [*lp_params(layout, zero, role=role), *grads,
              *fp32_master(layout, zero, role=role), *adam_moments(layout, zero, role=role),
-             *fp32_grad_partition(layout, zero, role=role), *reduce_buckets(layout, zero, role=role),
-             *reduce_flat_copy(layout, zero, role=role), *compact_grad_upcast(layout, zero, role=role),
+             *fp32_grad_partition(layout, zero, role=role), *buckets, *compact_grad_upcast(layout, zero, role=role),
              *zero3_gathered_params(layout, zero, role=role, phases=(*forward_phases, Phase.BACKWARD),
                                     training=True),
-             *zero3_module_grads(layout, zero, role=role), *hpz_secondary_params(layout, zero, role=role),
+             *hpz_secondary_params(layout, zero, role=role),
              *offload_gpu_buffers(layout, zero, role=role)]
     return terms + host.offloaded_optimizer_buffers(layout, zero, role=role)
 

@@ -30,6 +30,7 @@ Paths: ``{role}.activations.*``, ``{role}.logits.*``, ``{role}.loss.*``, ``{role
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 from memplan.dtypes import bytes_for
 from memplan.jobs.options import AttnImpl
@@ -292,38 +293,62 @@ def _embedding_grads(spec: ModelSpec, cfg: ActivationConfig, role: str, phase: P
     return held, end
 
 
-def backward_terms(spec: ModelSpec, cfg: ActivationConfig, head: HeadConfig, role: str,
-                   phase: Phase = Phase.BACKWARD) -> tuple[Term, ...]:
-    """Peak of a trained model's backward: loss, LM head, final norm, a layer, or the embedding."""
+#: Stages of backward a moment belongs to, in backward order (memory/grad_timeline.py counts the gradients
+#: hooked by each): ``("loss",)``, ``("lm_head",)``, ``("lm_head_hook",)``, ``("norm",)``, ``("layer", i)``,
+#: ``("embedding",)``.
+Stage = tuple
+
+
+@lru_cache(maxsize=128)
+def backward_moments(spec: ModelSpec, cfg: ActivationConfig, head: HeadConfig, role: str,
+                     phase: Phase = Phase.BACKWARD) -> tuple[tuple[tuple[Term, ...], Stage], ...]:
+    """Every moment of a trained model's backward with the stage it belongs to: the loss, the LM head
+    (weight gradient in flight; then its hook, the bf16 logit gradient freed), the final norm, each layer,
+    the embedding. :func:`backward_terms` takes the largest. Cached: the planner asks for the same
+    micro-step many times, and the gradient timeline walks the moments again."""
     n, h, dt = act.num_tokens(cfg), spec.hidden_size, cfg.compute_dtype
     end = _resident_end(spec, cfg, head, role, phase)
-    moments: list[list[Term]] = []
+    moments: list[tuple[list[Term], Stage]] = []
     grad_h = _t(f"{role}.backward.grad_hidden", bytes_for(n * h, dt), phase, _src("LlamaForCausalLM"), Category.TEMP)
     held, emb_end = _embedding_grads(spec, cfg, role, phase) if head.head == Head.LM else (None, None)
     tied = [held] if held is not None else []
     if head.head == Head.LM:
         ce_src = lg.openrlhf_source("openrlhf/models/utils.py", "log_probs_from_logits (backward)")
-        moments.append(end + [_t(f"{role}.loss.logprob_grad", lg.logprob_backward_bytes(
-            spec, n, head.logprob_impl, dt), phase, ce_src, Category.TEMP)])
+        moments.append((end + [_t(f"{role}.loss.logprob_grad", lg.logprob_backward_bytes(
+            spec, n, head.logprob_impl, dt), phase, ce_src, Category.TEMP)], ("loss",)))
+        # Past the loss's backward the fp32 logits (and soft-capping's saved tensors, the entropy) are
+        # released unless the trainer's ``output`` still holds the logits (HeadConfig.holds_output).
+        released = ("logits.softcap", "loss.entropy") if head.holds_output else (
+            "logits.fp32", "logits.softcap", "loss.entropy")
+        end = [t for t in end if not t.path.endswith(released)]
         head_trained = cfg.trainable and cfg.lora_rank == 0
-        moments.append(end + [
-            _t(f"{role}.logits.bf16_grad", lg.logits_bytes(spec, n, dt), phase, ce_src, Category.TEMP), grad_h,
-            _t(f"{role}.backward.lm_head_weight_grad", lg.lm_head_weight_grad_bytes(spec, dt, trained=head_trained),
-               phase, ce_src, Category.TEMP)])
-    moments.append(end + tied + [_t(f"{role}.backward.norm_temp", NORM_BACKWARD_FP32_COPIES * bytes_for(
-        n * h, act.NORM_DTYPE), phase, _src("LlamaRMSNorm (backward, with the incoming gradient)"), Category.TEMP)])
+        weight_grad = _t(f"{role}.backward.lm_head_weight_grad", lg.lm_head_weight_grad_bytes(
+            spec, dt, trained=head_trained), phase, ce_src, Category.TEMP)
+        moments.append((end + [_t(f"{role}.logits.bf16_grad", lg.logits_bytes(spec, n, dt), phase, ce_src,
+                                  Category.TEMP), grad_h, weight_grad], ("lm_head",)))
+        if weight_grad.bytes and held is None:
+            moments.append((end + [grad_h, weight_grad], ("lm_head_hook",)))
+    moments.append((end + tied + [_t(f"{role}.backward.norm_temp", NORM_BACKWARD_FP32_COPIES * bytes_for(
+        n * h, act.NORM_DTYPE), phase, _src("LlamaRMSNorm (backward, with the incoming gradient)"), Category.TEMP)],
+        ("norm",)))
     non_layer = [t for t in end if not t.path.endswith(("activations.layers", "activations.final_norm",
                                                         "logits.softcap"))] + tied
     saved = [act.layer_saved(spec, cfg, j).total for j in range(spec.num_hidden_layers)]
     saved_below = [0]
     for value in saved:
         saved_below.append(saved_below[-1] + value)
-    for i in range(spec.num_hidden_layers):
-        moments.append(_layer_moment(spec, cfg, role, phase, i, non_layer, saved, saved_below))
+    for i in reversed(range(spec.num_hidden_layers)):
+        moments.append((_layer_moment(spec, cfg, role, phase, i, non_layer, saved, saved_below), ("layer", i)))
     if emb_end is not None:
         kept = [t for t in end if t.path.endswith(("logits.fp32", "loss.entropy", "activations.embedding_output"))]
-        moments.append(kept + [grad_h, emb_end])
-    return _peak(moments)
+        moments.append((kept + [grad_h, emb_end], ("embedding",)))
+    return tuple((tuple(terms), stage) for terms, stage in moments)
+
+
+def backward_terms(spec: ModelSpec, cfg: ActivationConfig, head: HeadConfig, role: str,
+                   phase: Phase = Phase.BACKWARD) -> tuple[Term, ...]:
+    """Peak of a trained model's backward: loss, LM head, final norm, a layer, or the embedding."""
+    return _peak([list(terms) for terms, _ in backward_moments(spec, cfg, head, role, phase)])
 
 
 def held_output_terms(spec: ModelSpec, cfg: ActivationConfig, head: HeadConfig, role: str,

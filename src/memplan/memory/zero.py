@@ -12,8 +12,10 @@ Glossary: *dp degree* = ranks one model is partitioned over (``N``); *partition*
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from memplan.dtypes import DType
 from memplan.errors import ConfigError
@@ -316,14 +318,24 @@ def stage3_partition_numel(numel: int, dp_degree: int) -> int:
     return -(-numel // dp_degree)
 
 
+@lru_cache(maxsize=512)
+def _histogram(tensors: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+    """``(numel, count)`` of a tensor list: a model repeats a few shapes, so partition sums are short."""
+    return tuple(Counter(tensors).items())
+
+
+def _partition_sum(tensors: tuple[int, ...], dp_degree: int) -> int:
+    return sum(stage3_partition_numel(numel, dp_degree) * count for numel, count in _histogram(tensors))
+
+
 def stage3_trainable_partition_numel(layout: ParamLayout, dp_degree: int) -> int:
     """Sum of trainable partitions (the flat buffers of stage3.py:972, 791)."""
-    return sum(stage3_partition_numel(t, dp_degree) for g in layout.trainable_groups for t in g)
+    return sum(_partition_sum(g, dp_degree) for g in layout.trainable_groups)
 
 
 def stage3_frozen_partition_numel(layout: ParamLayout, dp_degree: int) -> int:
     """Sum of frozen-tensor partitions (each its own ``ds_tensor``, partition_parameters.py:1836)."""
-    return sum(stage3_partition_numel(t, dp_degree) for t in layout.frozen_tensors)
+    return _partition_sum(layout.frozen_tensors, dp_degree)
 
 
 def persistent_numel(layout: ParamLayout, threshold: int) -> int:

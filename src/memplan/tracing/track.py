@@ -41,10 +41,19 @@ class _NoopHandle:
         """Nothing was registered."""
 
 
+def _allocates(device: Any) -> bool:
+    """Whether tensors on ``device`` take memory. MemTracker also counts meta-device tensors (DeepSpeed's
+    ZeRO-1/2 keeps a meta copy of every parameter's shape: ``round_robin_bit16_meta``,
+    deepspeed/runtime/zero/stage_1_and_2.py@v0.19.8 :485), which hold no storage."""
+    return getattr(device, "type", str(device)) != "meta"
+
+
 def to_categories(snapshot: dict[Any, dict[Any, int]]) -> dict[str, int]:
-    """Sum a MemTracker snapshot over devices into memplan categories (every category present)."""
+    """Sum a MemTracker snapshot over devices that allocate into memplan categories (every category present)."""
     out = dict.fromkeys(CATEGORIES, 0)
-    for dev_snap in snapshot.values():
+    for device, dev_snap in snapshot.items():
+        if not _allocates(device):
+            continue
         for key, value in dev_snap.items():
             if key != _TOTAL_KEY:
                 out[CATEGORY_OF[key]] += value
@@ -93,7 +102,7 @@ class PhaseTracker(MemTracker):
 
     def current_total(self) -> int:
         """Bytes resident now."""
-        return sum(dev[_TOTAL_KEY] for dev in self._curr_mem_snap.values())
+        return sum(dev[_TOTAL_KEY] for device, dev in self._curr_mem_snap.items() if _allocates(device))
 
     @contextlib.contextmanager
     def category(self, name: str) -> Iterator[None]:
@@ -162,5 +171,5 @@ class PhaseTracker(MemTracker):
 def _max_total(snapshots: list[dict[Any, dict[Any, int]]]) -> int:
     best = 0
     for snap in snapshots:
-        best = max(best, sum(dev.get(_TOTAL_KEY, 0) for dev in snap.values()))
+        best = max(best, sum(dev.get(_TOTAL_KEY, 0) for device, dev in snap.items() if _allocates(device)))
     return best

@@ -97,7 +97,13 @@ def _phase_terms(est: Estimate, phase: str) -> list[Any]:
 
 
 def predicted_transient(est: Estimate, phase: str) -> int:
-    """Bytes of the GPU ``activation`` + ``temp`` terms of ``phase`` on the busiest device."""
+    """The busiest device's transient peak in ``phase``: its ``transient_bytes`` (the computation's own
+    worst moment, which a trace's ACT + TEMP peak measures), else the GPU ``activation`` + ``temp`` terms
+    at the phase's peak."""
+    device = max(est.devices, key=lambda d: d.peak_bytes)
+    usage = next((u for u in device.phases if str(u.phase) == phase), None)
+    if usage is not None and usage.transient_bytes is not None:
+        return usage.transient_bytes
     return sum(t.bytes for t in _phase_terms(est, phase) if t.device == Device.GPU and t.category in TRANSIENT)
 
 
