@@ -49,7 +49,21 @@ def test_breakdowns_sum_and_every_term_has_a_source(r: dict) -> None:
 @settings(max_examples=20, deadline=None)
 @given(runs)
 def test_checkpointing_never_raises_the_peak(r: dict) -> None:
-    assert _est(r, ["--gradient_checkpointing"]).devices[0].peak_bytes <= _est(r).devices[0].peak_bytes
+    """At most by one hidden state: at a layer's backward moment checkpointing holds that layer's own
+    checkpoint next to its recomputed activations (traced: validation/traced/llama-2-70b-sft-s4096-b1-ckpt.json
+    matches only with it), and late in backward, where ZeRO-0/1 gradients have piled up, that moment can
+    be the peak with or without checkpointing. With eager attention the checkpoint also holds the
+    [B, 1, T, T] mask (up to two: full and sliding)."""
+    from memplan.model.loader import load_model_spec
+
+    hidden = load_model_spec(r["model"]).hidden_size
+    sequences = 2 if r["method"] in ("rm", "dpo", "kto") else 1
+    rows, tokens = int(r["micro"]) * sequences, int(r["max_len"])
+    allowance = rows * tokens * hidden * 2  # one bf16 hidden state
+    if r["attn"] == "eager":
+        allowance += 2 * rows * tokens * tokens * 2
+    with_ckpt = _est(r, ["--gradient_checkpointing"]).devices[0].peak_bytes
+    assert with_ckpt <= _est(r).devices[0].peak_bytes + allowance
 
 
 @settings(max_examples=20, deadline=None)

@@ -429,8 +429,9 @@ def micro_step_transients(spec: ModelSpec, cfg: ActivationConfig, head: HeadConf
         n = act.num_tokens(cfg)
         extra = [_t(f"{role}.loss.kd", lg.kd_loss_bytes(spec, n), Phase.FORWARD, lg.openrlhf_source(
             "openrlhf/models/loss.py", "KDLoss.forward", legacy=True), Category.TEMP)]
-    held = list(held_output_terms(spec, cfg, head, role, Phase.FORWARD))
-    candidate = tuple(t for t in end + extra + held if t.bytes > 0)
+    # The previous micro-step's output (held_output_terms) is released once this step's model call has
+    # returned and been bound, before the frozen model runs: only this step's fp32 logits (``end``) stay.
+    candidate = tuple(t for t in end + extra if t.bytes > 0)
     if sum(t.bytes for t in candidate) > sum(t.bytes for t in phases[Phase.FORWARD]):
         phases = {**phases, Phase.FORWARD: candidate}
     if head.kd and sum(t.bytes for t in candidate) > sum(t.bytes for t in phases[Phase.BACKWARD]):
