@@ -95,13 +95,25 @@ def test_zero0_has_no_bucket() -> None:
     assert _bytes(gt.during(_layout(), zero, role="p", hooked=1000, hooked_before=0)) == 2 * 1000
 
 
+def _forward_grads(train_batch_size: int) -> list:  # type: ignore[type-arg]
+    est = estimate(LLAMA_SMALL, method="sft", gpus=2, flags=[
+        "--zero_stage", "2", "--max_len", "256", "--micro_train_batch_size", "2",
+        "--train_batch_size", str(train_batch_size)])
+    forward = next(u for u in est.devices[0].phases if u.phase == Phase.FORWARD)
+    return [t for t in forward.terms if t.category.value == "grad"]
+
+
 def test_forward_holds_no_gradients_with_one_micro_batch() -> None:
     """zero_grad(set_to_none=True) after each step: the next forward starts without gradients
-    (validation/deepspeed_cpu/llama-small-zero2-w2.json: grad 0 in forward, 1 GB bucket in backward)."""
-    est = estimate(LLAMA_SMALL, method="sft", gpus=2, flags=["--zero_stage", "2", "--max_len", "256",
-                                                             "--micro_train_batch_size", "2"])
-    forward = next(u for u in est.devices[0].phases if u.phase == Phase.FORWARD)
-    assert not [t for t in forward.terms if t.category.value == "grad"]
+    (validation/deepspeed_cpu/llama-small-zero2-w2.json: grad 0 in forward, 1 GB bucket in backward).
+    train_batch_size 4 = micro 2 × 2 GPUs: one micro-batch per step."""
+    assert _forward_grads(4) == []
+
+
+def test_accumulating_gradients_stay_through_the_next_forward() -> None:
+    """train_batch_size 8 = two micro-batches per step: ZeRO-2's grads_in_partition (allocated in the first
+    backward) is still there when the second micro-batch runs forward."""
+    assert "policy.grads.partition" in {t.path for t in _forward_grads(8)}
 
 
 @pytest.mark.parametrize("case", ["llama-small-zero2-w2", "llama-small-zero3-w2", "llama-small-zero0-w1"])

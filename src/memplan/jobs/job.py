@@ -100,6 +100,10 @@ class Role:
     """The trainer keeps the last micro-step's fp32 logits alive into the next (SFT, KD)."""
     kd_student: bool = False
     """KD student: teacher logits and the fp32 KD loss tensors."""
+    grad_accum_steps: int = 1
+    """Micro-batches per optimizer step of a trained role: ``train_batch_size × ring × ds_tp /
+    (micro_train_batch_size × world)`` (OpenRLHF's DeepSpeed config, reference/openrlhf.md §1.1). With more
+    than one, gradients outlive each backward into the next micro-batch's forward."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -93,7 +93,8 @@ def role_zero(role: Role, group: GpuGroup) -> ZeroConfig:
     if role.trained:
         return train_zero_config(zero_stage=int(role.zero_stage), dp_degree=dp, ranks_per_node=group.gpus_per_node,
                                  param_dtype=role.param_dtype, adam_offload=role.offload_optimizer, zpg=role.zpg,
-                                 grad_accum_dtype=role.grad_accum_dtype, overlap_comm=role.overlap_comm)
+                                 grad_accum_dtype=role.grad_accum_dtype, overlap_comm=role.overlap_comm,
+                                 gradient_accumulation_steps=role.grad_accum_steps)
     return eval_zero_config(zero_stage=int(role.zero_stage), dp_degree=dp, ranks_per_node=group.gpus_per_node,
                             param_dtype=role.param_dtype, offload=role.offload_params)
 

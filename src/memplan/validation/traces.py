@@ -45,6 +45,9 @@ TRAIN_PHASES = ("forward", "backward", "optimizer_step")
 #: Phases whose transient memory is compared (the optimizer step's transient is what the loop carries).
 TRANSIENT_PHASES = ("forward", "backward")
 
+#: Methods of the single-model trainers (their traces take one micro-batch per optimizer step).
+SINGLE_MODEL_METHODS = ("sft", "rm", "dpo", "kto", "kd", "prm")
+
 #: Categories that make up a phase's transient memory.
 TRANSIENT = (Category.ACTIVATION, Category.TEMP)
 
@@ -84,10 +87,16 @@ def transient_reference(rank: dict[str, Any], phase: str) -> int | None:
 def predict_trace(record: dict[str, Any]) -> Estimate:
     """memplan's estimate of what a trace ran (CPU log-prob path, attention as traced)."""
     pred = parse_command(record["command"])
-    traced_attn = record.get("config", {}).get("traced_attn_implementation")
+    config = record.get("config", {})
+    flags = pred.flags
+    traced_attn = config.get("traced_attn_implementation")
     if traced_attn:
-        pred = type(pred)(model=pred.model, method=pred.method, options=pred.options,
-                          flags=with_flag(pred.flags, "--attn_implementation", traced_attn))
+        flags = with_flag(flags, "--attn_implementation", traced_attn)
+    if config.get("micro_train_batch_size") and config.get("method") in SINGLE_MODEL_METHODS:
+        # A trace steps after every micro-batch (tracing/ds_config.py: gradient_accumulation_steps 1).
+        flags = with_flag(flags, "--train_batch_size",
+                          str(int(config["micro_train_batch_size"]) * int(config.get("gpus") or 1)))
+    pred = type(pred)(model=pred.model, method=pred.method, options=pred.options, flags=flags)
     return predict(pred, logprob_impl=LogProbImpl.TORCH_CHUNKED)
 
 

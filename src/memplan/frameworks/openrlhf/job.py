@@ -91,6 +91,18 @@ def _positive(values: Mapping[str, Any], key: str) -> int:
     return value
 
 
+def grad_accum_steps(values: Mapping[str, Any], world: int) -> int:
+    """Micro-batches per optimizer step as OpenRLHF configures DeepSpeed: ``train_batch_size × ring × ds_tp``
+    over ``micro_train_batch_size × world`` (deepspeed_utils.py ``get_train_ds_config``; reference/openrlhf.md
+    §1.1 and its DeepSpeed-config table), at least 1; 1 with ``--use_dynamic_batch`` (no accumulation).
+    Assumes: a batch that does not divide evenly rounds down (DeepSpeed would refuse it at start-up)."""
+    batch, micro = values.get("train_batch_size"), values.get("micro_train_batch_size")
+    if values.get("use_dynamic_batch") or not isinstance(batch, int) or not isinstance(micro, int) or micro < 1:
+        return 1
+    parallel = int(values.get("ring_attn_size") or 1) * int(values.get("ds_tensor_parallel_size") or 1)
+    return max(1, batch * parallel // (micro * max(world, 1)))
+
+
 def world_of(num_nodes: int | None, gpus_per_node: int | None) -> GpuGroup:
     """The training group from launcher information, defaulting to one node of 8 GPUs."""
     return GpuGroup(name="train", num_nodes=num_nodes or 1, gpus_per_node=gpus_per_node or DEFAULT_GPUS_PER_NODE)
@@ -122,7 +134,8 @@ def build_single_model_job(script: str, values: Mapping[str, Any], *, group: Gpu
                   offload_optimizer=bool(values.get("adam_offload")), offload_params=False,
                   grad_accum_dtype=DType.from_name(str(grad_accum)) if grad_accum else None,
                   lora=_lora(values), gradient_checkpointing=bool(values.get("gradient_checkpointing")),
-                  holds_output=shape.holds_output, kd_student=method == Method.KD, **common)
+                  holds_output=shape.holds_output, kd_student=method == Method.KD,
+                  grad_accum_steps=grad_accum_steps(values, group.num_gpus), **common)
     roles = [policy]
     if shape.partner is not None:
         key, offload = ("ref_pretrain", "ref_offload") if shape.partner == RoleName.REF else ("teacher_model", "teacher_offload")

@@ -12,7 +12,7 @@ from typing import Any
 
 from memplan.dtypes import DType
 from memplan.errors import ConfigError
-from memplan.frameworks.openrlhf.job import _attn, _lora, _param_dtype, _positive
+from memplan.frameworks.openrlhf.job import _attn, _lora, _param_dtype, _positive, grad_accum_steps
 from memplan.jobs.job import GpuGroup, Job, Role, RoleName, RolloutSettings, RlJob, Slot
 from memplan.jobs.options import Method, ZeroStage
 from memplan.memory.logits import Head, LogProbImpl
@@ -176,10 +176,11 @@ def build_rl_job(values: Mapping[str, Any], *, version: str, load: Callable[[str
     frozen = dict(offload_optimizer=False, lora=None, gradient_checkpointing=False,
                   micro_batch_size=rollout.micro_rollout_batch_size)
     roles = [Role(name=RoleName.ACTOR, spec=load(str(values["pretrain"])), head=Head.LM, trained=True, group="actor",
-                  **common, **trained)]
+                  grad_accum_steps=grad_accum_steps(values, groups[RoleName.ACTOR].num_gpus), **common, **trained)]
     if RoleName.CRITIC in groups:
         critic = values.get("critic_pretrain") or values.get("reward_pretrain") or values["pretrain"]
         roles.append(Role(name=RoleName.CRITIC, spec=load(str(critic)), head=Head.VALUE, trained=True, group="critic",
+                          grad_accum_steps=grad_accum_steps(values, groups[RoleName.CRITIC].num_gpus),
                           **common, **trained))
     if RoleName.REF in groups:
         roles.append(Role(name=RoleName.REF, spec=load(str(values.get("ref_pretrain") or values["pretrain"])),
