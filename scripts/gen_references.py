@@ -1,4 +1,5 @@
-"""Regenerate the traced reference records in validation/traced/ and validation/deepspeed_cpu/.
+"""Regenerate the traced reference records in validation/traced/, validation/traced_rl/ (one role of an
+RL run: ``memplan trace MODEL --method ppo|grpo|reinforce|rloo --role ...``) and validation/deepspeed_cpu/.
 
 Each case is defined by its ``memplan trace`` command line; the record stores that command, so running it
 from the repository root reproduces the measured bytes. Cases run one at a time (full-size fake traces
@@ -7,6 +8,7 @@ take 1-6 minutes each on 2 cores; 70B the longest).
     python scripts/gen_references.py --list
     python scripts/gen_references.py --only 'tiny-*'
     python scripts/gen_references.py --engine deepspeed-cpu
+    python scripts/gen_references.py --engine fake --only 'rl-*,tiny-rl-*'   # the RL role traces
     python scripts/gen_references.py            # everything (about an hour)
 """
 
@@ -27,6 +29,34 @@ TINY_QWEN2 = "tests/data/tiny/qwen2-tiny.json"
 SMALL_LLAMA = "tests/data/tiny/llama-small.json"
 SMALL_QWEN2 = "tests/data/tiny/qwen2-small.json"
 
+#: The two sequence/batch settings of the full-size RL cases: (prompt, generation, micro train, micro rollout).
+RL_S2048 = "--prompt_max_len 1024 --generate_max_len 1024 --micro_train_batch_size 1 --micro_rollout_batch_size 2"
+RL_S4096 = "--prompt_max_len 1024 --generate_max_len 3072 --micro_train_batch_size 2 --micro_rollout_batch_size 4"
+
+#: RL role cases (Llama-3-8B: 128k vocabulary, the fp32 logits dominate the actor's transient).
+RL_CASES: dict[str, tuple[str, str]] = {
+    "rl-llama-3-8b-grpo-actor-kl-s2048-b1": (f"llama-3-8b --method grpo --role actor {RL_S2048} --use_kl_loss "
+                                             "--init_kl_coef 0.001", "GRPO actor, KL loss (k1), no checkpointing"),
+    "rl-llama-3-8b-grpo-actor-entropy-s2048-b1": (f"llama-3-8b --method grpo --role actor {RL_S2048} "
+                                                  "--init_kl_coef 0 --entropy_loss_coef 0",
+                                                  "GRPO actor without reference, entropy of the fp32 logits"),
+    "rl-llama-3-8b-grpo-actor-entropy1e-3-s2048-b1": (f"llama-3-8b --method grpo --role actor {RL_S2048} "
+                                                      "--init_kl_coef 0 --entropy_loss_coef 0.001",
+                                                      "GRPO actor, entropy in the loss (its backward runs)"),
+    "rl-llama-3-8b-ppo-actor-kl-s4096-b2-ckpt": (f"llama-3-8b --method ppo --role actor {RL_S4096} --use_kl_loss "
+                                                 "--gradient_checkpointing", "PPO actor, KL loss, checkpointing"),
+    "rl-llama-3-8b-ppo-critic-s2048-b1": (f"llama-3-8b --method ppo --role critic {RL_S2048}",
+                                          "PPO critic (value head), no checkpointing"),
+    "rl-llama-3-8b-ppo-critic-s4096-b2-ckpt": (f"llama-3-8b --method ppo --role critic {RL_S4096} "
+                                               "--gradient_checkpointing", "PPO critic, checkpointing"),
+    "rl-llama-3-8b-ppo-ref-s2048-b2": (f"llama-3-8b --method ppo --role ref {RL_S2048}",
+                                       "reference log-probs (forward only, fp32 logits)"),
+    "rl-llama-3-8b-ppo-ref-s4096-b4": (f"llama-3-8b --method ppo --role ref {RL_S4096}", ""),
+    "rl-llama-3-8b-ppo-reward-s2048-b2": (f"llama-3-8b --method ppo --role reward {RL_S2048}",
+                                          "reward model (forward only, value head)"),
+    "rl-llama-3-8b-ppo-reward-s4096-b4": (f"llama-3-8b --method ppo --role reward {RL_S4096}", ""),
+}
+
 #: case id -> (arguments after ``memplan trace``, one-line description).
 CASES: dict[str, tuple[str, str]] = {
     # --- tiny cases, re-run live by tests/tracing/test_trace_live.py ---
@@ -37,6 +67,12 @@ CASES: dict[str, tuple[str, str]] = {
                       "--gradient_checkpointing", "CI: tiny llama LoRA r8 all-linear, checkpointing"),
     "tiny-ds-zero2-w2": (f"{TINY_LLAMA} --method sft --engine deepspeed-cpu --max_len 128 "
                          "--micro_train_batch_size 2 --zero_stage 2 --gpus 2", "CI: tiny llama ZeRO-2, 2 ranks"),
+    "tiny-rl-ppo-actor": (f"{TINY_LLAMA} --method ppo --role actor --prompt_max_len 48 --generate_max_len 80 "
+                          "--micro_train_batch_size 2 --micro_rollout_batch_size 4 --use_kl_loss "
+                          "--entropy_loss_coef 0.01", "CI: tiny llama PPO actor, KL loss and entropy"),
+    "tiny-rl-ppo-critic": (f"{TINY_LLAMA} --method ppo --role critic --prompt_max_len 48 --generate_max_len 80 "
+                           "--micro_train_batch_size 2 --micro_rollout_batch_size 4 --gradient_checkpointing",
+                           "CI: tiny llama PPO critic (value head), checkpointing"),
     # --- fake engine, full size ---
     "llama-2-7b-sft-s2048-b8": ("llama-2-7b --method sft --max_len 2048 --micro_train_batch_size 8",
                                 "OpenRLHF train_sft defaults"),
@@ -82,6 +118,8 @@ CASES: dict[str, tuple[str, str]] = {
                                            "256k vocabulary; transformers has no sdpa for gemma2"),
     "gemma-2-9b-rm-s1024-b2-eager": ("gemma-2-9b --method rm --max_len 1024 --micro_train_batch_size 2 "
                                      "--attn_implementation eager", "reward model: no vocabulary logits"),
+    # --- fake engine, full size: one role of an OpenRLHF train_ppo_ray run (validation/traced_rl/) ---
+    **RL_CASES,
     # --- deepspeed-cpu engine, real DeepSpeed, small models ---
     "llama-small-zero0-w1": (f"{SMALL_LLAMA} --method sft --engine deepspeed-cpu --max_len 256 "
                              "--micro_train_batch_size 2 --zero_stage 0 --gpus 1", "bf16 optimizer, no ZeRO"),
@@ -126,7 +164,7 @@ def request_for(case: str):  # type: ignore[no-untyped-def]
 
 def generate(case: str) -> dict:  # type: ignore[type-arg]
     """Trace one case and write its record; returns the record."""
-    from memplan.tracing.record import build_record, record_path, write_record
+    from memplan.tracing.record import build_record, request_record_path, write_record
     from memplan.tracing.runner import trace
 
     request = request_for(case)
@@ -136,7 +174,7 @@ def generate(case: str) -> dict:  # type: ignore[type-arg]
 
     result = trace(request, progress)
     record = build_record(case, result, CASES[case][1])
-    write_record(record_path(VALIDATION, request.engine, case), record)
+    write_record(request_record_path(VALIDATION, request, case), record)
     return record
 
 
@@ -156,12 +194,12 @@ def main() -> int:
         for case in cases:
             print(f"{case:<42} memplan trace {CASES[case][0]}")
         return 0
-    from memplan.tracing.record import record_path
+    from memplan.tracing.record import request_record_path
 
     failures: list[str] = []
     for index, case in enumerate(cases, 1):
         request = request_for(case)
-        if args.skip_existing and record_path(VALIDATION, request.engine, case).is_file():
+        if args.skip_existing and request_record_path(VALIDATION, request, case).is_file():
             print(f"[{index}/{len(cases)}] {case}: exists, skipped", flush=True)
             continue
         start = time.monotonic()

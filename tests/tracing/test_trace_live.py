@@ -7,49 +7,21 @@ The large reference records (validation/traced/, validation/deepspeed_cpu/) are 
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import shlex
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-TINY_RECORDS = sorted((REPO / "validation").glob("*/tiny-*.json"))
+from live_traces import REPO, TINY_RECORDS, live_record
 
 pytestmark = pytest.mark.tracing
 
 
-def _trace_json(command: str) -> dict[str, Any]:
-    """Run a stored ``memplan trace ...`` command in-process with --json; the parsed output."""
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
-    from memplan.cli.main import main
-
-    argv = shlex.split(command)
-    assert argv[:2] == ["memplan", "trace"]
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        status = main([*argv[1:], "--json", "--quiet"])
-    assert status == 0
-    data: dict[str, Any] = json.loads(out.getvalue())
-    return data
-
-
-_CACHE: dict[str, dict[str, Any]] = {}
-
-
 def _live(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(stored record, live trace output) for the tiny record ``name``; each trace runs once per session."""
-    path = next(p for p in TINY_RECORDS if p.stem == name)
-    record = json.loads(path.read_text())
-    if name not in _CACHE:
-        _CACHE[name] = _trace_json(record["command"])
-    return record, _CACHE[name]
+    return live_record(name)
 
 
 def test_tiny_records_exist() -> None:

@@ -1,5 +1,9 @@
 """``memplan trace MODEL --method METHOD ...``: measure one OpenRLHF training step on the real modeling code.
 
+Single-model methods (sft, rm, dpo, kto, kd, prm) trace their trainer's step. RL methods (ppo, grpo,
+reinforce, rloo: ``train_ppo_ray``) trace one role with ``--role actor|critic|ref|reward``: its
+make-experience forward and, for the actor and critic, its training step.
+
 Needs the optional ``trace`` extra (torch, transformers, peft, deepspeed), imported only inside :func:`run`.
 """
 
@@ -11,6 +15,17 @@ from typing import Any
 
 MISSING_EXTRA = "memplan: error: memplan trace needs the trace extra: pip install 'memplan[trace]'"
 
+#: Methods with one model group (``deepspeed`` launcher scripts) and the RL family (``train_ppo_ray``).
+SINGLE_METHODS = ("sft", "rm", "dpo", "kto", "kd", "prm")
+RL_METHODS = ("ppo", "grpo", "reinforce", "rloo")
+
+#: dest -> flag of the options only RL methods take (all default to None, meaning "not given").
+RL_ONLY = {"role": "--role", "micro_rollout_batch_size": "--micro_rollout_batch_size",
+           "prompt_max_len": "--prompt_max_len", "generate_max_len": "--generate_max_len",
+           "init_kl_coef": "--init_kl_coef", "use_kl_loss": "--use_kl_loss",
+           "entropy_loss_coef": "--entropy_loss_coef", "reward_pretrain": "--reward_pretrain",
+           "critic_pretrain": "--critic_pretrain"}
+
 
 def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """Add the ``trace`` command."""
@@ -19,9 +34,11 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
         description="Run the method's OpenRLHF training step twice on the real Hugging Face modeling code and "
                     "measure memory per phase and category with PyTorch's MemTracker. --engine fake: full size "
                     "under FakeTensorMode (no memory used). --engine deepspeed-cpu: real DeepSpeed on the CPU "
-                    "accelerator, one process per rank (small models only).")
+                    "accelerator, one process per rank (small models only). RL methods (ppo, grpo, reinforce, "
+                    "rloo) trace one role of train_ppo_ray with --role: its make-experience forward and, for the "
+                    "actor and critic, its training step (fake engine).")
     parser.add_argument("model", metavar="MODEL", help="preset name, hub id, config.json or its directory")
-    parser.add_argument("--method", required=True, choices=["sft", "rm", "dpo", "kto", "kd", "prm"])
+    parser.add_argument("--method", required=True, choices=[*SINGLE_METHODS, *RL_METHODS])
     parser.add_argument("--engine", default="fake", choices=["fake", "deepspeed-cpu"])
     parser.add_argument("--max_len", "--max-len", "--data.max_len", dest="max_len", type=int, default=None,
                         help="tokens per sequence (default per method: sft/kto/kd/prm 2048, rm/dpo 512)")
@@ -29,7 +46,7 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
                         dest="micro_train_batch_size", type=int, default=None,
                         help="sequences (pairs for rm/dpo) per rank per step (default per method)")
     parser.add_argument("--gradient_checkpointing", "--model.gradient_checkpointing_enable",
-                        dest="gradient_checkpointing", action="store_true")
+                        "--actor.gradient_checkpointing_enable", dest="gradient_checkpointing", action="store_true")
     parser.add_argument("--attn_implementation", "--ds.attn_implementation", dest="attn_implementation",
                         default="flash_attention_2", choices=["flash_attention_2", "sdpa", "eager"])
     parser.add_argument("--lora_rank", "--ds.lora.rank", dest="lora_rank", type=int, default=0)
@@ -45,6 +62,7 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
                         help="reference model for dpo/kto (default MODEL)")
     parser.add_argument("--teacher_model", dest="teacher_model", default=None, help="teacher for kd (default MODEL)")
     parser.add_argument("--packing_samples", "--ds.packing_samples", dest="packing_samples", action="store_true")
+    _register_rl(parser)
     parser.add_argument("--modules", type=int, nargs="?", const=2, default=0, metavar="DEPTH",
                         help="also print a per-module table, modules up to DEPTH levels deep (default 2)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -52,10 +70,60 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     parser.set_defaults(func=run)
 
 
+def _register_rl(parser: argparse.ArgumentParser) -> None:
+    """Options of the RL methods (OpenRLHF ``train_ppo_ray`` flags, legacy and 0.11 spellings)."""
+    rl = parser.add_argument_group("RL methods (ppo, grpo, reinforce, rloo)")
+    rl.add_argument("--role", default=None, choices=["actor", "critic", "ref", "reward"],
+                    help="the model of the RL run to trace (critic: ppo only; ref: with a KL term)")
+    rl.add_argument("--micro_rollout_batch_size", "--rollout.micro_batch_size", dest="micro_rollout_batch_size",
+                    type=int, default=None, help="sequences per make-experience forward (default 1)")
+    rl.add_argument("--prompt_max_len", dest="prompt_max_len", type=int, default=None,
+                    help="prompt tokens per sequence (default 1024)")
+    rl.add_argument("--generate_max_len", "--rollout.max_new_tokens", dest="generate_max_len", type=int,
+                    default=None, help="generated tokens per sequence (default 1024)")
+    rl.add_argument("--init_kl_coef", "--algo.kl.init_coef", dest="init_kl_coef", type=float, default=None,
+                    help="KL coefficient (default 0.01; 0 without --use_kl_loss means no reference model)")
+    rl.add_argument("--use_kl_loss", "--algo.kl.use_loss", dest="use_kl_loss", action="store_const", const=True,
+                    default=None, help="KL against the reference as a loss term of the actor step")
+    rl.add_argument("--entropy_loss_coef", "--actor.entropy_coef", dest="entropy_loss_coef", type=float,
+                    default=None, help="set (even 0): the actor computes the entropy of its fp32 logits")
+    rl.add_argument("--reward_pretrain", "--reward.model_name_or_path", dest="reward_pretrain", default=None,
+                    help="reward model (default MODEL)")
+    rl.add_argument("--critic_pretrain", "--critic.model_name_or_path", dest="critic_pretrain", default=None,
+                    help="critic (default the reward model)")
+
+
+def _rl_request(args: argparse.Namespace) -> Any:
+    from memplan.errors import ConfigError
+    from memplan.tracing.rl_config import resolve_rl_request
+
+    unsupported = [("--max_len", args.max_len is not None), ("--lora_rank", args.lora_rank != 0),
+                   ("--target_modules", args.target_modules is not None), ("--adam_offload", args.adam_offload),
+                   ("--gpus", args.gpus != 1), ("--teacher_model", args.teacher_model is not None),
+                   ("--packing_samples", args.packing_samples)]
+    for flag, given in unsupported:
+        if given:
+            hint = " (give --prompt_max_len and --generate_max_len)" if flag == "--max_len" else ""
+            raise ConfigError(flag, f"not supported for RL traces ({args.method}){hint}")
+    return resolve_rl_request(
+        model=args.model, method=args.method, role=args.role, engine=args.engine,
+        prompt_max_len=args.prompt_max_len, generate_max_len=args.generate_max_len,
+        micro_train_batch_size=args.micro_train_batch_size, micro_rollout_batch_size=args.micro_rollout_batch_size,
+        gradient_checkpointing=args.gradient_checkpointing, attn_implementation=args.attn_implementation,
+        init_kl_coef=args.init_kl_coef, use_kl_loss=bool(args.use_kl_loss), entropy_loss_coef=args.entropy_loss_coef,
+        zero_stage=args.zero_stage, param_dtype=args.param_dtype, ref_pretrain=args.ref_pretrain,
+        reward_pretrain=args.reward_pretrain, critic_pretrain=args.critic_pretrain)
+
+
 def _request(args: argparse.Namespace) -> Any:
     from memplan.errors import ConfigError
     from memplan.tracing.config import resolve_request
 
+    if args.method in RL_METHODS:
+        return _rl_request(args)
+    for dest, flag in RL_ONLY.items():
+        if getattr(args, dest) is not None:
+            raise ConfigError(flag, f"only for RL methods ({', '.join(RL_METHODS)}), not {args.method}")
     if args.ref_pretrain and args.teacher_model:
         raise ConfigError("--teacher_model", "give either --ref_pretrain (dpo, kto) or --teacher_model (kd)")
     return resolve_request(
@@ -113,7 +181,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _text(data: dict[str, Any], result: Any, render: Any) -> str:
-    from memplan.tracing.result import PHASES
     from memplan.tracing.track import CATEGORIES
 
     lines = [f"traced {data['trace']['command']}", ""]
@@ -122,7 +189,7 @@ def _text(data: dict[str, Any], result: Any, render: Any) -> str:
     lines.append("")
     for device, rank in zip(data["devices"], result.ranks, strict=True):
         rows = []
-        for phase in PHASES:
+        for phase in rank.phases():
             _, snap = rank.phase_peak(phase)
             rows.append([phase, *(render.human_bytes(snap[c]) for c in CATEGORIES), render.human_bytes(snap["total"])])
         lines.append(f"rank {rank.rank} ({device['id']}): peak {render.gib(device['peak_bytes'])} "

@@ -8,6 +8,10 @@ Two engines (see :mod:`memplan.tracing.config`):
 - ``deepspeed-cpu``: real ``deepspeed.initialize`` on DeepSpeed's CPU accelerator with gloo, real
   tensors, one process per rank (:mod:`memplan.tracing.deepspeed_cpu`).
 
+RL methods (OpenRLHF ``train_ppo_ray``, v0.11.0) trace one role at a time on the fake engine
+(:mod:`memplan.tracing.rl_engine`): the actor, critic, reference or reward model's make-experience forward
+and, for the actor and critic, the PPO training step.
+
 This package is the optional ``trace`` extra: it imports torch, transformers, peft and deepspeed, and
 nothing in the core imports it. Importing this ``__init__`` itself loads only the standard library.
 """

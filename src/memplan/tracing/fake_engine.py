@@ -149,12 +149,7 @@ def _iterate(request: TraceRequest, built: BuiltModels, tracker: PhaseTracker, p
             if it < NUM_ITERATIONS:
                 tracker.reset_mod_stats()
         states.update(_model_states(built, optimizer, grad_bytes[-1]))
-    iterations: dict[int, dict[str, dict[str, int]]] = {}
-    transient: dict[int, dict[str, dict[str, int]]] = {}
-    for (it, phase), snap in tracker.phase_peaks.items():
-        if it >= 1 and phase != "end":
-            iterations.setdefault(it, {})[phase] = snap
-            transient.setdefault(it, {})[phase] = tracker.transient_peaks[(it, phase)]
+    iterations, transient = tracker.iteration_peaks()
     return RankMeasurement(rank=0, iterations=iterations, model_states=states, modules=modules,
                            transient_iterations=transient)
 

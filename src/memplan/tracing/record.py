@@ -4,6 +4,8 @@
 A record holds the case id, the full configuration, the engine, package versions, the measured bytes
 (per rank, per iteration, per phase, by category; all ints), the peak, what was emulated, and
 ``command``: the ``memplan trace`` command that reproduces the measurement (run from the repository root).
+RL role records (``memplan trace MODEL --method ppo|grpo|reinforce|rloo --role ...``) have the same
+layout and live under ``validation/traced_rl/``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from memplan.tracing.config import Engine
-from memplan.tracing.result import PHASES, TraceResult, package_versions
+from memplan.tracing.result import TraceResult, package_versions
 
 #: Version of the record layout.
 RECORD_SCHEMA = 1
@@ -22,12 +24,15 @@ RECORD_SCHEMA = 1
 #: Directory (under ``validation/``) per engine.
 ENGINE_DIRS = {Engine.FAKE: "traced", Engine.DEEPSPEED_CPU: "deepspeed_cpu"}
 
+#: Directory (under ``validation/``) of the RL role records.
+RL_DIR = "traced_rl"
+
 
 def _rank_record(rank: Any) -> dict[str, Any]:
     phase, iteration, snap = rank.peak()
     return {"rank": rank.rank, "peak_bytes": snap["total"], "peak_phase": phase, "peak_iteration": iteration,
             "peak_by_category": {k: v for k, v in snap.items() if k != "total"},
-            "phases": {p: rank.phase_peak(p)[1]["total"] for p in PHASES},
+            "phases": {p: rank.phase_peak(p)[1]["total"] for p in rank.phases()},
             "iterations": {str(it): phases for it, phases in sorted(rank.iterations.items())},
             "model_states": dict(rank.model_states),
             **({"transient_iterations": {str(it): phases for it, phases in sorted(rank.transient_iterations.items())}}
@@ -59,6 +64,15 @@ def build_record(case: str, result: TraceResult, description: str = "") -> dict[
 def record_path(root: Path, engine: Engine, case: str) -> Path:
     """Where the record of ``case`` lives under the ``validation`` directory ``root``."""
     return root / ENGINE_DIRS[engine] / f"{case}.json"
+
+
+def request_record_path(root: Path, request: Any, case: str) -> Path:
+    """Where the record of ``case`` traced from ``request`` lives: RL roles in :data:`RL_DIR`."""
+    from memplan.tracing.rl_config import RlTraceRequest
+
+    if isinstance(request, RlTraceRequest):
+        return root / RL_DIR / f"{case}.json"
+    return record_path(root, request.engine, case)
 
 
 def write_record(path: Path, record: dict[str, Any]) -> None:

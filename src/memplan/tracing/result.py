@@ -12,9 +12,13 @@ from importlib import metadata
 from typing import Any
 
 from memplan.tracing.config import TraceRequest
+from memplan.tracing.rl_config import RlTraceRequest
 
 #: Phases of one training iteration, in order (memory/breakdown.py ``Phase`` values).
 PHASES = ("forward", "backward", "optimizer_step")
+
+#: Every phase a trace can record, in order: an RL role's make-experience forward comes first.
+ALL_PHASES = ("make_experience", *PHASES)
 
 #: Packages whose versions change what a trace measures.
 VERSIONED_PACKAGES = ("torch", "transformers", "peft", "deepspeed")
@@ -35,6 +39,11 @@ class RankMeasurement:
     transient_iterations: dict[int, dict[str, dict[str, int]]] | None = None
     """iteration -> phase -> bytes by category at the instant activation + temp peaked in that phase."""
 
+    def phases(self) -> tuple[str, ...]:
+        """The phases this rank recorded, in :data:`ALL_PHASES` order (single-model methods: :data:`PHASES`)."""
+        present = {phase for snaps in self.iterations.values() for phase in snaps}
+        return tuple(p for p in ALL_PHASES if p in present)
+
     def phase_peak(self, phase: str) -> tuple[int, dict[str, int]]:
         """(iteration, snapshot) of the largest total of ``phase`` over the iterations."""
         best = max((snaps[phase]["total"], it) for it, snaps in self.iterations.items() if phase in snaps)
@@ -42,7 +51,7 @@ class RankMeasurement:
 
     def peak(self) -> tuple[str, int, dict[str, int]]:
         """(phase, iteration, snapshot) of the largest total over every phase and iteration."""
-        best = max((self.phase_peak(p)[1]["total"], p) for p in PHASES)
+        best = max((self.phase_peak(p)[1]["total"], p) for p in self.phases())
         iteration, snap = self.phase_peak(best[1])
         return best[1], iteration, snap
 
@@ -51,7 +60,7 @@ class RankMeasurement:
 class TraceResult:
     """A finished trace."""
 
-    request: TraceRequest
+    request: "TraceRequest | RlTraceRequest"
     """What was traced."""
     ranks: tuple[RankMeasurement, ...]
     """One per rank."""
@@ -81,7 +90,7 @@ def _device(result: TraceResult, rank: RankMeasurement) -> dict[str, Any]:
     breakdown = [{"path": f"traced.{cat}", "category": cat, "phase": phase, "bytes": snap[cat]}
                  for cat in snap if cat != "total"]
     return {"id": f"node0/gpu{rank.rank}", "roles": list(result.models), "peak_bytes": snap["total"],
-            "peak_phase": phase, "phases": {p: rank.phase_peak(p)[1]["total"] for p in PHASES},
+            "peak_phase": phase, "phases": {p: rank.phase_peak(p)[1]["total"] for p in rank.phases()},
             "capacity_bytes": None, "verdict": None, "breakdown": breakdown}
 
 

@@ -145,6 +145,17 @@ class PhaseTracker(MemTracker):
         if seen is None or transient > seen["activation"] + seen["temp"]:
             self.transient_peaks[self.phase] = {**snap, "total": total}
 
+    def iteration_peaks(self) -> tuple[dict[int, dict[str, dict[str, int]]], dict[int, dict[str, dict[str, int]]]]:
+        """(each iteration's phase snapshots at the total peak, at the activation + temp peak), setup and the
+        "end" marker left out."""
+        iterations: dict[int, dict[str, dict[str, int]]] = {}
+        transient: dict[int, dict[str, dict[str, int]]] = {}
+        for (it, phase), snap in self.phase_peaks.items():
+            if it >= 1 and phase != "end":
+                iterations.setdefault(it, {})[phase] = snap
+                transient.setdefault(it, {})[phase] = self.transient_peaks[(it, phase)]
+        return iterations, transient
+
     def module_rows(self, depth: int, roles: dict[int, str]) -> list[dict[str, Any]]:
         """Per-module figures of the last tracked iteration, modules up to ``depth`` levels deep.
 
