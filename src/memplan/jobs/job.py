@@ -100,6 +100,12 @@ class Role:
     """The trainer keeps the last micro-step's fp32 logits alive into the next (SFT, KD)."""
     kd_student: bool = False
     """KD student: teacher logits and the fp32 KD loss tensors."""
+    keeps_output_to_step: bool = False
+    """The trainer holds the micro-step's ``output`` through the optimizer step (PPO actor)."""
+    entropy: bool = False
+    """``--entropy_loss_coef`` given: the actor's forward computes the entropy (a softmax over its fp32 logits)."""
+    entropy_in_loss: bool = False
+    """The entropy coefficient is non-zero, so the entropy is backwarded."""
     grad_accum_steps: int = 1
     """Micro-batches per optimizer step of a trained role: ``train_batch_size × ring × ds_tp /
     (micro_train_batch_size × world)`` (OpenRLHF's DeepSpeed config, reference/openrlhf.md §1.1). With more

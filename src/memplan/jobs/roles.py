@@ -158,7 +158,8 @@ def role_memory(role: Role, group: GpuGroup, logprob_impl: LogProbImpl,
     cpu += host.model_loading(layout, zero, role=str(role.name)) + [host.process_runtime(role=str(role.name))]
     cfg = activation_config(role, tree)
     head = HeadConfig(head=role.head, logprob_impl=logprob_impl, holds_output=role.holds_output,
-                      kd=role.kd_student)
+                      kd=role.kd_student, output_until_step=role.keeps_output_to_step, entropy=role.entropy,
+                      entropy_in_loss=role.entropy_in_loss)
     if role.trained and partner is not None:
         is_teacher = partner.name == RoleName.TEACHER
         activity = dict(micro_step_transients(role.spec, cfg, head, role=str(role.name),

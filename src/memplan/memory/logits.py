@@ -141,10 +141,27 @@ def entropy_bytes(spec: ModelSpec, num_tokens: int) -> int:
     fp32 [N, V] (kept for backward when trained).
 
     Source: openrlhf_source("openrlhf/models/utils.py", "compute_entropy").
-    Assumes: ``torch.compile`` fuses ``pd * logits`` but keeps ``pd``; not trace-checked.
-    Checked by: tests/memory/test_logits.py::test_entropy
+    Assumes: ``torch.compile`` fuses ``pd * logits`` but keeps ``pd`` (the trace runs it eagerly).
+    Checked by: tests/memory/test_logits.py::test_entropy; validation/traced_rl/rl-llama-3-8b-grpo-actor-entropy-*
     """
     return logits_bytes(spec, num_tokens, LOGITS_FP32)
+
+
+#: fp32 [N, V] tensors the entropy's backward adds at its peak next to the kept softmax: the gradients of
+#: ``pd * logits`` with respect to each factor (eager autograd; traced: validation/traced_rl/
+#: rl-llama-3-8b-grpo-actor-entropy1e-3-s2048-b1.json holds three [N, V] more than without entropy).
+ENTROPY_BACKWARD_FP32_COPIES = 2
+
+
+def entropy_backward_bytes(spec: ModelSpec, num_tokens: int) -> int:
+    """``compute_entropy``'s backward (entropy coefficient non-zero): two fp32 [N, V] gradients next to the
+    saved softmax.
+
+    Source: openrlhf_source("openrlhf/models/utils.py", "compute_entropy"); torch autograd of ``mul``/``softmax``.
+    Assumes: eager autograd; on a GPU ``torch.compile`` may fuse part of it (not measured).
+    Checked by: validation/traced_rl/rl-llama-3-8b-grpo-actor-entropy1e-3-s2048-b1.json (training_transient)
+    """
+    return ENTROPY_BACKWARD_FP32_COPIES * logits_bytes(spec, num_tokens, LOGITS_FP32)
 
 
 def kd_loss_bytes(spec: ModelSpec, num_tokens: int) -> int:

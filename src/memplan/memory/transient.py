@@ -74,6 +74,13 @@ class HeadConfig:
     """The trainer's loop variable keeps ``output`` (fp32 logits) until the next micro-step's model
     call returns: SFT (``sft_trainer.py`` ``per_token_log_probs, output = self.model(...)``) and KD
     (v0.9.5 ``output = self.model(...)``); DPO, RM and the PPO actor release it on return."""
+    output_until_step: bool = False
+    """``output`` (fp32 logits, and the entropy's graph) lives through the optimizer step and is released
+    before the next micro-step: the PPO actor's ``training_step`` binds it and returns after
+    ``optimizer_step`` (openrlhf/trainer/ray/ppo_actor.py@3c3be62 ``training_step``)."""
+    entropy_in_loss: bool = False
+    """``--entropy_loss_coef`` non-zero: the entropy is part of the loss, so its graph is backwarded (and
+    freed); with coefficient 0 it is computed, never backwarded, and its softmax stays with ``output``."""
 
 
 def _src(detail: str) -> Source:
@@ -314,12 +321,19 @@ def backward_moments(spec: ModelSpec, cfg: ActivationConfig, head: HeadConfig, r
     tied = [held] if held is not None else []
     if head.head == Head.LM:
         ce_src = lg.openrlhf_source("openrlhf/models/utils.py", "log_probs_from_logits (backward)")
-        moments.append((end + [_t(f"{role}.loss.logprob_grad", lg.logprob_backward_bytes(
-            spec, n, head.logprob_impl, dt), phase, ce_src, Category.TEMP)], ("loss",)))
+        loss_terms = [_t(f"{role}.loss.logprob_grad", lg.logprob_backward_bytes(spec, n, head.logprob_impl, dt),
+                         phase, ce_src, Category.TEMP)]
+        if head.entropy and head.entropy_in_loss:
+            loss_terms.append(_t(f"{role}.loss.entropy_grad", lg.entropy_backward_bytes(spec, n), phase,
+                                 lg.openrlhf_source("openrlhf/models/utils.py", "compute_entropy (backward)"),
+                                 Category.TEMP))
+        moments.append((end + loss_terms, ("loss",)))
         # Past the loss's backward the fp32 logits (and soft-capping's saved tensors, the entropy) are
         # released unless the trainer's ``output`` still holds the logits (HeadConfig.holds_output).
-        released = ("logits.softcap", "loss.entropy") if head.holds_output else (
-            "logits.fp32", "logits.softcap", "loss.entropy")
+        kept_entropy = head.entropy and not head.entropy_in_loss  # never backwarded: its softmax stays
+        released = tuple(p for p in ("logits.fp32", "logits.softcap", "loss.entropy")
+                         if not (p == "logits.fp32" and (head.holds_output or head.output_until_step))
+                         and not (p == "loss.entropy" and kept_entropy))
         end = [t for t in end if not t.path.endswith(released)]
         head_trained = cfg.trainable and cfg.lora_rank == 0
         weight_grad = _t(f"{role}.backward.lm_head_weight_grad", lg.lm_head_weight_grad_bytes(
@@ -379,7 +393,26 @@ def training_transients(spec: ModelSpec, cfg: ActivationConfig, head: HeadConfig
     return {Phase.FORWARD: forward_terms(spec, cfg, head, role) + held_output_terms(spec, cfg, head, role,
                                                                                      Phase.FORWARD),
             Phase.BACKWARD: backward_terms(spec, cfg, head, role),
-            Phase.OPTIMIZER_STEP: held_output_terms(spec, cfg, head, role, Phase.OPTIMIZER_STEP)}
+            Phase.OPTIMIZER_STEP: held_output_terms(spec, cfg, head, role, Phase.OPTIMIZER_STEP)
+            + output_to_step_terms(spec, cfg, head, role)}
+
+
+def output_to_step_terms(spec: ModelSpec, cfg: ActivationConfig, head: HeadConfig, role: str) -> tuple[Term, ...]:
+    """What the PPO actor's ``output`` still holds while its optimizer steps (``HeadConfig.output_until_step``):
+    the fp32 logits and, with an entropy coefficient of 0, the entropy's never-backwarded softmax.
+
+    Source: openrlhf/trainer/ray/ppo_actor.py@3c3be62 ``training_step`` (``output`` bound before the loss,
+    released when the method returns after ``optimizer_step``).
+    Checked by: validation/traced_rl/rl-llama-3-8b-*-actor-*.json (optimizer_step_transient)
+    """
+    if not (head.output_until_step and head.head == Head.LM):
+        return ()
+    n, phase = act.num_tokens(cfg), Phase.OPTIMIZER_STEP
+    src = lg.openrlhf_source("openrlhf/trainer/ray/ppo_actor.py", "training_step: output lives until return")
+    terms = [_t(f"{role}.logits.held_output", lg.logits_bytes(spec, n, lg.LOGITS_FP32), phase, src, Category.ACTIVATION)]
+    if head.entropy and not head.entropy_in_loss:
+        terms.append(_t(f"{role}.loss.entropy", lg.entropy_bytes(spec, n), phase, src, Category.TEMP))
+    return tuple(terms)
 
 
 def forward_only_terms(spec: ModelSpec, cfg: ActivationConfig, head: HeadConfig = HeadConfig(),

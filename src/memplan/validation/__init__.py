@@ -17,6 +17,7 @@ from memplan.validation.exact import exact_rows
 from memplan.validation.measured import measured_rows
 from memplan.validation.policy import KnownMiss, Policy, load_policy
 from memplan.validation.published import published_rows
+from memplan.validation.rl_traces import rl_traced_rows
 from memplan.validation.rows import Kind, KindSummary, Row, Status, Unit, summarize
 from memplan.validation.traces import deepspeed_cpu_rows, traced_rows
 
@@ -50,7 +51,7 @@ def _rows_of(kind: Kind, validation_dir: Path, policy: Policy) -> list[Row]:
     if kind is Kind.EXACT:
         return exact_rows(validation_dir, policy)
     if kind is Kind.TRACED:
-        return traced_rows(validation_dir, policy)
+        return traced_rows(validation_dir, policy) + rl_traced_rows(validation_dir, policy)
     if kind is Kind.DEEPSPEED_CPU:
         return deepspeed_cpu_rows(validation_dir, policy)
     if kind is Kind.MEASURED:

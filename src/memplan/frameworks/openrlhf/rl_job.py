@@ -175,8 +175,11 @@ def build_rl_job(values: Mapping[str, Any], *, version: str, load: Callable[[str
                    micro_batch_size=_positive(values, "micro_train_batch_size"))
     frozen = dict(offload_optimizer=False, lora=None, gradient_checkpointing=False,
                   micro_batch_size=rollout.micro_rollout_batch_size)
+    entropy_coef = values.get("entropy_loss_coef")
     roles = [Role(name=RoleName.ACTOR, spec=load(str(values["pretrain"])), head=Head.LM, trained=True, group="actor",
-                  grad_accum_steps=grad_accum_steps(values, groups[RoleName.ACTOR].num_gpus), **common, **trained)]
+                  grad_accum_steps=grad_accum_steps(values, groups[RoleName.ACTOR].num_gpus),
+                  keeps_output_to_step=True, entropy=entropy_coef is not None,
+                  entropy_in_loss=entropy_coef is not None and float(entropy_coef) != 0, **common, **trained)]
     if RoleName.CRITIC in groups:
         critic = values.get("critic_pretrain") or values.get("reward_pretrain") or values["pretrain"]
         roles.append(Role(name=RoleName.CRITIC, spec=load(str(critic)), head=Head.VALUE, trained=True, group="critic",
