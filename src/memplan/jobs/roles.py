@@ -117,18 +117,25 @@ def activation_config(role: Role, tree: ParamModule) -> ActivationConfig:
         lora_rank=role.lora.rank if role.lora and role.trained else 0, trainable=role.trained, **kwargs)
 
 
+def _state_layout(role: Role, layout: ParamLayout) -> ParamLayout:
+    """The layout DeepSpeed manages: with ``--load_in_4bit`` only the adapters (the NF4 base is outside it)."""
+    if not role.load_in_4bit:
+        return layout
+    return ParamLayout(trainable_groups=layout.trainable_groups, frozen_tensors=(),
+                       largest_layer_params=layout.largest_layer_params, per_tensor=layout.per_tensor)
+
+
 def _state_terms(role: Role, tree: ParamModule, layout: ParamLayout, zero: ZeroConfig,
-                 forward_phases: tuple[Phase, ...]) -> list[Term]:
+                 forward_phases: tuple[Phase, ...], timeline: bool) -> list[Term]:
     name = str(role.name)
+    if not role.trained:
+        return frozen_model_states(layout, zero, role=name, forward_phases=forward_phases)
+    placed = grad_timeline.outside_backward(layout, zero, role=name) if timeline else None
+    terms = trained_model_states(layout, zero, role=name, forward_phases=forward_phases, placed_gradients=placed)
     if role.load_in_4bit:
-        adapters = ParamLayout(trainable_groups=layout.trainable_groups, frozen_tensors=(),
-                               largest_layer_params=layout.largest_layer_params, per_tensor=layout.per_tensor)
         value_head = role.spec.hidden_size if role.head == Head.VALUE else 0
-        return [*trained_model_states(adapters, zero, role=name, forward_phases=forward_phases, with_timeline=True),
-                *nf4_base_weights(tree, role=name, value_head_params=value_head)]
-    if role.trained:
-        return trained_model_states(layout, zero, role=name, forward_phases=forward_phases, with_timeline=True)
-    return frozen_model_states(layout, zero, role=name, forward_phases=forward_phases)
+        terms += nf4_base_weights(tree, role=name, value_head_params=value_head)
+    return terms
 
 
 def _backward_with_grads(role: Role, cfg: ActivationConfig, head: HeadConfig, layout: ParamLayout,
@@ -153,7 +160,9 @@ def role_memory(role: Role, group: GpuGroup, logprob_impl: LogProbImpl,
     tree = role_tree(role)
     layout, total = _layout(role.spec, role.head, role.lora if role.trained else None)
     zero = role_zero(role, group)
-    terms = _state_terms(role, tree, layout, zero, forward_phases)
+    states = _state_layout(role, layout)
+    timeline = role.trained and grad_timeline.applies(zero, states)
+    terms = _state_terms(role, tree, states, zero, forward_phases, timeline)
     cpu = [t for t in terms if t.device == Device.CPU]
     cpu += host.model_loading(layout, zero, role=str(role.name)) + [host.process_runtime(role=str(role.name))]
     cfg = activation_config(role, tree)
@@ -170,8 +179,8 @@ def role_memory(role: Role, group: GpuGroup, logprob_impl: LogProbImpl,
     else:
         activity = {p: forward_only_terms(role.spec, cfg, head, str(role.name), phase=p) for p in forward_phases}
     transient = dict(activity)
-    if role.trained and grad_timeline.applies(zero, layout):
-        activity[Phase.BACKWARD] = _backward_with_grads(role, cfg, head, layout, zero, activity[Phase.BACKWARD])
+    if timeline:
+        activity[Phase.BACKWARD] = _backward_with_grads(role, cfg, head, states, zero, activity[Phase.BACKWARD])
     info = ModelInfo(name=role.spec.name, num_params=total,
                      trainable_params=layout.trainable_params if role.trained else 0)
     return RoleMemory(role=role, gpu_terms=tuple(t for t in terms if t.device == Device.GPU), cpu_terms=tuple(cpu),

@@ -15,6 +15,8 @@ depends on the stage (DeepSpeed 0.19.8; ``Z12`` = deepspeed/runtime/zero/stage_1
         reduced (Z12:2367) and the rank's share kept in ``grads_in_partition``, allocated at the first
         flush; the epilogue reduces what is left and frees the bucket (``_release_ipg_buffers`` Z12:924-932).
 
+The buffers' sizes and sources are memory/model_states.py's (``lp_grads``, ``grads_in_partition``,
+``reduce_buckets``, ``reduce_flat_copy``, ``zero3_module_grads``); this module only says when each exists.
 So the backward's peak is the largest over its moments of (transient tensors alive then) + (gradient
 buffers alive then), not the transient peak plus every buffer. The moments come from
 memory/transient.py ``backward_moments``; how many gradient elements have been hooked by each moment
@@ -29,20 +31,17 @@ scripts/probe_grad_timeline.py show each stage's buffers appear as described.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from memplan.dtypes import DType, bytes_for
+from memplan.dtypes import bytes_for
 from memplan.jobs.options import ZeroStage
-from memplan.memory.breakdown import Category, Device, Phase, Term
-from memplan.memory.zero import (
-    NON_ZERO_ALLREDUCE_BUCKET_SIZE, ParamLayout, ZeroConfig, ds_source, grads_in_partition_numel,
+from memplan.memory.breakdown import Phase, Term
+from memplan.memory.model_states import (
+    grads_in_partition, lp_grads, reduce_buckets, reduce_flat_copy, zero3_module_grads,
 )
+from memplan.memory.zero import ParamLayout, ZeroConfig
 from memplan.model.params import ModuleKind, ParamModule
 
-Z12 = "runtime/zero/stage_1_and_2.py"
-Z3 = "runtime/zero/stage3.py"
-#: With ``overlap_comm`` stage 1/2 double-buffer the reduce bucket (``buf_0``, ``buf_1``, Z12:3271-3277).
-OVERLAP_COMM_BUCKETS = 2
 #: Prefix of the decoder layers in the parameter tree (model/params.py ``param_tree``).
 LAYER_PREFIX = "model.layers."
 
@@ -105,67 +104,14 @@ def applies(zero: ZeroConfig, layout: ParamLayout) -> bool:
             and not zero.uses_bf16_optimizer)
 
 
-def _term(path: str, numel: int, dtype: DType, source_detail: str, phase: Phase, *, where: str = Z12) -> Term:
-    return Term(path=path, category=Category.GRAD, device=Device.GPU, bytes=bytes_for(numel, dtype),
-                source=ds_source(where, source_detail), phase=phase)
+def _autograd_grads(layout: ParamLayout, zero: ZeroConfig, role: str, numel: int, phase: Phase) -> list[Term]:
+    """The first ``numel`` elements of the stage 0/1 autograd gradients (``model_states.lp_grads``)."""
+    whole = lp_grads(layout, zero, role=role)[0]
+    return [replace(whole, bytes=bytes_for(numel, zero.param_dtype), phase=phase)]
 
 
-def zero3_module_grads(layout: ParamLayout, zero: ZeroConfig, *, role: str) -> list[Term]:
-    """ZeRO-3: full gradients of the module whose backward just ran, before the hook copies them into the
-    bucket (``__add_grad_to_ipg_bucket`` stage3.py:1621-1644). DeepSpeed's estimator counts the same
-    2 B × largest layer (its ``largest_layer_memory = 4 × LL`` is these plus the gathered weights).
-
-    Assumes: with frozen tensors (LoRA) only trainable tensors get gradients: the largest trainable tensor.
-    Checked by: tests/memory/test_vs_deepspeed_estimator.py::test_zero3_gpu_agreement
-    """
-    if zero.stage != ZeroStage.ZERO_3 or not layout.trainable_params:
-        return []
-    if layout.frozen_params and layout.per_tensor:
-        numel = layout.largest_tensor
-    else:
-        numel = min(layout.largest_layer_params, layout.trainable_params)
-    return [_term(f"{role}.deepspeed.module_grads", numel, zero.param_dtype,
-                  "param.grad before __add_grad_to_ipg_bucket :1621-1644", Phase.BACKWARD, where=Z3)]
-
-
-def _bucket(zero: ZeroConfig, role: str) -> list[Term]:
-    """The reduce bucket(s), from the first gradient hook to the end of backward (stage 1/2)."""
-    if zero.stage == ZeroStage.ZERO_0:
-        return []
-    count = OVERLAP_COMM_BUCKETS if zero.overlap_comm else 1
-    return [_term(f"{role}.deepspeed.reduce_bucket", count * zero.reduce_bucket_size, zero.param_dtype,
-                  f"setup_buckets at the first hook :2287, :3266-3277{' (+ buf_1)' if zero.overlap_comm else ''}",
-                  Phase.BACKWARD)]
-
-
-def _partition(layout: ParamLayout, zero: ZeroConfig, role: str, phase: Phase) -> list[Term]:
-    """``grads_in_partition``: the whole tensors overlapping the rank's partition, lp (none on the GPU with
-    optimizer offload: each gradient is copied to host, Z12:1888-1912)."""
-    if zero.offload_optimizer:
-        return []
-    return [_term(f"{role}.grads.partition", grads_in_partition_numel(layout, zero.dp_degree), zero.param_dtype,
-                  "grads_in_partition, allocated at the first flush :2184-2194", phase)]
-
-
-def _flat_copy(numel: int, zero: ZeroConfig, role: str) -> list[Term]:
-    if zero.stage == ZeroStage.ZERO_3:
-        if not zero.reduce_scatter:
-            return []
-        return [_term(f"{role}.deepspeed.reduce_flat_copy", numel, zero.param_dtype,
-                      "reduce_scatter_coalesced torch.cat :122", Phase.BACKWARD,
-                      where="runtime/comm/coalesced_collectives.py")]
-    if zero.stage == ZeroStage.ZERO_0:
-        return [_term(f"{role}.deepspeed.reduce_flat_copy", numel, zero.param_dtype,
-                      "allreduce_no_retain/allreduce_bucket flatten :3795-3839", Phase.BACKWARD,
-                      where="runtime/engine.py")]
-    return [_term(f"{role}.deepspeed.reduce_flat_copy", numel, zero.param_dtype, "allreduce_bucket flatten :2367",
-                  Phase.BACKWARD)]
-
-
-def _autograd_grads(numel: int, zero: ZeroConfig, role: str, phase: Phase) -> list[Term]:
-    return [Term(path=f"{role}.grads", category=Category.GRAD, device=Device.GPU,
-                 bytes=bytes_for(numel, zero.param_dtype),
-                 source=ds_source("runtime/engine.py", "autograd param.grad until reduced"), phase=phase)]
+def _in_backward(terms: list[Term]) -> list[Term]:
+    return [replace(term, phase=Phase.BACKWARD) for term in terms]
 
 
 class _Buffers:
@@ -175,42 +121,31 @@ class _Buffers:
     def __init__(self, layout: ParamLayout, zero: ZeroConfig, role: str) -> None:
         self.layout, self.zero, self.role = layout, zero, role
         self._partition: list[Term] | None = None
-        self._module_grads: list[Term] | None = None
+        self.bucket = reduce_buckets(layout, zero, role=role) if zero.stage != ZeroStage.ZERO_3 else []
 
     @property
     def partition(self) -> list[Term]:
         if self._partition is None:
-            self._partition = _partition(self.layout, self.zero, self.role, Phase.BACKWARD)
+            self._partition = grads_in_partition(self.layout, self.zero, role=self.role, phase=Phase.BACKWARD)
         return self._partition
-
-    @property
-    def module_grads(self) -> list[Term]:
-        if self._module_grads is None:
-            self._module_grads = zero3_module_grads(self.layout, self.zero, role=self.role)
-        return self._module_grads
 
 
 def during(layout: ParamLayout, zero: ZeroConfig, *, role: str, hooked: int, hooked_before: int,
            buffers: _Buffers | None = None, in_flight: int | None = None) -> list[Term]:
     """Gradient buffers alive at a backward moment by which ``hooked`` elements have had their hook
     (``hooked_before`` at the previous moment; a bucket flush between the two is charged here).
-    ``in_flight``: elements of the module group being differentiated then, which caps ZeRO-3's
-    module-gradient term (a norm's or a value head's gradients are tiny)."""
+    ``in_flight``: elements of the module group being differentiated then (caps ZeRO-3's module gradients)."""
     if hooked <= 0:
         return []
     buffers = buffers or _Buffers(layout, zero, role)
     if zero.stage in (ZeroStage.ZERO_0, ZeroStage.ZERO_1):
-        return _autograd_grads(hooked, zero, role, Phase.BACKWARD) + _bucket(zero, role)
+        return _autograd_grads(layout, zero, role, hooked, Phase.BACKWARD) + buffers.bucket
     bucket = zero.reduce_bucket_size
-    flush = _flat_copy(bucket, zero, role) if hooked // bucket > hooked_before // bucket else []
+    flush = reduce_flat_copy(layout, zero, role=role, numel=bucket) if hooked // bucket > hooked_before // bucket \
+        else []
     if zero.stage == ZeroStage.ZERO_3:  # partition and bucket are resident; the module's gradients in flight
-        grads = buffers.module_grads
-        if in_flight is not None and grads and in_flight < grads[0].bytes // max(bytes_for(1, zero.param_dtype), 1):
-            grads = [_term(grads[0].path, in_flight, zero.param_dtype,
-                           "param.grad before __add_grad_to_ipg_bucket :1621-1644 (this module's)", Phase.BACKWARD,
-                           where=Z3)]
-        return grads + flush
-    terms = _bucket(zero, role) + flush
+        return zero3_module_grads(layout, zero, role=role, in_flight=in_flight) + flush
+    terms = buffers.bucket + flush
     if hooked > bucket:  # a flush has happened: the partition exists from then on
         terms += buffers.partition
     return terms
@@ -227,30 +162,28 @@ def at_end(layout: ParamLayout, zero: ZeroConfig, *, role: str, buffers: _Buffer
         stage 3: the flat copy of what is left in the bucket (partition and bucket are resident)
     """
     t = layout.trainable_params
+    buffers = buffers or _Buffers(layout, zero, role)
     if zero.stage == ZeroStage.ZERO_0:
-        return (_autograd_grads(t, zero, role, Phase.BACKWARD)
-                + _flat_copy(min(t, NON_ZERO_ALLREDUCE_BUCKET_SIZE + layout.largest_tensor), zero, role))
-    bucket = zero.reduce_bucket_size
+        return _autograd_grads(layout, zero, role, t, Phase.BACKWARD) + reduce_flat_copy(layout, zero, role=role)
     if zero.stage == ZeroStage.ZERO_1:
-        return _autograd_grads(t, zero, role, Phase.BACKWARD) + _bucket(zero, role)
-    left = t % bucket or bucket
+        return _autograd_grads(layout, zero, role, t, Phase.BACKWARD) + buffers.bucket
+    bucket = zero.reduce_bucket_size
+    last_flush = reduce_flat_copy(layout, zero, role=role, numel=min(t % bucket or bucket, t))
     if zero.stage == ZeroStage.ZERO_3:
-        return _flat_copy(min(left, t), zero, role)
-    terms = _bucket(zero, role) + _flat_copy(min(left, t), zero, role)
-    if t > bucket:
-        terms += (buffers or _Buffers(layout, zero, role)).partition
-    return terms
+        return last_flush
+    return buffers.bucket + last_flush + (buffers.partition if t > bucket else [])
 
 
-def at_step(layout: ParamLayout, zero: ZeroConfig, *, role: str) -> list[Term]:
-    """Gradients alive through the optimizer step: stage 0 every lp gradient (freed by ``zero_grad``
-    after the step), stage 1/2 the rank's ``grads_in_partition`` (the bucket is gone); stage 3 keeps its
-    resident partition (memory/model_states.py ``lp_grads``), nothing more."""
+def outside_backward(layout: ParamLayout, zero: ZeroConfig, *, role: str) -> list[Term]:
+    """The gradient buffers outside the backward's moments, for ``model_states.trained_model_states``
+    (``placed_gradients``): stage 0 every lp gradient through the optimizer step (freed by ``zero_grad``
+    after it), stage 1/2 the rank's ``grads_in_partition`` through the step (the bucket is gone), stage 3
+    its resident gradient partition and bucket (allocated at initialisation)."""
     if zero.stage == ZeroStage.ZERO_3:
-        return []
+        return lp_grads(layout, zero, role=role) + reduce_buckets(layout, zero, role=role)
     if zero.stage == ZeroStage.ZERO_0:
-        return _autograd_grads(layout.trainable_params, zero, role, Phase.OPTIMIZER_STEP)
-    return _partition(layout, zero, role, Phase.OPTIMIZER_STEP)
+        return _autograd_grads(layout, zero, role, layout.trainable_params, Phase.OPTIMIZER_STEP)
+    return grads_in_partition(layout, zero, role=role, phase=Phase.OPTIMIZER_STEP)
 
 
 def hooked_at(stage: tuple, order: GradOrder) -> tuple[int, int]:  # type: ignore[type-arg]

@@ -28,8 +28,7 @@ from __future__ import annotations
 
 from memplan.dtypes import DType, bytes_for
 from memplan.jobs.options import ZeroStage
-from memplan.memory import grad_timeline, host
-from memplan.memory.grad_timeline import zero3_module_grads
+from memplan.memory import host
 from memplan.memory.breakdown import Category, Device, Phase, Term
 from memplan.memory.zero import (
     NON_ZERO_ALLREDUCE_BUCKET_SIZE, ParamLayout, ZeroConfig, ds_source, flat_group_numel, grads_in_partition_numel,
@@ -123,7 +122,7 @@ def lp_grads(layout: ParamLayout, zero: ZeroConfig, *, role: str) -> list[Term]:
     Source: the lines above. grad_accum defaults to the model dtype (engine.py:1806-1807), so ZeRO-3
     keeps bf16 gradient partitions unless ``--grad_accum_dtype fp32``.
     Assumes: as resident (every phase). Estimates of a run place them in time instead where
-    memory/grad_timeline.py models the engine (``trained_model_states(with_timeline=True)``): growing
+    memory/grad_timeline.py models the engine (``trained_model_states(placed_gradients=...)``): growing
     through backward, then the step's ``grads_in_partition`` (stage 1/2) or T (stage 0).
     Probe: after backward the ZeRO-2 worst rank holds 2,106,880 B (= this formula), ZeRO-3 a bf16
     partition, and ``--grad_accum_dtype fp32`` at ZeRO-2 a 4,213,248 B fp32 partition (both exact).
@@ -148,13 +147,26 @@ def lp_grads(layout: ParamLayout, zero: ZeroConfig, *, role: str) -> list[Term]:
         terms.append(_term(f"{path}.accum", t, acc, Category.GRAD, Device.GPU,
                            ds_source(Z12, "param.grad_accum :1234-1240")) if compact
                      else _term(path, t, lp, Category.GRAD, Device.GPU, autograd))
-    elif not compact and not zero.offload_optimizer:
-        terms.append(_term(f"{path}.partition", grads_in_partition_numel(layout, zero.dp_degree), lp, Category.GRAD,
-                           Device.GPU, ds_source(Z12, "grads_in_partition, whole overlapping tensors :2184-2194")))
+    elif not compact:
+        terms += grads_in_partition(layout, zero, role=role)
     if compact:
         terms.append(_term(f"{path}.partition", sum(stage12_partition_numels(layout, zero.dp_degree)), acc,
                            Category.GRAD, Device.GPU, ds_source(Z12, "compact grad partition :1259-1301")))
     return terms
+
+
+def grads_in_partition(layout: ParamLayout, zero: ZeroConfig, *, role: str, phase: Phase | None = None) -> list[Term]:
+    """Stage 1/2 ``grads_in_partition``: the whole of every tensor overlapping the rank's partition, lp
+    (``copy_grads_in_partition`` :2184-2194); none on the GPU with optimizer offload (each gradient is
+    copied to host, :1888-1912).
+
+    Source: the lines above. Checked by: tests/memory/test_model_states.py::test_zero_paper_figure_1
+    """
+    if zero.offload_optimizer:
+        return []
+    return [_term(f"{role}.grads.partition", grads_in_partition_numel(layout, zero.dp_degree), zero.param_dtype,
+                  Category.GRAD, Device.GPU, ds_source(Z12, "grads_in_partition, whole overlapping tensors :2184-2194"),
+                  phase)]
 
 
 def fp32_master(layout: ParamLayout, zero: ZeroConfig, *, role: str) -> list[Term]:
@@ -271,7 +283,7 @@ def reduce_buckets(layout: ParamLayout, zero: ZeroConfig, *, role: str) -> list[
                   Phase.BACKWARD)]
 
 
-def reduce_flat_copy(layout: ParamLayout, zero: ZeroConfig, *, role: str) -> list[Term]:
+def reduce_flat_copy(layout: ParamLayout, zero: ZeroConfig, *, role: str, numel: int | None = None) -> list[Term]:
     """The flattened copy a reduction makes of the gradients it reduces (backward transient).
 
         stage 0:   allreduce_no_retain flattens up to 5e8 elements + one tensor (engine.py:3795-3839)
@@ -280,6 +292,7 @@ def reduce_flat_copy(layout: ParamLayout, zero: ZeroConfig, *, role: str) -> lis
         BF16_Optimizer: a single flat fp32 tensor per group flattens to a view (no copy)
 
     Source: the lines above (``_flatten_dense_tensors`` of one tensor is a view; of several, a cat).
+    ``numel``: the elements of one particular flush (memory/grad_timeline.py); default the largest flush.
     Assumes: tensors larger than the bucket are reduced alone (bounded by the largest tensor). At stage 1
     the gradients have moved into the bucket by the time a small model's single flush copies it (the
     probe's peak is grads + bucket, 4 MB under this sum); with T ≫ reduce_bucket_size the first flush
@@ -291,14 +304,14 @@ def reduce_flat_copy(layout: ParamLayout, zero: ZeroConfig, *, role: str) -> lis
     if not t or zero.uses_bf16_optimizer or (zero.stage == ZeroStage.ZERO_3 and not zero.reduce_scatter):
         return []
     if zero.stage == ZeroStage.ZERO_0:
-        numel = min(t, NON_ZERO_ALLREDUCE_BUCKET_SIZE + layout.largest_tensor)
+        largest_flush = min(t, NON_ZERO_ALLREDUCE_BUCKET_SIZE + layout.largest_tensor)
         source = ds_source("runtime/engine.py", "allreduce_no_retain/allreduce_bucket flatten :3795-3839")
     else:
-        numel = min(t, max(zero.reduce_bucket_size, layout.largest_tensor))
+        largest_flush = min(t, max(zero.reduce_bucket_size, layout.largest_tensor))
         source = (ds_source("runtime/comm/coalesced_collectives.py", "reduce_scatter_coalesced torch.cat :122")
                   if zero.stage == ZeroStage.ZERO_3 else ds_source(Z12, "allreduce_bucket flatten :2367"))
-    return [_term(f"{role}.deepspeed.reduce_flat_copy", numel, zero.param_dtype, Category.GRAD, Device.GPU, source,
-                  Phase.BACKWARD)]
+    return [_term(f"{role}.deepspeed.reduce_flat_copy", largest_flush if numel is None else numel, zero.param_dtype,
+                  Category.GRAD, Device.GPU, source, Phase.BACKWARD)]
 
 
 def zero3_gathered_params(layout: ParamLayout, zero: ZeroConfig, *, role: str, phases: tuple[Phase, ...],
@@ -334,6 +347,30 @@ def zero3_gathered_params(layout: ParamLayout, zero: ZeroConfig, *, role: str, p
     source = ds_source(COORD, "fetch + prefetch :420-490, release within max_reuse_distance :634-664")
     return [_term(f"{role}.deepspeed.gathered_params", numel, zero.param_dtype, Category.PARAM, Device.GPU, source,
                   phase) for phase in phases]
+
+
+def zero3_module_grads(layout: ParamLayout, zero: ZeroConfig, *, role: str,
+                       in_flight: int | None = None) -> list[Term]:
+    """ZeRO-3: full gradients of the module whose backward just ran, before the hook copies them into the
+    bucket (``__add_grad_to_ipg_bucket`` stage3.py:1621-1644). DeepSpeed's estimator counts the same
+    2 B × largest layer (its ``largest_layer_memory = 4 × LL`` is these plus the gathered weights).
+    ``in_flight``: the trainable elements of the module group being differentiated (a norm's or a value
+    head's gradients are tiny), which caps the term.
+
+    Assumes: with frozen tensors (LoRA) only trainable tensors get gradients: the largest trainable tensor.
+    Checked by: tests/memory/test_vs_deepspeed_estimator.py::test_zero3_gpu_agreement;
+    validation/deepspeed_cpu/qwen2-small-rm-zero3-w2.json (backward at the value head, to the byte)
+    """
+    if zero.stage != ZeroStage.ZERO_3 or not layout.trainable_params:
+        return []
+    if layout.frozen_params and layout.per_tensor:
+        numel = layout.largest_tensor
+    else:
+        numel = min(layout.largest_layer_params, layout.trainable_params)
+    if in_flight is not None:
+        numel = min(numel, in_flight)
+    return [_term(f"{role}.deepspeed.module_grads", numel, zero.param_dtype, Category.GRAD, Device.GPU,
+                  ds_source(Z3, "param.grad before __add_grad_to_ipg_bucket :1621-1644"), Phase.BACKWARD)]
 
 
 def hpz_secondary_params(layout: ParamLayout, zero: ZeroConfig, *, role: str) -> list[Term]:
@@ -390,7 +427,7 @@ def compact_grad_upcast(layout: ParamLayout, zero: ZeroConfig, *, role: str) -> 
 
 def trained_model_states(layout: ParamLayout, zero: ZeroConfig, *, role: str,
                          forward_phases: tuple[Phase, ...] = (Phase.FORWARD,),
-                         with_timeline: bool = False) -> list[Term]:
+                         placed_gradients: list[Term] | None = None) -> list[Term]:
     """Everything a trained model's DeepSpeed engine holds on one rank: GPU and host terms.
 
     Model states (params, grads, fp32 master, Adam moments), step-time fp32 gradients, DeepSpeed's
@@ -398,26 +435,21 @@ def trained_model_states(layout: ParamLayout, zero: ZeroConfig, *, role: str,
     ``offload_optimizer`` the host buffers of memory/host.py. ``forward_phases`` are the phases in which
     the model runs forward (e.g. add ``Phase.MAKE_EXPERIENCE`` for a PPO actor).
 
-    ``with_timeline``: the caller charges the backward's gradient buffers moment by moment
-    (memory/grad_timeline.py ``backward_peak``) where the timeline models the engine; the gradients,
-    reduce bucket and flat copy are then left out here and the gradients that outlive backward are
-    charged to the optimizer step only (``grad_timeline.at_step``). Otherwise they are charged as
-    resident (gradients) and through backward (bucket, flat copy).
+    ``placed_gradients``: when the caller places the gradient buffers in time (memory/grad_timeline.py:
+    ``outside_backward`` here, ``backward_peak`` for the backward's moments), these replace the gradients,
+    reduce bucket, flat copy and ZeRO-3 module gradients, which are otherwise charged as resident
+    (gradients) and through backward (the rest).
 
     Checked by: tests/memory/test_model_states.py, tests/properties/test_model_state_invariants.py
     """
-    timeline = with_timeline and grad_timeline.applies(zero, layout)
-    if timeline and zero.stage == ZeroStage.ZERO_3:  # partition and bucket exist from initialisation on
-        grads, buckets = lp_grads(layout, zero, role=role), reduce_buckets(layout, zero, role=role)
-    elif timeline:
-        grads, buckets = grad_timeline.at_step(layout, zero, role=role), []
+    if placed_gradients is None:
+        grads = [*lp_grads(layout, zero, role=role), *reduce_buckets(layout, zero, role=role),
+                 *reduce_flat_copy(layout, zero, role=role), *zero3_module_grads(layout, zero, role=role)]
     else:
-        grads = lp_grads(layout, zero, role=role)
-        buckets = [*reduce_buckets(layout, zero, role=role), *reduce_flat_copy(layout, zero, role=role),
-                   *zero3_module_grads(layout, zero, role=role)]
+        grads = placed_gradients
     terms = [*lp_params(layout, zero, role=role), *grads,
              *fp32_master(layout, zero, role=role), *adam_moments(layout, zero, role=role),
-             *fp32_grad_partition(layout, zero, role=role), *buckets, *compact_grad_upcast(layout, zero, role=role),
+             *fp32_grad_partition(layout, zero, role=role), *compact_grad_upcast(layout, zero, role=role),
              *zero3_gathered_params(layout, zero, role=role, phases=(*forward_phases, Phase.BACKWARD),
                                     training=True),
              *hpz_secondary_params(layout, zero, role=role),
