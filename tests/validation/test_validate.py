@@ -185,3 +185,17 @@ def test_a_known_miss_without_reason_is_rejected(tmp_path: Path) -> None:
     root = _validation_dir(tmp_path, 1.0, MISS_ENTRY.replace(
         'reason = "synthetic: the reference was scaled on purpose to test the gate"', 'reason = " "'))
     assert main(["validate", "--dir", str(root), "--kind", "measured"]) == 2
+
+
+def test_trace_without_transient_peaks_is_an_error_not_an_excuse() -> None:
+    """A traced record must carry its activation + temp peaks; none means regenerate, never a known miss."""
+    import pytest
+
+    from memplan.errors import ConfigError
+    from memplan.validation.traces import transient_reference
+
+    rank = {"iterations": {"2": {"backward": {"activation": 10, "temp": 5, "total": 99}}}}
+    with pytest.raises(ConfigError, match="regenerate"):
+        transient_reference(rank, "backward", "traced/x.json")
+    rank["transient_iterations"] = {"2": {"backward": {"activation": 10, "temp": 5, "total": 40}}}
+    assert transient_reference(rank, "backward", "traced/x.json") == 15

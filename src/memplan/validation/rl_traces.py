@@ -39,7 +39,7 @@ from memplan.frameworks.openrlhf.rl_job import build_rl_job
 from memplan.jobs.job import GpuGroup, Role, RoleName
 from memplan.jobs.rl_estimate import TRAIN_SUBPHASES
 from memplan.jobs.result import DeviceEstimate, Estimate
-from memplan.jobs.roles import role_memory
+from memplan.jobs.roles import RoleMemory, role_memory
 from memplan.memory.breakdown import Category, Device, Phase, Term
 from memplan.memory.logits import LogProbImpl
 from memplan.model import load_model_spec
@@ -122,22 +122,24 @@ def rl_role(record: dict[str, Any], role: str) -> tuple[Role, GpuGroup, LogProbI
     return resolved, next(g for g in rl.job.groups if g.name == resolved.group), rl.job.logprob_impl
 
 
-def training_subphase_terms(record: dict[str, Any], role: str) -> dict[str, list[Term]]:
-    """The role's GPU terms at each training sub-phase, as ``rl_estimate.training_activity`` compares them:
-    resident state (``phase=None``), that sub-phase's state terms, and the role's activity in it (built as
-    ``estimate_rl`` builds a trained role: ``role_memory`` with forward phases FORWARD and MAKE_EXPERIENCE)."""
+def rl_role_memory(record: dict[str, Any], role: str) -> RoleMemory:
+    """The role's memory as ``estimate_rl`` builds a trained role (``role_memory`` with forward phases FORWARD
+    and MAKE_EXPERIENCE)."""
     resolved, group, logprob_impl = rl_role(record, role)
-    mem = role_memory(resolved, group, logprob_impl, forward_phases=(Phase.FORWARD, Phase.MAKE_EXPERIENCE))
+    return role_memory(resolved, group, logprob_impl, forward_phases=(Phase.FORWARD, Phase.MAKE_EXPERIENCE))
+
+
+def training_subphase_terms(mem: RoleMemory) -> dict[str, list[Term]]:
+    """The role's GPU terms at each training sub-phase, as ``rl_estimate.training_activity`` compares them:
+    resident state (``phase=None``), that sub-phase's state terms, and the role's activity in it."""
     resident = [t for t in mem.gpu_terms if t.phase is None]
     return {str(sub): resident + [t for t in mem.gpu_terms if t.phase == sub] + list(mem.activity.get(sub, ()))
             for sub in TRAIN_SUBPHASES}
 
 
-def training_transient_terms(record: dict[str, Any], role: str) -> dict[str, tuple[Term, ...]]:
-    """The role's transient peak in each training sub-phase: ``role_memory``'s ``transient`` (its own
-    computation before DeepSpeed's gradient buffers are placed), as the RL estimate builds the role."""
-    resolved, group, logprob_impl = rl_role(record, role)
-    mem = role_memory(resolved, group, logprob_impl, forward_phases=(Phase.FORWARD, Phase.MAKE_EXPERIENCE))
+def training_transient_terms(mem: RoleMemory) -> dict[str, tuple[Term, ...]]:
+    """The role's transient peak in each training sub-phase: ``transient`` (its own computation before
+    DeepSpeed's gradient buffers are placed)."""
     return {str(sub): mem.transient.get(sub, ()) for sub in TRAIN_SUBPHASES}
 
 
@@ -165,13 +167,14 @@ def _rows_of(record: dict[str, Any], source: str, policy: Policy) -> list[Row]:
     rows = [row("make_experience_transient", _transient(experience), _traced_transient(transient["make_experience"]))]
     if role not in TRAINED_ROLES:
         return rows
-    transients = training_transient_terms(record, role)
+    mem = rl_role_memory(record, role)
+    transients = training_transient_terms(mem)
     rows.append(row("training_transient", max(_transient(ts) for ts in transients.values()),
                     max(_traced_transient(transient[p]) for p in TRAINING_PHASES)))
     if role == "actor":
         rows.append(row("optimizer_step_transient", _transient(transients["optimizer_step"]),
                         _traced_transient(transient["optimizer_step"])))
-    subphases = training_subphase_terms(record, role)
+    subphases = training_subphase_terms(mem)
     predicted = {"make_experience": _no_overhead(experience), **{p: _no_overhead(ts) for p, ts in subphases.items()}}
     traced = {p: int(totals[p]["total"]) for p in ("make_experience", *TRAINING_PHASES)}
     rows.append(categorical_row(kind=Kind.TRACED, case=record["case"], metric="peak_phase", unit=Unit.PHASE,

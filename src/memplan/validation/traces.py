@@ -19,12 +19,11 @@ memplan's host (CPU) terms of the rank are added to its GPU terms, phase by phas
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import json
 from pathlib import Path
 from typing import Any
 
+from memplan.errors import ConfigError
 from memplan.jobs.result import Estimate
 from memplan.memory.breakdown import Category, Device
 from memplan.memory.logits import LogProbImpl
@@ -66,22 +65,16 @@ def steady_iteration(rank: dict[str, Any]) -> dict[str, dict[str, int]]:
     return iterations[key]
 
 
-#: Why a record without ``transient_iterations`` cannot be compared in backward: it keeps each phase's
-#: snapshot at the phase's total peak, which in a backward without ZeRO's gradient hand-off is the very
-#: end, when gradients have piled up and most activations are freed (tracing/track.py records the
-#: activation + temp peak separately since).
-NO_TRANSIENT_SPLIT = ("record predates transient-peak tracking: its backward split is the snapshot at the "
-                      "phase's total peak (end of backward), not at the activation + temp peak; regenerate it")
-
-
-def transient_reference(rank: dict[str, Any], phase: str) -> int | None:
-    """The traced activation + temp peak of ``phase`` in the steady iteration; None when not recorded."""
-    iterations = rank.get("transient_iterations")
-    if not iterations:
-        return None
-    key = STEADY_ITERATION if STEADY_ITERATION in iterations else max(iterations, key=int)
-    snap = iterations[key].get(phase)
-    return None if snap is None else sum(int(snap.get(str(c), 0)) for c in TRANSIENT)
+def transient_reference(rank: dict[str, Any], phase: str, source: str) -> int:
+    """The traced activation + temp peak of ``phase`` in the steady iteration (``transient_iterations``,
+    recorded by tracing/track.py apart from the phase's total peak)."""
+    iterations = rank.get("transient_iterations") or {}
+    key = STEADY_ITERATION if STEADY_ITERATION in iterations else max(iterations, key=int, default=None)
+    snap = iterations.get(key, {}).get(phase) if key is not None else None
+    if snap is None:
+        raise ConfigError(source, f"no activation + temp peak of {phase} (transient_iterations); regenerate the "
+                                  "record with scripts/gen_references.py")
+    return sum(int(snap.get(str(c), 0)) for c in TRANSIENT)
 
 
 def predict_trace(record: dict[str, Any]) -> Estimate:
@@ -143,16 +136,10 @@ def traced_rows(validation_dir: Path, policy: Policy) -> list[Row]:
         steady = steady_iteration(rank0)
         for phase in TRANSIENT_PHASES:
             metric = f"{phase}_transient"
-            reference = transient_reference(rank0, phase)
-            row = numeric_row(
+            rows.append(numeric_row(
                 kind=Kind.TRACED, case=record["case"], metric=metric, unit=Unit.BYTES,
-                predicted=predicted_transient(est, phase),
-                reference=reference if reference is not None else sum(int(steady[phase].get(str(c), 0))
-                                                                      for c in TRANSIENT),
-                tolerance_pct=policy.tolerance(Kind.TRACED, metric, record), source=source)
-            if reference is None and phase == "backward" and not row.within:
-                row = replace(row, known_miss=NO_TRANSIENT_SPLIT, known_miss_file=source)
-            rows.append(row)
+                predicted=predicted_transient(est, phase), reference=transient_reference(rank0, phase, source),
+                tolerance_pct=policy.tolerance(Kind.TRACED, metric, record), source=source))
         phases = [p for p in TRAIN_PHASES if p in steady]
         predicted = {p: predicted_rank_bytes(est, p, include_host=False) for p in phases}
         rows.append(categorical_row(kind=Kind.TRACED, case=record["case"], metric="peak_phase", unit=Unit.PHASE,
