@@ -15,6 +15,7 @@ from typing import Any
 
 from memplan.api import RL_SCRIPT, ResolvedRun, estimate_run
 from memplan.errors import ConfigError
+from memplan.frameworks.openrlhf.rl_job import rl_roles
 from memplan.hardware.gpu import Gpu
 from memplan.jobs.job import GpuGroup
 from memplan.jobs.result import Estimate, Verdict
@@ -116,14 +117,7 @@ def _role_gpus(v: dict[str, Any], role: str) -> int:
 
 
 def _rl_roles(v: dict[str, Any]) -> list[str]:
-    roles = ["actor"]
-    if str(v.get("advantage_estimator") or "gae") == "gae":
-        roles.append("critic")
-    if float(v.get("init_kl_coef") or 0) > 0 or v.get("use_kl_loss"):
-        roles.append("ref")
-    if not (v.get("remote_rm_url") or v.get("agent_func_path")):
-        roles.append("reward")
-    return roles
+    return [str(r) for r in rl_roles(v)]
 
 
 def _grow_role(v: dict[str, Any], roles: list[str]) -> Change:

@@ -30,6 +30,7 @@ from memplan.frameworks.openrlhf import LauncherWorld, format_command, load_tabl
 from memplan.frameworks.openrlhf.defaults import LEGACY_DERIVED_KEYS
 from memplan.frameworks.openrlhf.flags import FlagKind, tables_with
 from memplan.frameworks.openrlhf.job import SCRIPT_METHOD
+from memplan.frameworks.openrlhf.rl_job import rl_roles
 from memplan.model import load_model_spec, num_params
 
 #: From this many tokens per sequence the planner also tries ring attention (context parallel).
@@ -256,15 +257,8 @@ def _keep_spec(name: str, script: str, table: Any) -> tuple[Any, str]:
 
 
 def _rl_roles(values: Mapping[str, Any]) -> tuple[str, ...]:
-    """Which models ``train_ppo_ray`` builds (rl_job.build_rl_job's rules)."""
-    roles = ["actor"]
-    if str(values.get("advantage_estimator") or "gae") == "gae":
-        roles.append("critic")
-    if float(values.get("init_kl_coef") or 0) > 0 or values.get("use_kl_loss"):
-        roles.append("ref")
-    if not (values.get("remote_rm_url") or values.get("agent_func_path")):
-        roles.append("reward")
-    return tuple(r for r in RL_ROLES if r in roles)
+    """Which models ``train_ppo_ray`` builds (rl_job.rl_roles)."""
+    return tuple(str(r) for r in rl_roles(values))
 
 
 def build_space(model: str, method: str, *, flags: Sequence[str] = (), keep: Sequence[str] = (),

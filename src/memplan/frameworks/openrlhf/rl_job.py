@@ -137,6 +137,21 @@ def _check_asserts(values: Mapping[str, Any], groups: dict[RoleName, GpuGroup], 
         raise ConfigError("--packing_samples", "packing_samples needs vLLM (--vllm_num_engines > 0)")
 
 
+def rl_roles(values: Mapping[str, Any]) -> tuple[RoleName, ...]:
+    """Which models ``train_ppo_ray`` builds, in the order actor, critic, ref, reward: the actor; a critic with
+    GAE; a reference when there is a KL term (``--init_kl_coef`` > 0 or ``--use_kl_loss``); a reward model
+    unless rewards come from ``--remote_rm_url`` or ``--agent_func_path``
+    (OpenRLHF openrlhf/cli/train_ppo_ray.py@3c3be62 ``train``; reference/openrlhf.md §3)."""
+    roles = [RoleName.ACTOR]
+    if str(values.get("advantage_estimator") or "gae") == "gae":
+        roles.append(RoleName.CRITIC)
+    if float(values.get("init_kl_coef") or 0) > 0 or values.get("use_kl_loss"):
+        roles.append(RoleName.REF)
+    if not (values.get("remote_rm_url") or values.get("agent_func_path")):
+        roles.append(RoleName.REWARD)
+    return tuple(roles)
+
+
 def build_rl_job(values: Mapping[str, Any], *, version: str, load: Callable[[str], ModelSpec], command: str,
                  logprob_impl: LogProbImpl = LogProbImpl.FLASH_ATTN_TRITON) -> tuple[RlJob, tuple[str, ...]]:
     """The RlJob of a ``train_ppo_ray`` run, and notes on assumptions."""
@@ -145,16 +160,11 @@ def build_rl_job(values: Mapping[str, Any], *, version: str, load: Callable[[str
         raise ConfigError("--pretrain", "required: the actor model")
     rollout = rollout_settings(values)
     estimator = str(values.get("advantage_estimator") or "gae")
-    remote = bool(values.get("remote_rm_url") or values.get("agent_func_path"))
-    groups = {RoleName.ACTOR: _group(values, "actor")}
-    if float(values.get("init_kl_coef") or 0) > 0 or values.get("use_kl_loss"):
-        groups[RoleName.REF] = _group(values, "ref")
-    if estimator == "gae":
-        groups[RoleName.CRITIC] = _group(values, "critic")
-    if not remote:
-        if not values.get("reward_pretrain"):
-            raise ConfigError("--reward_pretrain", "required unless --remote_rm_url or --agent_func_path is given")
-        groups[RoleName.REWARD] = _group(values, "reward")
+    present = rl_roles(values)
+    if RoleName.REWARD in present and not values.get("reward_pretrain"):
+        raise ConfigError("--reward_pretrain", "required unless --remote_rm_url or --agent_func_path is given")
+    groups = {name: _group(values, str(name))
+              for name in (RoleName.ACTOR, RoleName.REF, RoleName.CRITIC, RoleName.REWARD) if name in present}
     if rollout.num_engines:
         groups[RoleName.ROLLOUT] = GpuGroup(name="rollout", num_nodes=1,
                                             gpus_per_node=rollout.num_engines * rollout.tensor_parallel_size)
@@ -205,4 +215,4 @@ def build_rl_job(values: Mapping[str, Any], *, version: str, load: Callable[[str
     return rl, tuple(notes)
 
 
-__all__ = ["METHOD_ESTIMATOR", "build_rl_job", "pack_slots", "replace"]
+__all__ = ["METHOD_ESTIMATOR", "build_rl_job", "pack_slots", "replace", "rl_roles"]
