@@ -15,8 +15,8 @@ depends on the stage (DeepSpeed 0.19.8; ``Z12`` = deepspeed/runtime/zero/stage_1
         reduced (Z12:2367) and the rank's share kept in ``grads_in_partition``, allocated at the first
         flush; the epilogue reduces what is left and frees the bucket (``_release_ipg_buffers`` Z12:924-932).
 
-The buffers' sizes and sources are memory/model_states.py's (``lp_grads``, ``grads_in_partition``,
-``reduce_buckets``, ``reduce_flat_copy``, ``zero3_module_grads``); this module only says when each exists.
+The buffers' sizes and sources are memory/model_states.py's (``lp_grads``, ``grads_in_partition``) and
+memory/ds_buffers.py's (``reduce_buckets``, ``reduce_flat_copy``, ``zero3_module_grads``); this module only says when each exists.
 So the backward's peak is the largest over its moments of (transient tensors alive then) + (gradient
 buffers alive then), not the transient peak plus every buffer. The moments come from
 memory/transient.py ``backward_moments``; how many gradient elements have been hooked by each moment
@@ -36,9 +36,8 @@ from dataclasses import dataclass, replace
 from memplan.dtypes import bytes_for
 from memplan.jobs.options import ZeroStage
 from memplan.memory.breakdown import Phase, Term
-from memplan.memory.model_states import (
-    grads_in_partition, lp_grads, reduce_buckets, reduce_flat_copy, zero3_module_grads,
-)
+from memplan.memory.ds_buffers import reduce_buckets, reduce_flat_copy, zero3_module_grads
+from memplan.memory.model_states import grads_in_partition, lp_grads
 from memplan.memory.zero import ParamLayout, ZeroConfig
 from memplan.model.params import ModuleKind, ParamModule
 

@@ -1,4 +1,5 @@
-"""Model states (weights, gradients, optimizer state) and DeepSpeed's own buffers, per rank.
+"""Model states (weights, gradients, optimizer state) per rank, and an engine's terms put together with
+DeepSpeed's own buffers (memory/ds_buffers.py).
 
 Every buffer below was read from DeepSpeed 0.19.8's source; each function cites where it is
 allocated. Which optimizer wrapper runs is decided in ``engine.py`` ``_do_optimizer_sanity_check``
@@ -14,14 +15,14 @@ allocated. Which optimizer wrapper runs is decided in ``engine.py`` ``_do_optimi
 Symbols: ``T`` trainable elements, ``F`` frozen elements, ``N`` dp degree, ``ps`` a rank's stage 1/2
 partition (``flat/N``), ``p3`` a rank's ZeRO-3 partition (``Σ ceil(t/N)``), ``lp`` the model dtype.
 Paths: ``{role}.params|grads|optimizer.*`` are model states; ``{role}.deepspeed.*`` DeepSpeed's
-buffers; ``{role}.offload.*`` host-side offload buffers (memory/host.py). Persistent terms have
+buffers (memory/ds_buffers.py); ``{role}.offload.*`` host-side offload buffers (memory/host.py). Persistent terms have
 ``phase=None``; transients carry the phase they peak in.
 
 Measured with real DeepSpeed 0.19.8 on its CPU accelerator (scripts/probe_deepspeed_buffers.py probe:
 2 ranks, gloo, a 2,106,624-parameter Llama, bf16, reduce_bucket_size 5e6, OpenRLHF's two param groups,
 MemTracker; "probe" below): resident bytes between steps equal memplan's persistent terms to within
 700 B at stages 1-3 (e.g. ZeRO-3: 27,904,785 measured vs 27,904,128), and the ZeRO-2 backward peak is
-33,173,784 vs 33,173,120 predicted.
+33,173,784 vs 33,173,120 predicted. Per-rank peaks of larger runs: validation/deepspeed_cpu (memplan validate).
 """
 
 from __future__ import annotations
@@ -30,37 +31,26 @@ from memplan.dtypes import DType, bytes_for
 from memplan.jobs.options import ZeroStage
 from memplan.memory import host
 from memplan.memory.breakdown import Category, Device, Phase, Term
+from memplan.memory.ds_buffers import (
+    Z3, Z12, compact_grad_upcast, hpz_secondary_params, offload_gpu_buffers, reduce_buckets, reduce_flat_copy,
+    zero3_gathered_params, zero3_module_grads,
+)
 from memplan.memory.zero import (
-    NON_ZERO_ALLREDUCE_BUCKET_SIZE, ParamLayout, ZeroConfig, ds_source, flat_group_numel, grads_in_partition_numel,
+    ParamLayout, ZeroConfig, ds_source, ds_term, flat_group_numel, grads_in_partition_numel,
     largest_sub_group_numel, persistent_numel, stage3_frozen_partition_numel, stage3_partition_numel,
     stage3_trainable_partition_numel, stage12_partition_numels,
 )
 from memplan.model.params import ModuleKind, ParamModule
-from memplan.sources import Source, code
+from memplan.sources import code
 
-Z12 = "runtime/zero/stage_1_and_2.py"
-Z3 = "runtime/zero/stage3.py"
 FP16_OPT = "runtime/fp16/fused_optimizer.py"
 BF16_OPT = "runtime/bf16_optimizer.py"
-COORD = "runtime/zero/partitioned_param_coordinator.py"
 
 #: Adam keeps two moments per element (exp_avg, exp_avg_sq): FusedAdam ops/adam/fused_adam.py:155-157,
 #: DeepSpeedCPUAdam ops/adam/cpu_adam.py:161-164 (fp32 by default, ``fp32_optimizer_states=True``).
 ADAM_MOMENT_DTYPE = DType.FP32
 #: Master weights and their step-time gradients are fp32 (``master_weights_and_grads_dtype`` default).
 MASTER_DTYPE = DType.FP32
-#: At the turn from forward to backward, ZeRO-3 keeps the layers whose reuse (in backward) lies within
-#: ``max_reuse_distance`` elements of trace; with forward and backward visiting each layer once, that
-#: is the last ``max_reuse_distance / 2`` elements (see ``zero3_gathered_params``).
-FORWARD_BACKWARD_TRACE_VISITS = 2
-#: With ``overlap_comm`` stage 1/2 double-buffer the reduce bucket (``buf_0``, ``buf_1``, stage_1_and_2.py:3271-3277).
-OVERLAP_COMM_BUCKETS = 2
-
-
-def _term(path: str, numel: int, dtype: DType, category: Category, device: Device, source: Source,
-          phase: Phase | None = None) -> Term:
-    return Term(path=path, bytes=bytes_for(numel, dtype), category=category, device=device, source=source,
-                phase=phase)
 
 
 def _optimizer_numel(layout: ParamLayout, zero: ZeroConfig) -> int:
@@ -87,22 +77,22 @@ def lp_params(layout: ParamLayout, zero: ZeroConfig, *, role: str) -> list[Term]
     """
     lp, path = zero.param_dtype, f"{role}.params"
     if zero.stage == ZeroStage.ZERO_0:
-        return [_term(path, layout.num_params, lp, Category.PARAM, Device.GPU,
+        return [ds_term(path, layout.num_params, lp, Category.PARAM, Device.GPU,
                       ds_source(FP16_OPT, "fp16_groups_flat :94 (views of the module weights)"))]
     if zero.stage != ZeroStage.ZERO_3:
         flat = sum(flat_group_numel(sum(g), zero.dp_degree) for g in layout.trainable_groups)
-        return [_term(path, flat + layout.frozen_params, lp, Category.PARAM, Device.GPU,
+        return [ds_term(path, flat + layout.frozen_params, lp, Category.PARAM, Device.GPU,
                       ds_source(Z12, "bit16_groups_flat padded to 2·dp :441-446; frozen params unflattened"))]
     n = zero.dp_degree
     persistent = persistent_numel(layout, zero.param_persistence_threshold)
     persist_parts = sum(stage3_partition_numel(t, n) for t in layout.all_tensors()
                         if layout.per_tensor and t <= zero.param_persistence_threshold)
     parts = stage3_trainable_partition_numel(layout, n) + stage3_frozen_partition_numel(layout, n)
-    terms = [_term(f"{path}.persistent", persistent + persist_parts, lp, Category.PARAM, Device.GPU,
+    terms = [ds_term(f"{path}.persistent", persistent + persist_parts, lp, Category.PARAM, Device.GPU,
                    ds_source("runtime/zero/parameter_offload.py", "ds_persist when numel <= threshold :325"))]
     device = Device.CPU if zero.offload_param else Device.GPU
     where = ", pinned host" if zero.offload_param else ""
-    terms.append(_term(f"{path}.partition", parts - persist_parts, lp, Category.PARAM, device,
+    terms.append(ds_term(f"{path}.partition", parts - persist_parts, lp, Category.PARAM, device,
                        ds_source("runtime/zero/partition_parameters.py", f"ds_tensor ceil(numel/N) :1816-1836{where}")))
     return terms
 
@@ -131,26 +121,26 @@ def lp_grads(layout: ParamLayout, zero: ZeroConfig, *, role: str) -> list[Term]:
     lp, acc, t, path = zero.param_dtype, zero.grad_accum_dtype, layout.trainable_params, f"{role}.grads"
     if zero.stage == ZeroStage.ZERO_3:
         device = Device.CPU if zero.offload_optimizer else Device.GPU
-        return [_term(path, stage3_trainable_partition_numel(layout, zero.dp_degree), acc, Category.GRAD, device,
+        return [ds_term(path, stage3_trainable_partition_numel(layout, zero.dp_degree), acc, Category.GRAD, device,
                       ds_source(Z3, "grad_partitions_flat_buffer in gradient_accumulation_dtype :791-795"))]
     autograd = ds_source("runtime/engine.py", "autograd param.grad, reduced at the boundary")
     if zero.stage == ZeroStage.ZERO_0 or zero.uses_bf16_optimizer:
-        terms = [_term(path, t, lp, Category.GRAD, Device.GPU, autograd)]
+        terms = [ds_term(path, t, lp, Category.GRAD, Device.GPU, autograd)]
         if zero.uses_bf16_optimizer:
             flat = sum(flat_group_numel(sum(g), zero.dp_degree) for g in layout.trainable_groups)
-            terms.append(_term(f"{path}.fp32_accum", flat, acc, Category.GRAD, Device.GPU,
+            terms.append(ds_term(f"{path}.fp32_accum", flat, acc, Category.GRAD, Device.GPU,
                                ds_source(BF16_OPT, "fp32_groups_gradients_flat :191")))
         return terms
     compact = acc != lp
     terms = []
     if zero.stage == ZeroStage.ZERO_1:
-        terms.append(_term(f"{path}.accum", t, acc, Category.GRAD, Device.GPU,
+        terms.append(ds_term(f"{path}.accum", t, acc, Category.GRAD, Device.GPU,
                            ds_source(Z12, "param.grad_accum :1234-1240")) if compact
-                     else _term(path, t, lp, Category.GRAD, Device.GPU, autograd))
+                     else ds_term(path, t, lp, Category.GRAD, Device.GPU, autograd))
     elif not compact:
         terms += grads_in_partition(layout, zero, role=role)
     if compact:
-        terms.append(_term(f"{path}.partition", sum(stage12_partition_numels(layout, zero.dp_degree)), acc,
+        terms.append(ds_term(f"{path}.partition", sum(stage12_partition_numels(layout, zero.dp_degree)), acc,
                            Category.GRAD, Device.GPU, ds_source(Z12, "compact grad partition :1259-1301")))
     return terms
 
@@ -164,7 +154,7 @@ def grads_in_partition(layout: ParamLayout, zero: ZeroConfig, *, role: str, phas
     """
     if zero.offload_optimizer:
         return []
-    return [_term(f"{role}.grads.partition", grads_in_partition_numel(layout, zero.dp_degree), zero.param_dtype,
+    return [ds_term(f"{role}.grads.partition", grads_in_partition_numel(layout, zero.dp_degree), zero.param_dtype,
                   Category.GRAD, Device.GPU, ds_source(Z12, "grads_in_partition, whole overlapping tensors :2184-2194"),
                   phase)]
 
@@ -188,7 +178,7 @@ def fp32_master(layout: ParamLayout, zero: ZeroConfig, *, role: str) -> list[Ter
         zero.stage, ds_source(Z12, "single_partition_of_fp32_groups :560-577"
                               + (" pinned" if offload and zero.pin_memory else "")))
     device = Device.CPU if offload else Device.GPU
-    return [_term(f"{role}.optimizer.master_params", numel, MASTER_DTYPE, Category.OPTIMIZER, device, source)]
+    return [ds_term(f"{role}.optimizer.master_params", numel, MASTER_DTYPE, Category.OPTIMIZER, device, source)]
 
 
 def adam_moments(layout: ParamLayout, zero: ZeroConfig, *, role: str) -> list[Term]:
@@ -205,7 +195,7 @@ def adam_moments(layout: ParamLayout, zero: ZeroConfig, *, role: str) -> list[Te
     device = Device.CPU if zero.offload_optimizer else Device.GPU
     source = ds_source("ops/adam/cpu_adam.py" if zero.offload_optimizer else "ops/adam/fused_adam.py",
                        "state exp_avg/exp_avg_sq zeros_like(fp32 param)")
-    return [_term(f"{role}.optimizer.{name}", numel, ADAM_MOMENT_DTYPE, Category.OPTIMIZER, device, source)
+    return [ds_term(f"{role}.optimizer.{name}", numel, ADAM_MOMENT_DTYPE, Category.OPTIMIZER, device, source)
             for name in ("exp_avg", "exp_avg_sq")]
 
 
@@ -236,7 +226,7 @@ def fp32_grad_partition(layout: ParamLayout, zero: ZeroConfig, *, role: str) -> 
         # One fp32 copy only: real DeepSpeed 0.19.8 on the CPU accelerator holds master + m + v + one fp32
         # gradient flat at the step, no second per-tensor copy (validation/deepspeed_cpu/llama-small-zero0-w1.json:
         # optimizer-step peak 932.6 MiB = 87 lp params + 87 lp grads + 522 states + 174 fp32 grads + 62.5 logits).
-        return [_term(f"{path}.fp32_grads", layout.trainable_params, MASTER_DTYPE, Category.OPTIMIZER, Device.GPU,
+        return [ds_term(f"{path}.fp32_grads", layout.trainable_params, MASTER_DTYPE, Category.OPTIMIZER, Device.GPU,
                       ds_source(FP16_OPT, "grads_groups_flat :286-291"), step)]
     if zero.stage == ZeroStage.ZERO_3:
         largest, flat_dtype = largest_sub_group_numel(layout, zero.dp_degree, zero.sub_group_size), acc
@@ -246,183 +236,10 @@ def fp32_grad_partition(layout: ParamLayout, zero: ZeroConfig, *, role: str) -> 
             return []
         largest, flat_dtype = max(stage12_partition_numels(layout, zero.dp_degree)), lp
         source = ds_source(Z12, "step: flatten then .to(fp32) :3117-3118")
-    terms = [_term(f"{path}.fp32_grads", largest, MASTER_DTYPE, Category.OPTIMIZER, Device.GPU, source, step)]
+    terms = [ds_term(f"{path}.fp32_grads", largest, MASTER_DTYPE, Category.OPTIMIZER, Device.GPU, source, step)]
     if flat_dtype != MASTER_DTYPE:
-        terms.append(_term(f"{path}.grad_flat_copy", largest, flat_dtype, Category.OPTIMIZER, Device.GPU, source, step))
+        terms.append(ds_term(f"{path}.grad_flat_copy", largest, flat_dtype, Category.OPTIMIZER, Device.GPU, source, step))
     return terms
-
-
-def reduce_buckets(layout: ParamLayout, zero: ZeroConfig, *, role: str) -> list[Term]:
-    """The contiguous gradient ("ipg") reduce bucket: ``reduce_bucket_size`` elements, whatever the model size.
-
-        stage 1/2: (2 if overlap_comm else 1) × reduce_bucket_size, lp (or grad_accum with
-                   ``param.grad_accum``), allocated at the first gradient hook and freed at the end of
-                   backward (``setup_buckets`` :3256-3278, ``_release_ipg_buffers`` :924-932)
-        stage 3:   1 × reduce_bucket_size in the communication dtype, allocated at init and kept
-                   (``_setup_for_real_optimizer`` stage3.py:780-784)
-        stage 0, BF16_Optimizer, eval engines: none
-
-    Source: the lines above; OpenRLHF leaves ``reduce_bucket_size`` "auto" → 5e8 (1 GB in bf16).
-    Assumes: contiguous_gradients on (DeepSpeed's default; forced by offload, stage_1_and_2.py:300).
-    Probe: a 10,000,000 B bucket (5e6 bf16) for a 2.1M-parameter model, present only in backward at
-    ZeRO-2 and from init on at ZeRO-3.
-    Checked by: tests/memory/test_model_states.py::test_reduce_bucket_is_fixed_cost
-    """
-    if zero.stage == ZeroStage.ZERO_0 or zero.uses_bf16_optimizer or not layout.trainable_params:
-        return []
-    if not (zero.contiguous_gradients or zero.offload_optimizer):
-        return []
-    path = f"{role}.deepspeed.reduce_bucket"
-    if zero.stage == ZeroStage.ZERO_3:
-        return [_term(path, zero.reduce_bucket_size, zero.param_dtype, Category.GRAD, Device.GPU,
-                      ds_source(Z3, "ipg bucket.buffer torch.empty(reduce_bucket_size) :780-784"))]
-    dtype = zero.grad_accum_dtype if zero.stage == ZeroStage.ZERO_1 else zero.param_dtype
-    count = OVERLAP_COMM_BUCKETS if zero.overlap_comm else 1
-    return [_term(path, count * zero.reduce_bucket_size, dtype, Category.GRAD, Device.GPU,
-                  ds_source(Z12, f"setup_buckets buf_0{' + buf_1' if zero.overlap_comm else ''} :3266-3277"),
-                  Phase.BACKWARD)]
-
-
-def reduce_flat_copy(layout: ParamLayout, zero: ZeroConfig, *, role: str, numel: int | None = None) -> list[Term]:
-    """The flattened copy a reduction makes of the gradients it reduces (backward transient).
-
-        stage 0:   allreduce_no_retain flattens up to 5e8 elements + one tensor (engine.py:3795-3839)
-        stage 1/2: allreduce_bucket flattens the bucket's slices (stage_1_and_2.py:2367) ≤ reduce_bucket_size
-        stage 3:   reduce_scatter_coalesced concatenates the bucket (runtime/comm/coalesced_collectives.py:122)
-        BF16_Optimizer: a single flat fp32 tensor per group flattens to a view (no copy)
-
-    Source: the lines above (``_flatten_dense_tensors`` of one tensor is a view; of several, a cat).
-    ``numel``: the elements of one particular flush (memory/grad_timeline.py); default the largest flush.
-    Assumes: tensors larger than the bucket are reduced alone (bounded by the largest tensor). At stage 1
-    the gradients have moved into the bucket by the time a small model's single flush copies it (the
-    probe's peak is grads + bucket, 4 MB under this sum); with T ≫ reduce_bucket_size the first flush
-    coexists with almost all gradients. On gloo (CPU) reduce-scatter makes one more bucket-sized copy
-    (probe, ZeRO-3); NCCL does not, so it is not charged.
-    Checked by: tests/memory/test_model_states.py::test_reduce_bucket_is_fixed_cost
-    """
-    t = layout.trainable_params
-    if not t or zero.uses_bf16_optimizer or (zero.stage == ZeroStage.ZERO_3 and not zero.reduce_scatter):
-        return []
-    if zero.stage == ZeroStage.ZERO_0:
-        largest_flush = min(t, NON_ZERO_ALLREDUCE_BUCKET_SIZE + layout.largest_tensor)
-        source = ds_source("runtime/engine.py", "allreduce_no_retain/allreduce_bucket flatten :3795-3839")
-    else:
-        largest_flush = min(t, max(zero.reduce_bucket_size, layout.largest_tensor))
-        source = (ds_source("runtime/comm/coalesced_collectives.py", "reduce_scatter_coalesced torch.cat :122")
-                  if zero.stage == ZeroStage.ZERO_3 else ds_source(Z12, "allreduce_bucket flatten :2367"))
-    return [_term(f"{role}.deepspeed.reduce_flat_copy", largest_flush if numel is None else numel, zero.param_dtype,
-                  Category.GRAD, Device.GPU, source, Phase.BACKWARD)]
-
-
-def zero3_gathered_params(layout: ParamLayout, zero: ZeroConfig, *, role: str, phases: tuple[Phase, ...],
-                          training: bool) -> list[Term]:
-    """ZeRO-3 parameters gathered in full while modules run (one term per phase, same path).
-
-        gatherable = elements of non-persistent tensors
-        retained   = training: min(gatherable, max_reuse_distance / 2); forward-only: 0
-        prefetch   = min(prefetch_bucket_size, max(0, max_live_parameters − retained))
-        gathered   = min(gatherable, retained + largest_layer_params + prefetch)
-
-    A released module keeps its parameters when they are used again within ``max_reuse_distance``
-    elements of the recorded trace (``__params_to_release``, partitioned_param_coordinator.py:634-664);
-    the trace of a training step visits each layer in forward and again in backward, so at the turn
-    the last ``max_reuse_distance / 2`` elements stay gathered (models smaller than that stay whole).
-    Prefetch stops at ``max_live_parameters`` (:452-454). Forward-only engines (eval) reuse nothing.
-
-    Source: partitioned_param_coordinator.py as cited; gather buffers partition_parameters.py:1343.
-    Assumes: uniform layers and a trace without activation recomputation (recomputation lengthens the
-    distance to ~3 visits, so fewer are kept; this is the upper case); the first step (trace being
-    recorded) releases immediately. Probe (ZeRO-3, 2 ranks): with the default 1e9 the whole
-    non-persistent model, 3,162,112 B, stays gathered at the end of forward (exact); with
-    max_reuse_distance 1.5e6 and no prefetch 790,528 elements stay (last layer's MLP + LM head) where this
-    formula gives 1,012,144 (750,000 + one 262,144 module): an upper bound by up to one module.
-    Checked by: tests/memory/test_model_states.py::test_zero3_gathered_params_limits
-    """
-    if zero.stage != ZeroStage.ZERO_3:
-        return []
-    gatherable = layout.num_params - persistent_numel(layout, zero.param_persistence_threshold)
-    retained = min(gatherable, zero.max_reuse_distance // FORWARD_BACKWARD_TRACE_VISITS) if training else 0
-    prefetch = min(zero.prefetch_bucket_size, max(0, zero.max_live_parameters - retained))
-    numel = min(gatherable, retained + layout.largest_layer_params + prefetch)
-    source = ds_source(COORD, "fetch + prefetch :420-490, release within max_reuse_distance :634-664")
-    return [_term(f"{role}.deepspeed.gathered_params", numel, zero.param_dtype, Category.PARAM, Device.GPU, source,
-                  phase) for phase in phases]
-
-
-def zero3_module_grads(layout: ParamLayout, zero: ZeroConfig, *, role: str,
-                       in_flight: int | None = None) -> list[Term]:
-    """ZeRO-3: full gradients of the module whose backward just ran, before the hook copies them into the
-    bucket (``__add_grad_to_ipg_bucket`` stage3.py:1621-1644). DeepSpeed's estimator counts the same
-    2 B × largest layer (its ``largest_layer_memory = 4 × LL`` is these plus the gathered weights).
-    ``in_flight``: the trainable elements of the module group being differentiated (a norm's or a value
-    head's gradients are tiny), which caps the term.
-
-    Assumes: with frozen tensors (LoRA) only trainable tensors get gradients: the largest trainable tensor.
-    Checked by: tests/memory/test_vs_deepspeed_estimator.py::test_zero3_gpu_agreement;
-    validation/deepspeed_cpu/qwen2-small-rm-zero3-w2.json (backward at the value head, to the byte)
-    """
-    if zero.stage != ZeroStage.ZERO_3 or not layout.trainable_params:
-        return []
-    if layout.frozen_params and layout.per_tensor:
-        numel = layout.largest_tensor
-    else:
-        numel = min(layout.largest_layer_params, layout.trainable_params)
-    if in_flight is not None:
-        numel = min(numel, in_flight)
-    return [_term(f"{role}.deepspeed.module_grads", numel, zero.param_dtype, Category.GRAD, Device.GPU,
-                  ds_source(Z3, "param.grad before __add_grad_to_ipg_bucket :1621-1644"), Phase.BACKWARD)]
-
-
-def hpz_secondary_params(layout: ParamLayout, zero: ZeroConfig, *, role: str) -> list[Term]:
-    """ZeRO++ hpZ (``--zpg`` > 1): a secondary copy of every weight partitioned over ``zpg`` ranks,
-    ``aligned(t) / zpg`` elements per tensor (``_partition_param_sec`` partition_parameters.py:1909-1916),
-    kept from the first gather to the end of the step (``invalidate_secondary_tensor`` stage3.py:755-759).
-
-    Assumes: charged as persistent. Checked by: tests/memory/test_model_states.py::test_zpg_adds_secondary_copy
-    """
-    z = zero.hpz_degree
-    if z <= 1:
-        return []
-    n = zero.dp_degree
-    numel = sum(stage3_partition_numel(t, n) * n // z for t in layout.all_tensors())
-    device = Device.CPU if zero.offload_param else Device.GPU
-    return [_term(f"{role}.deepspeed.hpz_secondary_params", numel, zero.param_dtype, Category.PARAM, device,
-                  ds_source("runtime/zero/partition_parameters.py", "ds_secondary_tensor :1909-1916"))]
-
-
-def offload_gpu_buffers(layout: ParamLayout, zero: ZeroConfig, *, role: str) -> list[Term]:
-    """GPU-side buffers of stage 1/2 optimizer offload: a staging buffer of the largest tensor in lp
-    (``temp_grad_buffer_for_gpu_offload`` :659-661) and the fp32 cast of one tensor's gradient before it
-    is copied to host (``async_inplace_copy_grad_to_fp32_buffer_from_gpu`` :1900).
-
-    Assumes: counts-only layouts know no tensor sizes (0).
-    Checked by: tests/memory/test_model_states.py::test_adam_offload_zero2_host_and_gpu
-    """
-    if not zero.offload_optimizer or zero.stage not in (ZeroStage.ZERO_1, ZeroStage.ZERO_2):
-        return []
-    largest = layout.largest_tensor
-    return [_term(f"{role}.deepspeed.offload_grad_staging", largest, zero.param_dtype, Category.GRAD, Device.GPU,
-                  ds_source(Z12, "temp_grad_buffer_for_gpu_offload :659-661")),
-            _term(f"{role}.deepspeed.offload_grad_upcast", largest, MASTER_DTYPE, Category.GRAD, Device.GPU,
-                  ds_source(Z12, "src_tensor.to(fp32) :1900"), Phase.BACKWARD)]
-
-
-def compact_grad_upcast(layout: ParamLayout, zero: ZeroConfig, *, role: str) -> list[Term]:
-    """Stage 1/2 with grad_accum ≠ lp: each reduced slice is cast to grad_accum before it is added to the
-    compact partition (``_add_to_grad_partition_buffer``: ``output.add_(source.to(output.dtype))`` :1324-1326).
-
-        numel = min(largest tensor, ps)   (one rank slice of one tensor at a time)
-
-    Source: the line above; probe: stage 2, --grad_accum_dtype fp32, 2 ranks: +1,049,240 B at the backward
-    peak for a 262,144-element embedding slice (4 B each). Assumes: counts-only layouts know no tensor (0).
-    Checked by: tests/memory/test_model_states.py::test_grad_accum_dtype_fp32
-    """
-    if (zero.stage not in (ZeroStage.ZERO_1, ZeroStage.ZERO_2) or zero.uses_bf16_optimizer
-            or zero.grad_accum_dtype == zero.param_dtype or not layout.trainable_params):
-        return []
-    numel = min(layout.largest_tensor, max(stage12_partition_numels(layout, zero.dp_degree)))
-    return [_term(f"{role}.deepspeed.grad_upcast", numel, zero.grad_accum_dtype, Category.GRAD, Device.GPU,
-                  ds_source(Z12, "source.to(output.dtype) :1324-1326"), Phase.BACKWARD)]
 
 
 def trained_model_states(layout: ParamLayout, zero: ZeroConfig, *, role: str,
@@ -524,5 +341,5 @@ def nf4_base_weights(tree: ParamModule, *, role: str, value_head_params: int = 0
                  source=source),
             Term(path=f"{role}.params.nf4_constants", bytes=constants, category=Category.PARAM, device=Device.GPU,
                  source=source),
-            _term(f"{role}.params.bf16", bf16 + value_head_params, DType.BF16, Category.PARAM, Device.GPU, keep),
-            _term(f"{role}.params.fp32_norms", fp32, DType.FP32, Category.PARAM, Device.GPU, keep)]
+            ds_term(f"{role}.params.bf16", bf16 + value_head_params, DType.BF16, Category.PARAM, Device.GPU, keep),
+            ds_term(f"{role}.params.fp32_norms", fp32, DType.FP32, Category.PARAM, Device.GPU, keep)]

@@ -17,9 +17,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from memplan.dtypes import DType
+from memplan.dtypes import DType, bytes_for
 from memplan.errors import ConfigError
 from memplan.jobs.options import ZeroStage
+from memplan.memory.breakdown import Category, Device, Phase, Term
 from memplan.model.params import ParamModule
 from memplan.sources import Source, code
 
@@ -31,6 +32,13 @@ OPENRLHF_UTILS = "OpenRLHF/OpenRLHF:openrlhf/utils/deepspeed/deepspeed_utils.py@
 def ds_source(path: str, detail: str) -> Source:
     """A citation of DeepSpeed's source at the pinned version (``path`` under ``deepspeed/``)."""
     return code(f"{DEEPSPEED}:deepspeed/{path}@{DEEPSPEED_VERSION}", detail)
+
+
+def ds_term(path: str, numel: int, dtype: DType, category: Category, device: Device, source: Source,
+            phase: Phase | None = None) -> Term:
+    """A term of ``numel`` elements of ``dtype`` (the model-state and DeepSpeed-buffer formulas' constructor)."""
+    return Term(path=path, bytes=bytes_for(numel, dtype), category=category, device=device, source=source,
+                phase=phase)
 
 
 # --- DeepSpeed 0.19.8 defaults (deepspeed/runtime/zero/config.py unless noted) -----------------
