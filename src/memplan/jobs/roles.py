@@ -17,7 +17,8 @@ from memplan.memory.breakdown import Device, Phase, Term
 from memplan.memory.logits import Head, LogProbImpl
 from memplan.memory.model_states import frozen_model_states, nf4_base_weights, trained_model_states
 from memplan.memory.transient import (
-    HeadConfig, backward_moments, forward_only_terms, held_output_terms, micro_step_transients, training_transients,
+    BackwardStage, HeadConfig, backward_moments, forward_only_terms, held_output_terms, micro_step_transients,
+    training_transients,
 )
 from memplan.memory.zero import ParamLayout, ZeroConfig, eval_zero_config, layout_from_tree, train_zero_config
 from memplan.model.params import ModuleKind, ParamModule, ParamTensor, param_tree
@@ -144,7 +145,7 @@ def _backward_with_grads(role: Role, cfg: ActivationConfig, head: HeadConfig, la
     ``transient_peak`` (the method's own backward peak: with a KD teacher's loss tensors it can exceed the
     model's moments) counts as a moment before the first hook."""
     name = str(role.name)
-    moments = [*backward_moments(role.spec, cfg, head, name), (transient_peak, ("loss",))]
+    moments = [*backward_moments(role.spec, cfg, head, name), (transient_peak, (BackwardStage.LOSS, 0))]
     order = _grad_order(role.spec, role.head, role.lora if role.trained else None)
     return grad_timeline.backward_peak(moments, order, layout, zero, role=name,
                                        end_transient=held_output_terms(role.spec, cfg, head, name, Phase.BACKWARD))

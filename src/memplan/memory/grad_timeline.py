@@ -38,6 +38,7 @@ from memplan.jobs.options import ZeroStage
 from memplan.memory.breakdown import Phase, Term
 from memplan.memory.ds_buffers import reduce_buckets, reduce_flat_copy, zero3_module_grads
 from memplan.memory.model_states import grads_in_partition, lp_grads
+from memplan.memory.transient import BackwardStage, Stage
 from memplan.memory.zero import ParamLayout, ZeroConfig
 from memplan.model.params import ModuleKind, ParamModule
 
@@ -185,23 +186,23 @@ def outside_backward(layout: ParamLayout, zero: ZeroConfig, *, role: str) -> lis
     return grads_in_partition(layout, zero, role=role, phase=Phase.OPTIMIZER_STEP)
 
 
-def hooked_at(stage: tuple, order: GradOrder) -> tuple[int, int]:  # type: ignore[type-arg]
-    """(gradient elements hooked by a backward moment of ``stage`` (memory/transient.py ``Stage``), elements
-    of the module group whose gradients are in flight then). A layer's own gradients count as hooked in
-    its moment (its hooks fire before its input gradient leaves)."""
-    kind = stage[0]
-    if kind == "lm_head_hook":
+def hooked_at(stage: Stage, order: GradOrder) -> tuple[int, int]:
+    """(gradient elements hooked by a backward moment of ``stage``, elements of the module group whose
+    gradients are in flight then). A layer's own gradients count as hooked in its moment (its hooks fire
+    before its input gradient leaves)."""
+    kind, index = stage
+    if kind == BackwardStage.LM_HEAD_HOOK:
         return order.head, order.head
-    if kind == "norm":
+    if kind == BackwardStage.NORM:
         return order.head + order.final_norm, order.final_norm
-    if kind == "layer":
-        return order.after_layer(stage[1]), order.layers[stage[1]]
-    if kind == "embedding":
+    if kind == BackwardStage.LAYER:
+        return order.after_layer(index), order.layers[index]
+    if kind == BackwardStage.EMBEDDING:
         return order.total - order.embedding, order.embedding
     return 0, 0
 
 
-def backward_peak(moments: list[tuple[tuple[Term, ...], tuple]], order: GradOrder, layout: ParamLayout,  # type: ignore[type-arg]
+def backward_peak(moments: list[tuple[tuple[Term, ...], Stage]], order: GradOrder, layout: ParamLayout,
                   zero: ZeroConfig, *, role: str, end_transient: tuple[Term, ...] | list[Term] = ()) -> tuple[Term, ...]:
     """The worst moment of backward with the gradient buffers alive at it: each transient moment with
     :func:`during`, and the end of backward (``end_transient``: what the trainer still holds) with

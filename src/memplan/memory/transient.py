@@ -30,6 +30,7 @@ Paths: ``{role}.activations.*``, ``{role}.logits.*``, ``{role}.loss.*``, ``{role
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from enum import StrEnum
 from functools import lru_cache
 
 from memplan.dtypes import bytes_for
@@ -300,10 +301,26 @@ def _embedding_grads(spec: ModelSpec, cfg: ActivationConfig, role: str, phase: P
     return held, end
 
 
-#: Stages of backward a moment belongs to, in backward order (memory/grad_timeline.py counts the gradients
-#: hooked by each): ``("loss",)``, ``("lm_head",)``, ``("lm_head_hook",)``, ``("norm",)``, ``("layer", i)``,
-#: ``("embedding",)``.
-Stage = tuple
+class BackwardStage(StrEnum):
+    """Where in backward a moment lies, in backward order (memory/grad_timeline.py counts the gradients
+    hooked by each)."""
+
+    LOSS = "loss"
+    """The loss's and log-probs' backward: no parameter gradient yet."""
+    LM_HEAD = "lm_head"
+    """The LM head's matmul backward: its weight gradient in flight, its hook not yet run."""
+    LM_HEAD_HOOK = "lm_head_hook"
+    """The LM head's hook: the bf16 logit gradient freed, the weight gradient handed over."""
+    NORM = "norm"
+    """The final norm's backward."""
+    LAYER = "layer"
+    """One decoder layer's backward (with its index)."""
+    EMBEDDING = "embedding"
+    """The embedding's gradient, at the end."""
+
+
+#: A moment's stage and, for ``LAYER``, the layer's index (0 otherwise).
+Stage = tuple[BackwardStage, int]
 
 
 @lru_cache(maxsize=128)
@@ -327,7 +344,7 @@ def backward_moments(spec: ModelSpec, cfg: ActivationConfig, head: HeadConfig, r
             loss_terms.append(_t(f"{role}.loss.entropy_grad", lg.entropy_backward_bytes(spec, n), phase,
                                  lg.openrlhf_source("openrlhf/models/utils.py", "compute_entropy (backward)"),
                                  Category.TEMP))
-        moments.append((end + loss_terms, ("loss",)))
+        moments.append((end + loss_terms, (BackwardStage.LOSS, 0)))
         # Past the loss's backward the fp32 logits (and soft-capping's saved tensors, the entropy) are
         # released unless the trainer's ``output`` still holds the logits (HeadConfig.holds_output).
         kept_entropy = head.entropy and not head.entropy_in_loss  # never backwarded: its softmax stays
@@ -339,12 +356,12 @@ def backward_moments(spec: ModelSpec, cfg: ActivationConfig, head: HeadConfig, r
         weight_grad = _t(f"{role}.backward.lm_head_weight_grad", lg.lm_head_weight_grad_bytes(
             spec, dt, trained=head_trained), phase, ce_src, Category.TEMP)
         moments.append((end + [_t(f"{role}.logits.bf16_grad", lg.logits_bytes(spec, n, dt), phase, ce_src,
-                                  Category.TEMP), grad_h, weight_grad], ("lm_head",)))
+                                  Category.TEMP), grad_h, weight_grad], (BackwardStage.LM_HEAD, 0)))
         if weight_grad.bytes and held is None:
-            moments.append((end + [grad_h, weight_grad], ("lm_head_hook",)))
+            moments.append((end + [grad_h, weight_grad], (BackwardStage.LM_HEAD_HOOK, 0)))
     moments.append((end + tied + [_t(f"{role}.backward.norm_temp", NORM_BACKWARD_FP32_COPIES * bytes_for(
         n * h, act.NORM_DTYPE), phase, _src("LlamaRMSNorm (backward, with the incoming gradient)"), Category.TEMP)],
-        ("norm",)))
+        (BackwardStage.NORM, 0)))
     non_layer = [t for t in end if not t.path.endswith(("activations.layers", "activations.final_norm",
                                                         "logits.softcap"))] + tied
     saved = [act.layer_saved(spec, cfg, j).total for j in range(spec.num_hidden_layers)]
@@ -352,10 +369,10 @@ def backward_moments(spec: ModelSpec, cfg: ActivationConfig, head: HeadConfig, r
     for value in saved:
         saved_below.append(saved_below[-1] + value)
     for i in reversed(range(spec.num_hidden_layers)):
-        moments.append((_layer_moment(spec, cfg, role, phase, i, non_layer, saved, saved_below), ("layer", i)))
+        moments.append((_layer_moment(spec, cfg, role, phase, i, non_layer, saved, saved_below), (BackwardStage.LAYER, i)))
     if emb_end is not None:
         kept = [t for t in end if t.path.endswith(("logits.fp32", "loss.entropy", "activations.embedding_output"))]
-        moments.append((kept + [grad_h, emb_end], ("embedding",)))
+        moments.append((kept + [grad_h, emb_end], (BackwardStage.EMBEDDING, 0)))
     return tuple((tuple(terms), stage) for terms, stage in moments)
 
 
