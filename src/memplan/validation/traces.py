@@ -44,9 +44,6 @@ TRAIN_PHASES = ("forward", "backward", "optimizer_step")
 #: Phases whose transient memory is compared (the optimizer step's transient is what the loop carries).
 TRANSIENT_PHASES = ("forward", "backward")
 
-#: Methods of the single-model trainers (their traces take one micro-batch per optimizer step).
-SINGLE_MODEL_METHODS = ("sft", "rm", "dpo", "kto", "kd", "prm")
-
 #: Categories that make up a phase's transient memory.
 TRANSIENT = (Category.ACTIVATION, Category.TEMP)
 
@@ -85,7 +82,7 @@ def predict_trace(record: dict[str, Any]) -> Estimate:
     traced_attn = config.get("traced_attn_implementation")
     if traced_attn:
         flags = with_flag(flags, "--attn_implementation", traced_attn)
-    if config.get("micro_train_batch_size") and config.get("method") in SINGLE_MODEL_METHODS:
+    if config.get("micro_train_batch_size"):
         # A trace steps after every micro-batch (tracing/ds_config.py: gradient_accumulation_steps 1).
         flags = with_flag(flags, "--train_batch_size",
                           str(int(config["micro_train_batch_size"]) * int(config.get("gpus") or 1)))
