@@ -121,7 +121,16 @@ class _Buffers:
     def __init__(self, layout: ParamLayout, zero: ZeroConfig, role: str) -> None:
         self.layout, self.zero, self.role = layout, zero, role
         self._partition: list[Term] | None = None
+        self._module_grads: dict[int | None, list[Term]] = {}
         self.bucket = reduce_buckets(layout, zero, role=role) if zero.stage != ZeroStage.ZERO_3 else []
+
+    def module_grads(self, in_flight: int | None) -> list[Term]:
+        """ZeRO-3's module gradients with ``in_flight`` elements being differentiated (few distinct sizes:
+        the head, the norm, a layer, the embedding)."""
+        if in_flight not in self._module_grads:
+            self._module_grads[in_flight] = zero3_module_grads(self.layout, self.zero, role=self.role,
+                                                               in_flight=in_flight)
+        return self._module_grads[in_flight]
 
     @property
     def partition(self) -> list[Term]:
@@ -144,7 +153,7 @@ def during(layout: ParamLayout, zero: ZeroConfig, *, role: str, hooked: int, hoo
     flush = reduce_flat_copy(layout, zero, role=role, numel=bucket) if hooked // bucket > hooked_before // bucket \
         else []
     if zero.stage == ZeroStage.ZERO_3:  # partition and bucket are resident; the module's gradients in flight
-        return zero3_module_grads(layout, zero, role=role, in_flight=in_flight) + flush
+        return buffers.module_grads(in_flight) + flush
     terms = buffers.bucket + flush
     if hooked > bucket:  # a flush has happened: the partition exists from then on
         terms += buffers.partition
