@@ -15,6 +15,7 @@ from typing import Any
 from memplan.errors import ConfigError
 from memplan.frameworks.openrlhf.bounds import MAX_GPUS, MAX_GPUS_PER_NODE, check_count
 from memplan.frameworks.openrlhf.flags import load_table
+from memplan.memory.vllm import weight_bytes_per_rank
 from memplan.model.spec import ModelSpec
 
 #: The RL roles trained or scored by a DeepSpeed engine of their own GPU group (train_ppo_ray).
@@ -112,7 +113,8 @@ def check_model(values: Mapping[str, Any], spec: ModelSpec, names: Names) -> Non
 
     vLLM refuses an engine whose TP size does not divide the attention heads (``ModelConfig.
     verify_with_parallel_config``: "Total number of attention heads (H) must be divisible by tensor
-    parallel size (T)", vllm/config/model.py). It also refuses ``max_model_len`` (OpenRLHF passes
+    parallel size (T)", vllm/config/model.py), and asserts each split of its parallel layers (KV heads,
+    MLP and expert widths: ``memory.vllm.weight_bytes_per_rank`` cites them). It also refuses ``max_model_len`` (OpenRLHF passes
     ``--max_len``, or prompt + generation lengths before 0.11) above the model's
     ``max_position_embeddings`` (``_get_and_verify_max_len``, unless VLLM_ALLOW_LONG_MAX_MODEL_LEN is
     set). Assumes: only plain and ``llama3`` RoPE are checked, where vLLM applies no scaling factor to
@@ -126,6 +128,11 @@ def check_model(values: Mapping[str, Any], spec: ModelSpec, names: Names) -> Non
     if heads % tp:
         raise ConfigError(names("vllm_tensor_parallel_size"),
                           f"{tp} does not divide the model's {heads} attention heads (vLLM requires it)")
+    try:  # every other split vLLM asserts: KV heads, MLP and expert widths (memory.vllm cites each)
+        weight_bytes_per_rank(spec, tp)
+    except ConfigError as exc:
+        raise ConfigError(names("vllm_tensor_parallel_size"), f"vLLM cannot split the model over {tp} GPUs: "
+                                                              f"{exc.message}") from None
     max_len = values.get("max_len")
     limit = spec.max_position_embeddings
     if isinstance(max_len, int) and spec.rope_scaling_type in (None, "llama3") and limit and max_len > limit:

@@ -81,6 +81,26 @@ def parse_command(command: str | Sequence[str]) -> ParsedCommand:
     )
 
 
+def read_flag_value(script: str, option: str, text: str | None) -> Any:
+    """One OpenRLHF flag as a command gives it (``--zero_stage``, ``7``) -> its typed, checked value.
+
+    The same conversion and checks (``flags.check_value``: type, bounds, finiteness, choices) as a full
+    command; every bad value ends in a ConfigError whose location is ``option``. ``text`` None means the
+    flag alone (a switch); a flag of several values takes them space-separated. Made for fuzzers and
+    tests that exercise the validator one flag at a time.
+    """
+    reader = _FlagReader(script)
+    spec = reader.options.get(option)
+    if spec is None:
+        raise ConfigError(option, f"not a flag of openrlhf.cli.{script}")
+    words = [] if text is None else (text.split() if spec.nargs is not None else [text])
+    if spec.takes_value and not words:
+        raise ConfigError(option, "missing value")
+    if not spec.takes_value and words:
+        raise ConfigError(option, f"takes no value, got {text!r}")
+    return check_value(spec, _convert(spec, option, words), option)
+
+
 def _as_text(command: str | Sequence[str]) -> str:
     if isinstance(command, str):
         text = command
