@@ -72,7 +72,9 @@ def test_every_numeric_memory_flag_refuses_nan_and_huge_values(script: str, vers
     ("actor_num_nodes", [1, 1024], [0, 10**7]),
     ("init_kl_coef", [0.0, 0.01, -0.5], [math.nan, math.inf, -math.inf]),
     # DeepSpeed DtypeEnum spellings, int8 refused by engine.py
-    ("grad_accum_dtype", ["fp32", "bf16", "float16"], ["bogus", "int8", ""]),
+    ("grad_accum_dtype", ["fp32", "bf16", "float16", "torch.bfloat16"], ["bogus", "int8", "", "BF16"]),
+    # memplan models these three (jobs.options.AttnImpl); transformers' names are case-sensitive
+    ("attn_implementation", ["flash_attention_2", "sdpa", "eager"], ["flash_attention_3", "SDPA", ""]),
 ])
 def test_bounds_follow_their_sources(key: str, good: list, bad: list) -> None:
     for value in good:

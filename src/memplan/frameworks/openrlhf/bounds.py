@@ -65,7 +65,8 @@ class Bound:
     def allowed(self) -> str:
         """The allowed values in words (``between 1 and 72``, ``in (0, 1]``)."""
         if self.choices:
-            return f"one of {', '.join(self.choices)}"
+            text = f"one of {', '.join(self.choices)}"
+            return f"{text} ({self.meaning})" if self.meaning else text
         if self.low_open:
             text = f"in ({_number(self.low)}, {_number(self.high)}]"
         elif math.isinf(self.low) and math.isinf(self.high):
@@ -128,13 +129,20 @@ _BOUNDS: dict[str, Bound] = {
     "ptx_coef": _COEF,
     "grad_accum_dtype": Bound(
         low=-math.inf, high=math.inf,
-        choices=("fp32", "float32", "float", "fp16", "float16", "half", "bf16", "bfloat16"),
+        choices=("fp32", "fp16", "bf16", "float32", "float", "float16", "half", "bfloat16",
+                 "torch.float32", "torch.float16", "torch.bfloat16"),
         source="DeepSpeed DtypeEnum spellings (deepspeed/runtime/config.py@0.19.8 L144-149) less int8, which "
                "engine.py L2323 refuses (`unsupported mix of model_dtype and grad_accum_dtype`)"),
+    "attn_implementation": Bound(
+        low=-math.inf, high=math.inf, choices=("flash_attention_2", "sdpa", "eager"),
+        meaning="the implementations memplan models; OpenRLHF also passes flash_attention_3 or a hub kernel "
+                "to transformers, not modelled",
+        source="jobs.options.AttnImpl; OpenRLHF passes the string to from_pretrained (train_sft.py@v0.11.0 L189-193)"),
 }
 BOUNDS = MappingProxyType(_BOUNDS)
 """Canonical key -> its Bound. Covers every INT/FLOAT key of ``flags.MEMORY_KEYS`` in every script and
-version (tests/frameworks/test_validation.py checks this), plus ``train_batch_size`` and ``grad_accum_dtype``."""
+version (tests/frameworks/test_validation.py checks this), plus ``train_batch_size`` and the spellings of
+``grad_accum_dtype`` and ``attn_implementation``."""
 
 
 def check_flag_value(key: str, value: Any, location: str) -> Any:
@@ -148,7 +156,7 @@ def check_flag_value(key: str, value: Any, location: str) -> Any:
     if bound is None or value is None or isinstance(value, bool):
         return value
     if bound.choices:
-        if str(value).strip().lower().removeprefix("torch.") not in bound.choices:
+        if value not in bound.choices:
             raise ConfigError(location, f"must be {bound.allowed()}, got {value!r}")
         return value
     if isinstance(value, (list, tuple)):
