@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from memplan.errors import ConfigError
@@ -60,6 +60,8 @@ class ResolvedRun:
     """The command as given, on one line."""
     notes: tuple[str, ...]
     """Unknown flags and parser warnings."""
+    options: dict[str, str] = field(default_factory=dict)
+    """Canonical key -> the flag as the user typed it (``--ds.zpg``): errors found later name that spelling."""
 
 
 def resolve_command(command: str | Sequence[str], *, version: str | None = None,
@@ -70,7 +72,10 @@ def resolve_command(command: str | Sequence[str], *, version: str | None = None,
     and model apply (``frameworks.openrlhf.checks``); the planner, which chooses the world, passes False.
     """
     parsed = parse_command(command)
-    values = resolve_values(parsed, version)
+    try:
+        values = resolve_values(parsed, version)
+    except ConfigError as exc:
+        raise as_typed(exc, parsed.options) from None
     if parsed.script not in SCRIPT_METHOD and parsed.script != RL_SCRIPT:
         raise ConfigError("command", f"{parsed.script} is not supported; memplan estimates "
                                      f"{', '.join(sorted([*SCRIPT_METHOD, RL_SCRIPT]))}")
@@ -78,7 +83,7 @@ def resolve_command(command: str | Sequence[str], *, version: str | None = None,
     run = ResolvedRun(script=parsed.script, values=dict(values), group=world_of(parsed.world.nodes,
                                                                                 parsed.world.gpus_per_node),
                       version=version or parsed.version_hint or LATEST, command=" ".join(text.split()),
-                      notes=tuple(_notes_from_parse(parsed)))
+                      notes=tuple(_notes_from_parse(parsed)), options=dict(parsed.options))
     if whole_run:
         _check_whole_run(run, parsed)
     return run
@@ -96,7 +101,25 @@ def _check_whole_run(run: ResolvedRun, parsed: ParsedCommand) -> None:
 
 def estimate_run(run: ResolvedRun, *, gpu: Gpu | None, host_ram_bytes: int | None,
                  logprob_impl: LogProbImpl = LogProbImpl.FLASH_ATTN_TRITON) -> Estimate:
-    """Estimate a resolved run (the planner and the suggestions vary ``run.values`` and call this)."""
+    """Estimate a resolved run (the planner and the suggestions vary ``run.values`` and call this).
+
+    A ConfigError raised deeper names a flag by its legacy spelling (``--zpg``); it is re-raised with the
+    spelling the user typed (``--ds.zpg``).
+    """
+    try:
+        return _estimate_run(run, gpu=gpu, host_ram_bytes=host_ram_bytes, logprob_impl=logprob_impl)
+    except ConfigError as exc:
+        raise as_typed(exc, run.options) from None
+
+
+def as_typed(exc: ConfigError, options: dict[str, str]) -> ConfigError:
+    """``exc`` with its location ``--KEY`` or ``KEY`` (a canonical key) replaced by the flag as typed."""
+    typed = options.get(exc.location.removeprefix("--"))
+    return exc if typed is None or typed == exc.location else type(exc)(typed, exc.message)
+
+
+def _estimate_run(run: ResolvedRun, *, gpu: Gpu | None, host_ram_bytes: int | None,
+                  logprob_impl: LogProbImpl) -> Estimate:
     if run.script == RL_SCRIPT:
         rl, notes = build_rl_job(run.values, version=run.version, load=load_model_spec, command=run.command,
                                  logprob_impl=logprob_impl)

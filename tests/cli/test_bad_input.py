@@ -55,6 +55,10 @@ def _refused(capsys, argv: list[str], start: str) -> str:
     (["--ds.zpg", "-1"], "--ds.zpg: must be between 0 and"),
     (["--zero_stage", "7"], "--zero_stage: must be between 0 and 3, got 7"),
     (["--micro_train_batch_size", "0"], "--micro_train_batch_size: must be between 1 and"),
+    # errors found past the parser name the typed spelling too: 3 does not divide 8 ranks (8 % 3 = 2);
+    # train_sft.py asserts packing for ring attention
+    (["--ds.zpg", "3", "--gpus", "8"], "--ds.zpg: 3 must divide the 8 data-parallel ranks"),
+    (["--ds.ring_attn_size", "2"], "--ds.ring_attn_size: ring attention needs packing_samples"),
     (["--gpu", ""], "--gpu: empty"),
     (["--openrlhf-version", ""], "--openrlhf-version: empty"),
 ])

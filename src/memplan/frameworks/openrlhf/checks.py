@@ -15,6 +15,7 @@ from typing import Any
 from memplan.errors import ConfigError
 from memplan.frameworks.openrlhf.bounds import MAX_GPUS, MAX_GPUS_PER_NODE, check_count
 from memplan.frameworks.openrlhf.flags import load_table
+from memplan.frameworks.openrlhf.rl_job import rl_roles
 from memplan.memory.vllm import weight_bytes_per_rank
 from memplan.model.spec import ModelSpec
 
@@ -56,7 +57,7 @@ def check_run(script: str, values: Mapping[str, Any], *, world: tuple[int, int],
               world_name: str) -> None:
     """Cross-flag rules of a fully stated run; ``world`` is (nodes, GPUs per node) of a single-model run."""
     if script == "train_ppo_ray":
-        groups = _rl_groups(values, names)
+        groups = _rl_groups(values)
         engines = int(values.get("vllm_num_engines") or 0)
         sizes = {names(f"{role}_num_nodes"): n for role, n in groups}
         sizes[names("vllm_num_engines")] = engines * int(values.get("vllm_tensor_parallel_size") or 1)
@@ -73,10 +74,8 @@ def check_run(script: str, values: Mapping[str, Any], *, world: tuple[int, int],
     check_batch_divides(values, nodes * per_node, names, f"{nodes * per_node} GPUs")
 
 
-def _rl_groups(values: Mapping[str, Any], names: Names) -> list[tuple[str, int]]:
+def _rl_groups(values: Mapping[str, Any]) -> list[tuple[str, int]]:
     """(role, GPUs) of each DeepSpeed group train_ppo_ray builds (rl_job.rl_roles decides which exist)."""
-    from memplan.frameworks.openrlhf.rl_job import rl_roles  # rl_job imports the job layer
-
     present = {str(r) for r in rl_roles(values)}
     return [(role, int(values[f"{role}_num_nodes"]) * int(values[f"{role}_num_gpus_per_node"]))
             for role in RL_GROUPS if role in present]
