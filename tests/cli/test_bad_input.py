@@ -105,6 +105,8 @@ def test_rl_estimate_refuses(capsys, extra: list[str], start: str) -> None:
     ("deepspeed --num_gpus 2.5", "deepspeed --num_gpus: expected an integer"),
     ("deepspeed --num_nodes 0", "deepspeed --num_nodes: must be between 1 and 262144"),
     ("deepspeed --num_nodes -5", "deepspeed --num_nodes: must be between 1 and 262144"),
+    ("deepspeed --include localhost:" + ",".join(map(str, range(100))),
+     "deepspeed --include localhost: must be between 1 and 72 (GPUs of one node), got 100"),
     ("torchrun --nproc_per_node 0", "torchrun --nproc_per_node: must be between 1 and 72, got 0"),
     ("torchrun --nproc_per_node -1", "torchrun --nproc_per_node: must be between 1 and 72, got -1"),
     ("torchrun --nnodes 0", "torchrun --nnodes: must be between 1 and"),

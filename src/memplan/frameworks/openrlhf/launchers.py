@@ -211,6 +211,10 @@ def parse_host_spec(flag: str, text: str) -> tuple[HostSlots, ...]:
             hosts[host] = None
         elif host not in hosts or hosts[host] is not None:
             hosts[host] = sorted(set((hosts.get(host) or []) + [int(s) for s in slots.split(",")]))
+    check_count(flag, len(hosts), 1, MAX_GPUS, "hosts")
+    for host, host_slots in hosts.items():
+        if host_slots is not None:
+            check_count(f"{flag} {host}", len(host_slots), 1, MAX_GPUS_PER_NODE, "GPUs of one node")
     return tuple(HostSlots(host=h, slots=None if s is None else tuple(s)) for h, s in hosts.items())
 
 
