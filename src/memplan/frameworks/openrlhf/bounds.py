@@ -13,15 +13,16 @@ The upper bounds are limits no real run exceeds, so that a typo (``--max_len 1e1
   Colossus: 100,000 H100 at its start (September 2024), 200,000 GPUs after its 2025 expansion; Meta
   trained Llama 3.1 405B on 16,384 H100 (Llama 3 paper, arXiv:2407.21783, §3.3).
 * ``MAX_GPUS_PER_NODE`` = 72: the largest single NVLink system sold as one unit (NVIDIA GB200 NVL72,
-  72 GPUs); one host holds at most 16 (DGX-2, HGX-2). Ray and the launchers count GPUs per node.
+  72 GPUs); hosts usually hold 8, at most 16 (DGX-2, HGX-2). Ray and the launchers count GPUs per node.
 * ``MAX_TOKENS`` = 2**24 = 16,777,216 tokens per sequence (or per GPU token budget): above the longest
   context of any released model, Llama 4 Scout's ``max_position_embeddings`` 10,485,760 (10M tokens,
   meta-llama/Llama-4-Scout-17B-16E config.json).
 * ``MAX_SEQUENCES`` = 2**20 = 1,048,576 sequences per batch: Llama 3's largest batch was 16M tokens
   (arXiv:2407.21783 §3.4.1), 2,048 sequences of 8,192 tokens; a million sequences leaves room for short
   ones.
-* ``MAX_LORA_RANK`` = 2**16 = 65,536: the widest released layer is 53,248 (Llama 3.1 405B
-  ``intermediate_size``); a rank above a layer's width has more parameters than the layer itself.
+* ``MAX_LORA_RANK`` = 2**16 = 65,536: above the widest layers of released models (Llama 3.1 405B
+  ``intermediate_size`` 53,248; Falcon-180B 4 × 14,848 = 59,392); a rank above a layer's width gives
+  the adapter more parameters than the layer itself.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ MAX_GPUS_PER_NODE = 72
 MAX_TOKENS = 2**24
 #: Most sequences in one batch (module docstring: Llama 3's 16M-token batches).
 MAX_SEQUENCES = 2**20
-#: Largest LoRA rank (module docstring: no layer is wider than 53,248).
+#: Largest LoRA rank (module docstring: above the widest released layers, ~60k).
 MAX_LORA_RANK = 2**16
 
 
