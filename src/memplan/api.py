@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from memplan.errors import ConfigError
-from memplan.frameworks.openrlhf import LATEST, parse_command, resolve_values
+from memplan.frameworks.openrlhf import LATEST, Launcher, ParsedCommand, normalize_version, parse_command, resolve_values
+from memplan.frameworks.openrlhf.checks import Names, check_model, check_run, check_world_options
 from memplan.frameworks.openrlhf.job import (
     METHOD_SCRIPT,
     SCRIPT_METHOD,
@@ -59,25 +60,66 @@ class ResolvedRun:
     """The command as given, on one line."""
     notes: tuple[str, ...]
     """Unknown flags and parser warnings."""
+    options: dict[str, str] = field(default_factory=dict)
+    """Canonical key -> the flag as the user typed it (``--ds.zpg``): errors found later name that spelling."""
 
 
-def resolve_command(command: str | Sequence[str], *, version: str | None = None) -> ResolvedRun:
-    """Parse a launch command and apply OpenRLHF's defaults for its script and version."""
+def resolve_command(command: str | Sequence[str], *, version: str | None = None,
+                    whole_run: bool = True) -> ResolvedRun:
+    """Parse a launch command and apply OpenRLHF's defaults for its script and version.
+
+    ``whole_run``: the command states the run's world, so the start-up assertions between flags, world
+    and model apply (``frameworks.openrlhf.checks``); the planner, which chooses the world, passes False.
+    """
     parsed = parse_command(command)
-    values = resolve_values(parsed, version)
+    try:
+        values = resolve_values(parsed, version)
+    except ConfigError as exc:
+        raise as_typed(exc, parsed.options) from None
     if parsed.script not in SCRIPT_METHOD and parsed.script != RL_SCRIPT:
         raise ConfigError("command", f"{parsed.script} is not supported; memplan estimates "
                                      f"{', '.join(sorted([*SCRIPT_METHOD, RL_SCRIPT]))}")
     text = command if isinstance(command, str) else shlex.join(command)
-    return ResolvedRun(script=parsed.script, values=dict(values), group=world_of(parsed.world.nodes,
-                                                                                 parsed.world.gpus_per_node),
-                       version=version or parsed.version_hint or LATEST, command=" ".join(text.split()),
-                       notes=tuple(_notes_from_parse(parsed)))
+    run = ResolvedRun(script=parsed.script, values=dict(values), group=world_of(parsed.world.nodes,
+                                                                                parsed.world.gpus_per_node),
+                      version=version or parsed.version_hint or LATEST, command=" ".join(text.split()),
+                      notes=tuple(_notes_from_parse(parsed)), options=dict(parsed.options))
+    if whole_run:
+        _check_whole_run(run, parsed)
+    return run
+
+
+def _check_whole_run(run: ResolvedRun, parsed: ParsedCommand) -> None:
+    """The start-up assertions of OpenRLHF, DeepSpeed and vLLM, named as the user typed the flags."""
+    names = Names(run.script, normalize_version(run.version), parsed.options)
+    launcher = "torchrun --nnodes" if parsed.launcher is Launcher.TORCHRUN else "deepspeed --num_nodes"
+    check_run(run.script, run.values, world=(run.group.num_nodes, run.group.gpus_per_node), names=names,
+              world_name=launcher)
+    if run.script == RL_SCRIPT and run.values.get("pretrain"):
+        check_model(run.values, load_model_spec(str(run.values["pretrain"])), names)
 
 
 def estimate_run(run: ResolvedRun, *, gpu: Gpu | None, host_ram_bytes: int | None,
                  logprob_impl: LogProbImpl = LogProbImpl.FLASH_ATTN_TRITON) -> Estimate:
-    """Estimate a resolved run (the planner and the suggestions vary ``run.values`` and call this)."""
+    """Estimate a resolved run (the planner and the suggestions vary ``run.values`` and call this).
+
+    A ConfigError raised deeper names a flag by its legacy spelling (``--zpg``); it is re-raised with the
+    spelling the user typed (``--ds.zpg``).
+    """
+    try:
+        return _estimate_run(run, gpu=gpu, host_ram_bytes=host_ram_bytes, logprob_impl=logprob_impl)
+    except ConfigError as exc:
+        raise as_typed(exc, run.options) from None
+
+
+def as_typed(exc: ConfigError, options: dict[str, str]) -> ConfigError:
+    """``exc`` with its location ``--KEY`` or ``KEY`` (a canonical key) replaced by the flag as typed."""
+    typed = options.get(exc.location.removeprefix("--"))
+    return exc if typed is None or typed == exc.location else type(exc)(typed, exc.message)
+
+
+def _estimate_run(run: ResolvedRun, *, gpu: Gpu | None, host_ram_bytes: int | None,
+                  logprob_impl: LogProbImpl) -> Estimate:
     if run.script == RL_SCRIPT:
         rl, notes = build_rl_job(run.values, version=run.version, load=load_model_spec, command=run.command,
                                  logprob_impl=logprob_impl)
@@ -97,7 +139,9 @@ def estimate_run(run: ResolvedRun, *, gpu: Gpu | None, host_ram_bytes: int | Non
 
 def resolve_capacity(gpu: str | None, host_ram: str | int | None) -> tuple[Gpu | None, int | None]:
     """``--gpu`` and ``--host-ram`` as a catalogue GPU and a byte count."""
-    gpu_spec = resolve_gpu(gpu, location="--gpu") if gpu else None
+    if gpu is not None and not gpu.strip():
+        raise ConfigError("--gpu", "empty: give a GPU type (memplan gpus) or a size such as 80GiB")
+    gpu_spec = resolve_gpu(gpu, location="--gpu") if gpu is not None else None
     if host_ram is None or isinstance(host_ram, int):
         return gpu_spec, host_ram
     return gpu_spec, parse_host_ram(host_ram, location="--host-ram")
@@ -129,9 +173,7 @@ def command_for(model: str, method: Method | str, flags: Sequence[str] = (), *, 
     script = METHOD_SCRIPT[method]
     if gpus is not None and (nodes is not None or gpus_per_node is not None):
         raise ConfigError("--gpus", "give either --gpus or --nodes/--gpus-per-node, not both")
-    for name, value in (("--gpus", gpus), ("--nodes", nodes), ("--gpus-per-node", gpus_per_node)):
-        if value is not None and value < 1:
-            raise ConfigError(name, f"must be >= 1, got {value}")
+    check_world_options(gpus=gpus, nodes=nodes, gpus_per_node=gpus_per_node)
     launcher = ["deepspeed"]
     if nodes is not None:
         launcher += ["--num_nodes", str(nodes)]

@@ -7,6 +7,7 @@ by the code under test.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from memplan.frameworks.openrlhf import (
     parse_command,
     resolve_values,
 )
+from memplan.frameworks.openrlhf.bounds import BOUNDS
 from memplan.frameworks.openrlhf.defaults import foreign_keys
 from memplan.frameworks.openrlhf.emit import ESSENTIAL_KEYS
 from memplan.frameworks.openrlhf.flags import FlagKind, FlagSpec, FlagTable, scripts_of, table_source
@@ -403,9 +405,9 @@ def _error(command: Any) -> ConfigError:
      "openrlhf.cli.train_foo: not an OpenRLHF training entry point memplan reads (expected one of train_sft, "
      "train_rm, train_dpo, train_kto, train_prm, train_kd, train_ppo_ray)"),
     ("deepspeed --num_gpus 8 train.py --zero_stage 3", "command: no OpenRLHF entry point found"),
-    ("deepspeed --num_gpus eight --module openrlhf.cli.train_sft", "--num_gpus: expected an integer, got 'eight'"),
-    ("deepspeed --include localhost:a --module openrlhf.cli.train_sft", "--include: expected NODE[:SLOT"),
-    ("torchrun --nnodes x -m openrlhf.cli.train_sft", "--nnodes: expected an integer, got 'x'"),
+    ("deepspeed --num_gpus eight --module openrlhf.cli.train_sft", "deepspeed --num_gpus: expected an integer, got 'eight'"),
+    ("deepspeed --include localhost:a --module openrlhf.cli.train_sft", "deepspeed --include: expected NODE[:SLOT"),
+    ("torchrun --nnodes x -m openrlhf.cli.train_sft", "torchrun --nnodes: expected an integer, got 'x'"),
     ("deepspeed --module openrlhf.cli.train_sft --pretrain 'meta", "command: unbalanced quote: the ' on line 1"),
     ("deepspeed --module openrlhf.cli.train_sft \\\n --pretrain \"m", "command: unbalanced quote: the \" on line 2"),
     ("", "command: empty command"), ("  \n\t", "command: empty command"), ([], "command: empty command"),
@@ -517,9 +519,9 @@ def test_normalize_version(text: str | None, version: str) -> None:
     assert normalize_version(text) == version
 
 
-@pytest.mark.parametrize("text", ["0.9.1", "0.8.10", "0.10.0", "0.7.0", "banana"])
+@pytest.mark.parametrize("text", ["0.9.1", "0.8.10", "0.10.0", "0.7.0", "banana", "", "  "])
 def test_versions_without_a_table_are_refused(text: str) -> None:
-    with pytest.raises(ConfigError, match="openrlhf_version"):
+    with pytest.raises(ConfigError, match="--openrlhf-version"):
         normalize_version(text)
 
 
@@ -582,10 +584,17 @@ _TEXT = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x2FF) 
 
 
 def _element(spec: FlagSpec) -> st.SearchStrategy[Any]:
+    """Any value argparse would read, within memplan's bounds for the key (bounds.BOUNDS)."""
+    bound = BOUNDS.get(spec.key)
+    if bound is not None and bound.choices:
+        return st.sampled_from(bound.choices)
     if spec.kind is FlagKind.INT:
-        return st.integers(min_value=-10**9, max_value=10**9)
+        low, high = (-10**9, 10**9) if bound is None else (int(bound.low), int(bound.high))
+        return st.integers(min_value=low, max_value=high)
     if spec.kind is FlagKind.FLOAT:
-        return st.floats(allow_nan=False, allow_infinity=False)
+        if bound is None or math.isinf(bound.low):
+            return st.floats(allow_nan=False, allow_infinity=False)
+        return st.floats(min_value=bound.low, max_value=bound.high, exclude_min=bound.low_open)
     if spec.kind is FlagKind.CHOICE:
         return st.sampled_from(spec.choices)
     return _TEXT

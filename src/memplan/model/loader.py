@@ -71,9 +71,19 @@ def _local_config_path(text: str) -> Path | None:
         return candidate
     if path.is_file():
         return path
+    if _exists(path):
+        raise ConfigError(text, "is not a regular file (give a config.json file or its directory)")
     if text.endswith(".json") or os.sep in text and not _looks_like_hub_id(text):
         raise ConfigError(text, "no such file")
     return None
+
+
+def _exists(path: Path) -> bool:
+    """Whether something (a device, a pipe) is at ``path``; False for names the OS refuses (too long)."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
 
 
 def _looks_like_hub_id(text: str) -> bool:

@@ -114,7 +114,7 @@ class PlanResult:
 def _plan_of(space: Space, found: Found, gpu: Gpu, host_ram_bytes: int | None) -> Plan:
     layout, flags = found.candidate.layout, found.candidate.flags
     command = command_text(space, layout, flags)
-    est = estimate_run(resolve_command(command), gpu=gpu, host_ram_bytes=host_ram_bytes)
+    est = estimate_run(resolve_command(command, whole_run=False), gpu=gpu, host_ram_bytes=host_ram_bytes)
     return Plan(layout=layout, flags=flags, command=command, estimate=est)
 
 

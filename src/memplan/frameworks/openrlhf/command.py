@@ -18,7 +18,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from memplan.errors import ConfigError
-from memplan.frameworks.openrlhf.flags import SCRIPTS, VERSIONS, FlagKind, FlagSpec, FlagTable, tables_with
+from memplan.frameworks.openrlhf.flags import (
+    SCRIPTS,
+    VERSIONS,
+    FlagKind,
+    FlagSpec,
+    FlagTable,
+    check_value,
+    tables_with,
+)
 from memplan.frameworks.openrlhf.launchers import Launcher, LauncherWorld, find_launcher, parse_world
 from memplan.frameworks.openrlhf.shell import restore, split_commands, words_of
 
@@ -39,6 +47,8 @@ class ParsedCommand:
     """World size the launcher asks for (deepspeed/torchrun flags); empty for python and ray."""
     values: dict[str, Any] = field(default_factory=dict)
     """Canonical key -> typed value, for the flags given (last one wins, as in argparse)."""
+    options: dict[str, str] = field(default_factory=dict)
+    """Canonical key -> the option as the user typed it (``--ds.zero_stage``), for error messages."""
     version_hint: str | None = None
     """``0.8``/``0.9``/``0.11`` when the spellings used narrow it down, else None."""
     unknown_flags: tuple[str, ...] = ()
@@ -63,12 +73,32 @@ def parse_command(command: str | Sequence[str]) -> ParsedCommand:
     reader = _FlagReader(script)
     reader.read(args)
     return ParsedCommand(
-        launcher=launcher, script=script, world=world, values=reader.values,
+        launcher=launcher, script=script, world=world, values=reader.values, options=reader.typed,
         version_hint=reader.version_hint(), unknown_flags=tuple(reader.unknown),
         ignored_flags=tuple(dict.fromkeys(reader.ignored)),
         warnings=tuple(reader.warnings + reader.version_warnings()),
         launcher_args=tuple(launcher_args), args=args,
     )
+
+
+def read_flag_value(script: str, option: str, text: str | None) -> Any:
+    """One OpenRLHF flag as a command gives it (``--zero_stage``, ``7``) -> its typed, checked value.
+
+    The same conversion and checks (``flags.check_value``: type, bounds, finiteness, choices) as a full
+    command; every bad value ends in a ConfigError whose location is ``option``. ``text`` None means the
+    flag alone (a switch); a flag of several values takes them space-separated. Made for fuzzers and
+    tests that exercise the validator one flag at a time.
+    """
+    reader = _FlagReader(script)
+    spec = reader.options.get(option)
+    if spec is None:
+        raise ConfigError(option, f"not a flag of openrlhf.cli.{script}")
+    words = [] if text is None else (text.split() if spec.nargs is not None else [text])
+    if spec.takes_value and not words:
+        raise ConfigError(option, "missing value")
+    if not spec.takes_value and words:
+        raise ConfigError(option, f"takes no value, got {text!r}")
+    return check_value(spec, _convert(spec, option, words), option)
 
 
 def _as_text(command: str | Sequence[str]) -> str:
@@ -131,6 +161,7 @@ class _FlagReader:
         for table in reversed(self.tables):
             self.options.update(table.by_option)
         self.values: dict[str, Any] = {}
+        self.typed: dict[str, str] = {}
         self.used: list[FlagSpec] = []
         self.unknown: list[str] = []
         self.ignored: list[str] = []
@@ -156,9 +187,10 @@ class _FlagReader:
             takes_next = not has_inline and index + 1 < len(args) and not _is_option(args[index + 1])
             return index + (2 if takes_next else 1)
         words, index = self._value_words(spec, typed, args, index + 1, inline if has_inline else None)
-        value = _convert(spec, typed, words)
+        value = check_value(spec, _convert(spec, typed, words), typed)
         for key in spec.keys:
             self.values[key] = value
+            self.typed[key] = typed
         self.used.append(spec)
         if not spec.memory:
             self.ignored.append(typed)

@@ -12,10 +12,12 @@ from typing import Any
 
 from memplan.dtypes import DType
 from memplan.errors import ConfigError
+from memplan.frameworks.openrlhf.bounds import check_flag_value
 from memplan.frameworks.openrlhf.job import _attn, _lora, _param_dtype, _positive, grad_accum_steps
 from memplan.jobs.job import GpuGroup, Job, Role, RoleName, RolloutSettings, RlJob, Slot
 from memplan.jobs.options import Method, ZeroStage
 from memplan.memory.logits import Head, LogProbImpl
+from memplan.memory.vllm import OPENRLHF_GPU_MEMORY_UTILIZATION
 from memplan.model.spec import ModelSpec
 
 #: Physical GPUs per node when no group asks for more (OpenRLHF's ``--*_num_gpus_per_node`` default).
@@ -42,18 +44,24 @@ def _group(values: Mapping[str, Any], prefix: str) -> GpuGroup:
     return GpuGroup(name=prefix, num_nodes=nodes, gpus_per_node=per_node)
 
 
+def _given(values: Mapping[str, Any], key: str, default: Any) -> Any:
+    """``values[key]``, or ``default`` only when the key is unset (a 0 stays 0 and is refused by its bound)."""
+    value = values.get(key)
+    return default if value is None else value
+
+
 def rollout_settings(values: Mapping[str, Any]) -> RolloutSettings:
     """vLLM and rollout flags, with ``max_len`` = prompt + generation when not given (legacy)."""
     prompt = int(values.get("prompt_max_len") or 1024)
     generate = values.get("generate_max_len")
     max_len = values.get("max_len") or (prompt + int(generate or 1024))
     generate = int(generate) if generate else max(int(max_len) - prompt, 1)
-    util = float(values.get("vllm_gpu_memory_utilization") or 0.95)
-    if not 0 < util <= 1:
-        raise ConfigError("--vllm_gpu_memory_utilization", f"must be in (0, 1], got {util}")
+    util = float(_given(values, "vllm_gpu_memory_utilization", OPENRLHF_GPU_MEMORY_UTILIZATION))
+    check_flag_value("vllm_gpu_memory_utilization", util, "--vllm_gpu_memory_utilization")
+    tp = int(_given(values, "vllm_tensor_parallel_size", 1))
+    check_flag_value("vllm_tensor_parallel_size", tp, "--vllm_tensor_parallel_size")
     return RolloutSettings(
-        num_engines=int(values.get("vllm_num_engines") or 0), tensor_parallel_size=int(values.get(
-            "vllm_tensor_parallel_size") or 1), gpu_memory_utilization=util,
+        num_engines=int(values.get("vllm_num_engines") or 0), tensor_parallel_size=tp, gpu_memory_utilization=util,
         enforce_eager=bool(values.get("enforce_eager")), enable_prefix_caching=bool(values.get("enable_prefix_caching")),
         enable_sleep=bool(values.get("vllm_enable_sleep")) and bool(values.get("colocate_all_models")),
         max_len=int(max_len), prompt_len=prompt, generate_len=generate,
