@@ -18,6 +18,7 @@ from memplan.frameworks.openrlhf.job import (
     METHOD_SCRIPT,
     SCRIPT_METHOD,
     build_single_model_job,
+    flag_naming_loader,
     world_of,
 )
 from memplan.frameworks.openrlhf.rl_job import METHOD_ESTIMATOR, build_rl_job
@@ -85,7 +86,10 @@ def resolve_command(command: str | Sequence[str], *, version: str | None = None,
                       version=version or parsed.version_hint or LATEST, command=" ".join(text.split()),
                       notes=tuple(_notes_from_parse(parsed)), options=dict(parsed.options))
     if whole_run:
-        _check_whole_run(run, parsed)
+        try:
+            _check_whole_run(run, parsed)
+        except ConfigError as exc:
+            raise as_typed(exc, parsed.options) from None
     return run
 
 
@@ -96,7 +100,8 @@ def _check_whole_run(run: ResolvedRun, parsed: ParsedCommand) -> None:
     check_run(run.script, run.values, world=(run.group.num_nodes, run.group.gpus_per_node), names=names,
               world_name=launcher)
     if run.script == RL_SCRIPT and run.values.get("pretrain"):
-        check_model(run.values, load_model_spec(str(run.values["pretrain"])), names)
+        spec = flag_naming_loader(load_model_spec, run.values)(str(run.values["pretrain"]))
+        check_model(run.values, spec, names)
 
 
 def estimate_run(run: ResolvedRun, *, gpu: Gpu | None, host_ram_bytes: int | None,
@@ -121,7 +126,8 @@ def as_typed(exc: ConfigError, options: dict[str, str]) -> ConfigError:
 def _estimate_run(run: ResolvedRun, *, gpu: Gpu | None, host_ram_bytes: int | None,
                   logprob_impl: LogProbImpl) -> Estimate:
     if run.script == RL_SCRIPT:
-        rl, notes = build_rl_job(run.values, version=run.version, load=load_model_spec, command=run.command,
+        rl, notes = build_rl_job(run.values, version=run.version, load=flag_naming_loader(load_model_spec, run.values),
+                                 command=run.command,
                                  logprob_impl=logprob_impl)
         extra: tuple[str, ...] = ()
         if gpu is None:
@@ -132,7 +138,8 @@ def _estimate_run(run: ResolvedRun, *, gpu: Gpu | None, host_ram_bytes: int | No
             est = replace(est, devices=tuple(replace(d, capacity_bytes=None) for d in est.devices))
         return replace(est, notes=run.notes + notes + extra)
     job, notes = build_single_model_job(run.script, run.values, group=run.group, version=run.version,
-                                        load=load_model_spec, command=run.command, logprob_impl=logprob_impl)
+                                        load=flag_naming_loader(load_model_spec, run.values), command=run.command,
+                                        logprob_impl=logprob_impl)
     est = estimate_job(job, gpu=gpu, host_ram_bytes=host_ram_bytes)
     return replace(est, notes=run.notes + notes)
 

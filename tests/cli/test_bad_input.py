@@ -166,3 +166,14 @@ def test_argparse_int_options_fail_in_one_line(capsys) -> None:
 ])
 def test_valid_batches_still_estimate(capsys, argv: list[str]) -> None:
     assert main(argv + ["--json"]) == 0
+
+
+@pytest.mark.parametrize(("argv", "start"), [
+    (PPO + ["--actor.model_name_or_path", "no-such-model"], "--actor.model_name_or_path: 'no-such-model'"),
+    (["estimate", "llama-3-8b", "--method", "ppo", "--reward_pretrain", "no-such-rm"], "--reward_pretrain: 'no-such-rm'"),
+    (["check", "--", "deepspeed", "--module", "openrlhf.cli.train_dpo", "--pretrain", "llama-3-8b",
+      "--ref_pretrain", "-1"], "--ref_pretrain: '-1'"),
+])
+def test_unknown_checkpoint_names_its_flag(capsys, argv: list[str], start: str) -> None:
+    """A checkpoint no preset, path or hub id matches is a bad value of the flag that gave it (found by the fuzzer)."""
+    _refused(capsys, argv, start)

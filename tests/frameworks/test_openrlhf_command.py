@@ -583,6 +583,10 @@ _TEXT = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x2FF) 
                 max_size=12)
 
 
+SUMMED_LENGTHS = ("prompt_max_len", "generate_max_len")
+"""Keys whose sum is one sequence (train_ppo_ray.py at v0.9.5): each may take half the longest."""
+
+
 def _element(spec: FlagSpec) -> st.SearchStrategy[Any]:
     """Any value argparse would read, within memplan's bounds for the key (bounds.BOUNDS)."""
     bound = BOUNDS.get(spec.key)
@@ -590,6 +594,8 @@ def _element(spec: FlagSpec) -> st.SearchStrategy[Any]:
         return st.sampled_from(bound.choices)
     if spec.kind is FlagKind.INT:
         low, high = (-10**9, 10**9) if bound is None else (int(bound.low), int(bound.high))
+        if spec.key in SUMMED_LENGTHS:  # 0.8/0.9 PPO: max_len = prompt_max_len + generate_max_len
+            high //= 2
         return st.integers(min_value=low, max_value=high)
     if spec.kind is FlagKind.FLOAT:
         if bound is None or math.isinf(bound.low):
