@@ -143,8 +143,9 @@ def _host_terms(slot_roles: list[tuple[RoleName, ...]], mems: dict[RoleName, Rol
             if rl.deepspeed_sleep and mem.role.trained and phase not in (Phase.TRAINING, Phase.LOAD):
                 per_rank += [replace(t, device=Device.CPU) for t in mem.gpu_terms
                              if t.phase is None and t.category in SLEEP_CATEGORIES]
-            if name == RoleName.ACTOR:
-                per_rank += rollout_terms.replay_buffer_terms(rl, mem.world_size)
+            if name in (RoleName.ACTOR, RoleName.CRITIC):
+                per_rank += [t for t in rollout_terms.replay_buffer_terms(rl, str(name), mem.world_size)
+                             if host_resident(t, phase)]
         for t in per_rank:
             if t.bytes:
                 terms.append(replace(t, path=f"{t.path} (×{ranks} ranks)" if ranks > 1 else t.path,
