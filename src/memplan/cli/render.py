@@ -141,6 +141,9 @@ def estimate_text(est: Any, suggestions: Sequence[Any] = (), *, explain: bool = 
                          f"{' (' + str(v) + ')' if v else ''}; host peak {gib(host)}")
             if len(getattr(s, "effects", ())) > 1:
                 lines.append(f"      each alone: {suggestion_effects_text(s)}")
+    elif str(verdict) == "oom":
+        lines += ["", "what would help: no single change, nor a set of up to four, makes it fit; "
+                      "try memplan plan for a larger layout"]
     for note in est.notes:
         lines.append(f"note: {note}")
     return "\n".join(lines)

@@ -33,7 +33,8 @@ def device_json(device: DeviceEstimate) -> dict[str, Any]:
     return {"id": device.id, "count": device.count, "ids": list(device.ids), "roles": list(device.roles),
             "peak_bytes": peak.bytes, "reserved_bytes": device.reserved_bytes, "peak_phase": str(peak.phase),
             "phases": _phases_json(device.phases), "reserved_phases": _reserved_phases_json(device.phases),
-            "capacity_bytes": device.capacity_bytes,
+            "capacity_bytes": device.capacity_bytes, "preallocated_bytes": device.preallocated_bytes,
+            "startup_error": device.startup_error,
             "verdict": str(device.verdict) if device.verdict else None,
             "breakdown": [_term_json(t, str(peak.phase)) for t in peak.terms]}
 

@@ -164,13 +164,16 @@ def estimate_rl(rl: RlJob, *, gpu: Gpu, host_ram_bytes: int | None) -> Estimate:
     for slot in rl.slots:
         by_roles[slot.roles].append(slot)
     devices = []
+    engine_error = rollout_terms.startup_error(rl, gpu) if rl.rollout.num_engines else None
     for roles, slots in by_roles.items():
         usage = slot_phases(slots[0], mems, rl, gpu)
         peak = max(usage, key=lambda u: u.bytes)
         devices.append(DeviceEstimate(id=f"node{slots[0].node}/gpu{slots[0].gpu}",
                                       ids=tuple(f"node{s.node}/gpu{s.gpu}" for s in slots),
                                       roles=tuple(str(r) for r in roles), phases=usage,
-                                      capacity_bytes=gpu.capacity_bytes, reserved_bytes=reserved_for(peak)))
+                                      capacity_bytes=gpu.capacity_bytes, reserved_bytes=reserved_for(peak),
+                                      preallocated_bytes=rollout_terms.preallocated_bytes(peak.terms),
+                                      startup_error=engine_error if RoleName.ROLLOUT in roles else None))
     nodes: dict[int, list[tuple[RoleName, ...]]] = defaultdict(list)
     for slot in rl.slots:
         nodes[slot.node].append(slot.roles)
@@ -182,4 +185,5 @@ def estimate_rl(rl: RlJob, *, gpu: Gpu, host_ram_bytes: int | None) -> Estimate:
     if rl.rollout.num_engines:
         actor = mems[RoleName.ACTOR].info
         models["rollout"] = ModelInfo(name=actor.name, num_params=actor.num_params, trainable_params=0)
-    return Estimate(models=models, devices=tuple(devices), hosts=tuple(hosts), command=rl.job.command)
+    notes = (f"the vLLM engine cannot start on {gpu.name}: {engine_error}",) if engine_error else ()
+    return Estimate(models=models, devices=tuple(devices), hosts=tuple(hosts), command=rl.job.command, notes=notes)

@@ -6,7 +6,7 @@ from memplan.dtypes import DType, bytes_for
 from memplan.hardware.gpu import Gpu
 from memplan.jobs.job import RlJob
 from memplan.memory.vllm import VllmConfig, openrlhf_vllm_config
-from memplan.memory.vllm_budget import engine_gpu_terms, engine_host_terms
+from memplan.memory.vllm_budget import StartupStatus, engine_gpu_terms, engine_host_terms, startup_check
 from memplan.memory.breakdown import Category, Device, Phase, Term
 from memplan.sources import code
 
@@ -73,3 +73,15 @@ def gpu_terms(rl: RlJob, gpu: Gpu, phase: Phase) -> list[Term]:
 def host_terms(rl: RlJob, phase: Phase) -> list[Term]:
     """Host RAM of one vLLM rank in ``phase`` (the sleeping weight shard, pinned)."""
     return engine_host_terms(_actor_spec(rl), vllm_config(rl))
+
+
+def startup_error(rl: RlJob, gpu: Gpu) -> str | None:
+    """vLLM's own error when an engine shard cannot start on ``gpu`` or cannot hold one ``max_model_len``
+    request (``memory/vllm_budget.startup_check``, no other process on the GPU at start-up), else None."""
+    check = startup_check(_actor_spec(rl), vllm_config(rl), gpu.capacity_bytes)
+    return None if check.status == StartupStatus.OK else check.message
+
+
+def preallocated_bytes(terms: tuple[Term, ...] | list[Term]) -> int:
+    """The engine's own bytes among ``terms``: what vLLM sizes as its share of the GPU and preallocates."""
+    return sum(t.bytes for t in terms if t.path.startswith("rollout."))
