@@ -104,7 +104,8 @@ def _find_entry(text: str) -> tuple[tuple[list[str], int, str], int]:
     training = [c for c in candidates if c[2] in SCRIPTS]
     launched = [c for c in training if find_launcher(c[0][:c[1]])[0] is not Launcher.NONE]
     if launched or training:
-        return (launched or training)[0], len(training) - 1
+        distinct = {tuple(w[i:]) for w, i, _ in training}  # a command kept in a variable, then launched, is one
+        return (launched or training)[0], len(distinct) - 1
     _, _, script = candidates[0]
     raise ConfigError(f"openrlhf.cli.{script}", "not an OpenRLHF training entry point memplan reads "
                       f"(expected one of {', '.join(SCRIPTS)})")
