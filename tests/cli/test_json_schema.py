@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from memplan.cli.main import main
 
 TINY = "tests/data/tiny/llama-tiny.json"
@@ -179,3 +181,19 @@ def test_validate_json(capsys) -> None:  # type: ignore[no-untyped-def]
         assert s["kind"] == "exact" and 0 <= s["within"] <= s["compared"]
     for r in data["rows"]:
         assert isinstance(r["case"], str) and isinstance(r["within"], bool)
+
+
+@pytest.mark.parametrize("argv", [
+    ["llama-3-8b", "--method", "sft", "--gpus", "8", "--zero_stage", "3", "--adam_offload", "--gradient_checkpointing"],
+    ["llama-3-8b", "--method", "kd", "--gpus", "4", "--openrlhf-version", "0.9"],
+    ["llama-3-8b", "--method", "sft", "--gpus", "2", "--lora_rank", "16", "--zero_stage", "2"],
+    ["qwen2.5-0.5b", "--method", "ppo", "--reward_pretrain", "qwen2.5-0.5b", "--vllm_num_engines", "2",
+     "--adam_offload", "--colocate_actor_ref"],
+    ["qwen2.5-0.5b", "--method", "grpo", "--remote_rm_url", "http://rm", "--colocate_all_models",
+     "--vllm_num_engines", "8", "--actor_num_gpus_per_node", "8", "--ref_num_gpus_per_node", "8",
+     "--vllm_enable_sleep", "--deepspeed_enable_sleep", "--vllm_gpu_memory_utilization", "0.5"],
+])
+def test_breakdowns_sum_to_peak_at_the_peak_phase(capsys, argv: list[str]) -> None:  # type: ignore[no-untyped-def]
+    """Every device's and host's breakdown holds only terms of its peak phase (or persistent) and sums to it."""
+    data = _json(capsys, ["estimate", *argv, "--gpu", "a100-80g", "--host-ram", "2TB", "--json"])
+    check_estimate(data)
