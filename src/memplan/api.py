@@ -46,7 +46,8 @@ def _notes_from_parse(parsed: object) -> list[str]:
 
 
 #: How each launcher states GPUs per node (the flag a user adds to say it).
-_GPU_COUNT_FLAG = {"deepspeed": "deepspeed --num_gpus, or memplan estimate --gpus", "torchrun": "torchrun --nproc_per_node"}
+_GPU_COUNT_FLAG = {"deepspeed": "deepspeed --num_gpus, or memplan estimate --gpus",
+                   "torchrun": "torchrun --nproc_per_node"}
 
 
 def _assumed_gpus_note(launcher: str) -> str:

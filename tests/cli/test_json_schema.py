@@ -131,8 +131,8 @@ def test_estimate_json(capsys) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_check_json(capsys) -> None:  # type: ignore[no-untyped-def]
-    data = _json(capsys, ["check", "--gpu", "rtx4090-24g", "--json", "--",
-                          "deepspeed --num_gpus 2 --module openrlhf.cli.train_sft --pretrain llama-3-8b --zero_stage 3"])
+    command = "deepspeed --num_gpus 2 --module openrlhf.cli.train_sft --pretrain llama-3-8b --zero_stage 3"
+    data = _json(capsys, ["check", "--gpu", "rtx4090-24g", "--json", "--", command])
     check_estimate(data)
     assert data["summary"]["verdict"] == "oom"
     for s in data["suggestions"]:
