@@ -15,6 +15,7 @@ from memplan.errors import ConfigError
 from memplan.frameworks.openrlhf import LATEST, Launcher, ParsedCommand, normalize_version, parse_command, resolve_values
 from memplan.frameworks.openrlhf.checks import Names, check_model, check_run, check_world_options
 from memplan.frameworks.openrlhf.job import (
+    DEFAULT_GPUS_PER_NODE,
     METHOD_SCRIPT,
     SCRIPT_METHOD,
     build_single_model_job,
@@ -22,6 +23,7 @@ from memplan.frameworks.openrlhf.job import (
     world_of,
 )
 from memplan.frameworks.openrlhf.rl_job import METHOD_ESTIMATOR, build_rl_job
+from memplan.frameworks.openrlhf.unmodelled import unmodelled_notes
 from memplan.hardware import parse_host_ram, resolve_gpu
 from memplan.jobs.rl_estimate import estimate_rl
 from memplan.hardware.gpu import Gpu
@@ -43,6 +45,18 @@ def _notes_from_parse(parsed: object) -> list[str]:
     notes = [f"unknown flag, not modelled: {flag}" for flag in getattr(parsed, "unknown_flags", ())]
     notes += list(getattr(parsed, "warnings", ()))
     return notes
+
+
+#: How each launcher states GPUs per node (the flag a user adds to say it).
+_GPU_COUNT_FLAG = {"deepspeed": "deepspeed --num_gpus, or memplan estimate --gpus",
+                   "torchrun": "torchrun --nproc_per_node"}
+
+
+def _assumed_gpus_note(launcher: str) -> str:
+    """The note for a command that states no GPUs per node (deepspeed then uses every local GPU)."""
+    flag = _GPU_COUNT_FLAG.get(launcher, "a launcher's GPU count")
+    return (f"no GPUs per node given ({flag}): assumed {DEFAULT_GPUS_PER_NODE} GPUs per node, a full "
+            f"{DEFAULT_GPUS_PER_NODE}-GPU node; give the count to estimate your own")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -81,10 +95,14 @@ def resolve_command(command: str | Sequence[str], *, version: str | None = None,
         raise ConfigError("command", f"{parsed.script} is not supported; memplan estimates "
                                      f"{', '.join(sorted([*SCRIPT_METHOD, RL_SCRIPT]))}")
     text = command if isinstance(command, str) else shlex.join(command)
+    run_version = version or parsed.version_hint or LATEST
+    notes = _notes_from_parse(parsed) + unmodelled_notes(parsed.script, parsed.values, run_version)
+    if parsed.script != RL_SCRIPT and parsed.world.gpus_per_node is None:
+        notes.append(_assumed_gpus_note(str(parsed.launcher)))
     run = ResolvedRun(script=parsed.script, values=dict(values), group=world_of(parsed.world.nodes,
                                                                                 parsed.world.gpus_per_node),
-                      version=version or parsed.version_hint or LATEST, command=" ".join(text.split()),
-                      notes=tuple(_notes_from_parse(parsed)), options=dict(parsed.options))
+                      version=run_version, command=" ".join(text.split()), notes=tuple(notes),
+                      options=dict(parsed.options))
     if whole_run:
         try:
             _check_whole_run(run, parsed)
@@ -136,7 +154,7 @@ def _estimate_run(run: ResolvedRun, *, gpu: Gpu | None, host_ram_bytes: int | No
         est = estimate_rl(rl, gpu=gpu, host_ram_bytes=host_ram_bytes)
         if extra:
             est = replace(est, devices=tuple(replace(d, capacity_bytes=None) for d in est.devices))
-        return replace(est, notes=run.notes + notes + extra)
+        return replace(est, notes=run.notes + notes + est.notes + extra)
     job, notes = build_single_model_job(run.script, run.values, group=run.group, version=run.version,
                                         load=flag_naming_loader(load_model_spec, run.values), command=run.command,
                                         logprob_impl=logprob_impl)

@@ -19,21 +19,33 @@ def _phases_json(phases: tuple[PhaseUsage, ...]) -> dict[str, int]:
     return {str(p.phase): p.bytes for p in phases}
 
 
+def _reserved_phases_json(phases: tuple[PhaseUsage, ...]) -> dict[str, int]:
+    """Reserved bytes of every phase (``reserved_for``): what the verdict would compare in that phase."""
+    from memplan.jobs.estimate import reserved_for
+
+    return {str(p.phase): reserved_for(p) for p in phases}
+
+
 def device_json(device: DeviceEstimate) -> dict[str, Any]:
-    """One GPU entry (identical GPUs grouped with ``count`` and ``ids``)."""
+    """One GPU entry (identical GPUs grouped with ``count`` and ``ids``). ``reserved_bytes`` is what the
+    verdict compares with ``capacity_bytes`` (DESIGN.md); ``reserved_phases`` gives it per phase."""
     peak = device.peak
     return {"id": device.id, "count": device.count, "ids": list(device.ids), "roles": list(device.roles),
             "peak_bytes": peak.bytes, "reserved_bytes": device.reserved_bytes, "peak_phase": str(peak.phase),
-            "phases": _phases_json(device.phases), "capacity_bytes": device.capacity_bytes,
+            "phases": _phases_json(device.phases), "reserved_phases": _reserved_phases_json(device.phases),
+            "capacity_bytes": device.capacity_bytes, "preallocated_bytes": device.preallocated_bytes,
+            "startup_error": device.startup_error,
             "verdict": str(device.verdict) if device.verdict else None,
             "breakdown": [_term_json(t, str(peak.phase)) for t in peak.terms]}
 
 
 def host_json(host: HostEstimate) -> dict[str, Any]:
-    """One node's host RAM."""
+    """One node's host RAM. ``judged_against_bytes`` is what the verdict compares ``peak_bytes`` with (the
+    node's RAM as given; DESIGN.md: each host carries what its verdict is judged against)."""
     peak = host.peak
     return {"id": host.id, "peak_bytes": peak.bytes, "peak_phase": str(peak.phase),
             "phases": _phases_json(host.phases), "capacity_bytes": host.capacity_bytes,
+            "judged_against_bytes": host.capacity_bytes,
             "verdict": str(host.verdict) if host.verdict else None,
             "breakdown": [_term_json(t, str(peak.phase)) for t in peak.terms]}
 

@@ -28,13 +28,21 @@ class Verdict(StrEnum):
 TIGHT_HEADROOM = 0.10
 
 
-def verdict_for(peak_bytes: int, capacity_bytes: int | None) -> Verdict | None:
-    """fits / tight / oom of ``peak_bytes`` against ``capacity_bytes`` (None when no capacity given)."""
+def verdict_for(peak_bytes: int, capacity_bytes: int | None, *, preallocated_bytes: int = 0) -> Verdict | None:
+    """fits / tight / oom of ``peak_bytes`` against ``capacity_bytes`` (None when no capacity given).
+
+    ``preallocated_bytes``: the part of the peak that an engine claims up front as a configured share of the
+    GPU (vLLM's ``gpu_memory_utilization``: weights, KV cache, profiled activations) and never grows past. It
+    is what the engine was told to take, so tightness is judged on the rest: tight when less than
+    TIGHT_HEADROOM of the memory *not* preallocated stays free.
+
+        tight  ⇔  capacity − peak < TIGHT_HEADROOM × (capacity − preallocated)
+    """
     if capacity_bytes is None:
         return None
     if peak_bytes > capacity_bytes:
         return Verdict.OOM
-    if peak_bytes > capacity_bytes * (1 - TIGHT_HEADROOM):
+    if capacity_bytes - peak_bytes < TIGHT_HEADROOM * (capacity_bytes - preallocated_bytes):
         return Verdict.TIGHT
     return Verdict.FITS
 
@@ -84,6 +92,11 @@ class DeviceEstimate:
     """Usable GPU memory, when a GPU was given."""
     reserved_bytes: int
     """Peak including the caching allocator's rounding and reserve (compare with capacity)."""
+    preallocated_bytes: int = 0
+    """Bytes of the reserved peak that a vLLM engine preallocates as its configured share of the GPU (its
+    ``rollout.*`` terms at the peak phase; 0 without an engine): see ``verdict_for``."""
+    startup_error: str | None = None
+    """Why the vLLM engine on this GPU cannot start (vLLM's own message), else None."""
 
     @property
     def count(self) -> int:
@@ -102,8 +115,11 @@ class DeviceEstimate:
 
     @property
     def verdict(self) -> Verdict | None:
-        """Verdict of the reserved peak against capacity."""
-        return verdict_for(self.reserved_bytes, self.capacity_bytes)
+        """Verdict of the reserved peak against capacity; oom when a vLLM engine here cannot start or cannot
+        hold one ``max_model_len`` request in its KV cache."""
+        if self.capacity_bytes is not None and self.startup_error is not None:
+            return Verdict.OOM
+        return verdict_for(self.reserved_bytes, self.capacity_bytes, preallocated_bytes=self.preallocated_bytes)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

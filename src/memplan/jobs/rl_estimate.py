@@ -143,8 +143,9 @@ def _host_terms(slot_roles: list[tuple[RoleName, ...]], mems: dict[RoleName, Rol
             if rl.deepspeed_sleep and mem.role.trained and phase not in (Phase.TRAINING, Phase.LOAD):
                 per_rank += [replace(t, device=Device.CPU) for t in mem.gpu_terms
                              if t.phase is None and t.category in SLEEP_CATEGORIES]
-            if name == RoleName.ACTOR:
-                per_rank += rollout_terms.replay_buffer_terms(rl, mem.world_size)
+            if name in (RoleName.ACTOR, RoleName.CRITIC):
+                per_rank += [t for t in rollout_terms.replay_buffer_terms(rl, str(name), mem.world_size)
+                             if host_resident(t, phase)]
         for t in per_rank:
             if t.bytes:
                 terms.append(replace(t, path=f"{t.path} (×{ranks} ranks)" if ranks > 1 else t.path,
@@ -163,13 +164,16 @@ def estimate_rl(rl: RlJob, *, gpu: Gpu, host_ram_bytes: int | None) -> Estimate:
     for slot in rl.slots:
         by_roles[slot.roles].append(slot)
     devices = []
+    engine_error = rollout_terms.startup_error(rl, gpu) if rl.rollout.num_engines else None
     for roles, slots in by_roles.items():
         usage = slot_phases(slots[0], mems, rl, gpu)
         peak = max(usage, key=lambda u: u.bytes)
         devices.append(DeviceEstimate(id=f"node{slots[0].node}/gpu{slots[0].gpu}",
                                       ids=tuple(f"node{s.node}/gpu{s.gpu}" for s in slots),
                                       roles=tuple(str(r) for r in roles), phases=usage,
-                                      capacity_bytes=gpu.capacity_bytes, reserved_bytes=reserved_for(peak)))
+                                      capacity_bytes=gpu.capacity_bytes, reserved_bytes=reserved_for(peak),
+                                      preallocated_bytes=rollout_terms.preallocated_bytes(peak.terms),
+                                      startup_error=engine_error if RoleName.ROLLOUT in roles else None))
     nodes: dict[int, list[tuple[RoleName, ...]]] = defaultdict(list)
     for slot in rl.slots:
         nodes[slot.node].append(slot.roles)
@@ -181,4 +185,5 @@ def estimate_rl(rl: RlJob, *, gpu: Gpu, host_ram_bytes: int | None) -> Estimate:
     if rl.rollout.num_engines:
         actor = mems[RoleName.ACTOR].info
         models["rollout"] = ModelInfo(name=actor.name, num_params=actor.num_params, trainable_params=0)
-    return Estimate(models=models, devices=tuple(devices), hosts=tuple(hosts), command=rl.job.command)
+    notes = (f"the vLLM engine cannot start on {gpu.name}: {engine_error}",) if engine_error else ()
+    return Estimate(models=models, devices=tuple(devices), hosts=tuple(hosts), command=rl.job.command, notes=notes)

@@ -6,7 +6,7 @@ from memplan.dtypes import DType, bytes_for
 from memplan.hardware.gpu import Gpu
 from memplan.jobs.job import RlJob
 from memplan.memory.vllm import VllmConfig, openrlhf_vllm_config
-from memplan.memory.vllm_budget import engine_gpu_terms, engine_host_terms
+from memplan.memory.vllm_budget import StartupStatus, engine_gpu_terms, engine_host_terms, startup_check
 from memplan.memory.breakdown import Category, Device, Phase, Term
 from memplan.sources import code
 
@@ -19,20 +19,30 @@ REPLAY_BYTES_PER_TOKEN = 2 * 8
 REPLAY_BYTES_PER_ACTION = 1 + 7 * 4
 
 
-def replay_buffer_terms(rl: RlJob, actor_ranks: int) -> list[Term]:
-    """One actor rank's share of the replay buffer, held in host RAM (``NaiveReplayBuffer(cpu_offload=True)``).
+def replay_buffer_terms(rl: RlJob, role: str, ranks: int) -> list[Term]:
+    """One rank's share of the replay buffer of ``role`` (actor or critic), in host RAM, resident in the
+    training phase only.
 
-        bytes = ceil(rollout_batch_size × n_samples / actor ranks) × (16·T + 29·A)
+        bytes = ceil(rollout_batch_size × n_samples / ranks) × (16·T + 29·A)
 
     with T = prompt + generation and A = generation (every sample at its longest: the worst case).
-    Source: experience.py and replay_buffer.py@v0.11.0 (``append``: ``experience.to_device("cpu")``).
+    The driver makes the whole batch of experiences first, then pushes them to the actor group and the
+    critic group (``append``, split over each group's ranks), then trains; each group's ``fit`` clears its
+    buffer before the weights are broadcast to vLLM. So the buffer exists during training and in no other
+    phase (not while loading, generating or scoring), once per role.
+    Source: OpenRLHF/OpenRLHF@v0.11.0 openrlhf/trainer/ppo_trainer.py L216 (make_experience_batch),
+    L234-237 (``append`` to actor and critic groups), L241 (ppo_train), L247 (broadcast_to_vllm);
+    openrlhf/trainer/ray/ppo_actor.py L602 and ppo_critic.py L289 (``replay_buffer.clear()`` after
+    ``ppo_train``); replay_buffer.py and experience.py (``append``: ``experience.to_device("cpu")``).
+    Checked by: tests/golden/test_host_ram.py::test_replay_buffer_training_only
     """
     r = rl.rollout
-    samples = -(-r.rollout_batch_size * r.n_samples_per_prompt // max(actor_ranks, 1))
+    samples = -(-r.rollout_batch_size * r.n_samples_per_prompt // max(ranks, 1))
     per_sample = REPLAY_BYTES_PER_TOKEN * (r.prompt_len + r.generate_len) + REPLAY_BYTES_PER_ACTION * r.generate_len
-    src = code("OpenRLHF/OpenRLHF:openrlhf/trainer/ppo_utils/experience.py@v0.11.0", "Experience fields, cpu_offload")
-    return [Term(path="actor.replay_buffer", bytes=samples * per_sample, category=Category.ACTIVATION,
-                 device=Device.CPU, source=src, phase=phase) for phase in (Phase.MAKE_EXPERIENCE, Phase.TRAINING)]
+    src = code("OpenRLHF/OpenRLHF:openrlhf/trainer/ppo_trainer.py@v0.11.0",
+               "append to actor/critic before ppo_train L234-237; clear() after fit")
+    return [Term(path=f"{role}.replay_buffer", bytes=samples * per_sample, category=Category.ACTIVATION,
+                 device=Device.CPU, source=src, phase=Phase.TRAINING)]
 
 
 #: vLLM release each OpenRLHF version pins (setup.py extras): 0.11 → vllm==0.27.1, 0.9.5 → vllm==0.17.0,
@@ -63,3 +73,15 @@ def gpu_terms(rl: RlJob, gpu: Gpu, phase: Phase) -> list[Term]:
 def host_terms(rl: RlJob, phase: Phase) -> list[Term]:
     """Host RAM of one vLLM rank in ``phase`` (the sleeping weight shard, pinned)."""
     return engine_host_terms(_actor_spec(rl), vllm_config(rl))
+
+
+def startup_error(rl: RlJob, gpu: Gpu) -> str | None:
+    """vLLM's own error when an engine shard cannot start on ``gpu`` or cannot hold one ``max_model_len``
+    request (``memory/vllm_budget.startup_check``, no other process on the GPU at start-up), else None."""
+    check = startup_check(_actor_spec(rl), vllm_config(rl), gpu.capacity_bytes)
+    return None if check.status == StartupStatus.OK else check.message
+
+
+def preallocated_bytes(terms: tuple[Term, ...] | list[Term]) -> int:
+    """The engine's own bytes among ``terms``: what vLLM sizes as its share of the GPU and preallocates."""
+    return sum(t.bytes for t in terms if t.path.startswith("rollout."))

@@ -66,7 +66,7 @@ class ParsedCommand:
 def parse_command(command: str | Sequence[str]) -> ParsedCommand:
     """Parse a launch command (one string, a pasted script, or an argv list)."""
     text = _as_text(command)
-    words, index, script = _find_entry(text)
+    (words, index, script), others = _find_entry(text)
     launcher, launcher_args = find_launcher(words[:index])
     world = parse_world(launcher, launcher_args)
     args = tuple(words[index + 1:])
@@ -76,7 +76,7 @@ def parse_command(command: str | Sequence[str]) -> ParsedCommand:
         launcher=launcher, script=script, world=world, values=reader.values, options=reader.typed,
         version_hint=reader.version_hint(), unknown_flags=tuple(reader.unknown),
         ignored_flags=tuple(dict.fromkeys(reader.ignored)),
-        warnings=tuple(reader.warnings + reader.version_warnings()),
+        warnings=tuple(reader.warnings + reader.version_warnings() + _others_warning(others, launcher, script)),
         launcher_args=tuple(launcher_args), args=args,
     )
 
@@ -101,6 +101,14 @@ def read_flag_value(script: str, option: str, text: str | None) -> Any:
     return check_value(spec, _convert(spec, option, words), option)
 
 
+def _others_warning(others: int, launcher: Launcher, script: str) -> list[str]:
+    if not others:
+        return []
+    return [f"the text holds {others + 1} OpenRLHF training commands; memplan estimated only the first "
+            f"{'launched ' if launcher is not Launcher.NONE else ''}one ({launcher} openrlhf.cli.{script}): "
+            "check the others one at a time"]
+
+
 def _as_text(command: str | Sequence[str]) -> str:
     if isinstance(command, str):
         text = command
@@ -113,8 +121,9 @@ def _as_text(command: str | Sequence[str]) -> str:
     return text
 
 
-def _find_entry(text: str) -> tuple[list[str], int, str]:
-    """The command's words, the index of the entry module word, and the script name."""
+def _find_entry(text: str) -> tuple[tuple[list[str], int, str], int]:
+    """The chosen command (its words, the index of the entry module word, the script name) and how many other
+    training commands the text holds: the first launched one is taken (else the first)."""
     commands, variables = split_commands(text)
     candidates = list(_entries(commands))
     if not candidates:
@@ -125,7 +134,8 @@ def _find_entry(text: str) -> tuple[list[str], int, str]:
     training = [c for c in candidates if c[2] in SCRIPTS]
     launched = [c for c in training if find_launcher(c[0][:c[1]])[0] is not Launcher.NONE]
     if launched or training:
-        return (launched or training)[0]
+        distinct = {tuple(w[i:]) for w, i, _ in training}  # a command kept in a variable, then launched, is one
+        return (launched or training)[0], len(distinct) - 1
     _, _, script = candidates[0]
     raise ConfigError(f"openrlhf.cli.{script}", "not an OpenRLHF training entry point memplan reads "
                       f"(expected one of {', '.join(SCRIPTS)})")
