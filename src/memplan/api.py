@@ -12,7 +12,16 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from memplan.errors import ConfigError
-from memplan.frameworks.openrlhf import LATEST, parse_command, resolve_values
+from memplan.frameworks.openrlhf import (
+    LATEST,
+    ParsedCommand,
+    foreign_keys,
+    newest_with_script,
+    normalize_version,
+    parse_command,
+    resolve_values,
+    scripts_of,
+)
 from memplan.frameworks.openrlhf.job import (
     METHOD_SCRIPT,
     SCRIPT_METHOD,
@@ -62,17 +71,42 @@ class ResolvedRun:
 
 
 def resolve_command(command: str | Sequence[str], *, version: str | None = None) -> ResolvedRun:
-    """Parse a launch command and apply OpenRLHF's defaults for its script and version."""
+    """Parse a launch command and apply OpenRLHF's defaults for its script and version.
+
+    The version is ``version`` when given, else the latest release unless the script or a flag exists only
+    in an older one (``ParsedCommand.version_hint``); a note then says which version was assumed and why.
+    """
     parsed = parse_command(command)
-    values = resolve_values(parsed, version)
+    chosen, notes = _choose_version(parsed, version)
+    values = resolve_values(parsed, chosen)
     if parsed.script not in SCRIPT_METHOD and parsed.script != RL_SCRIPT:
         raise ConfigError("command", f"{parsed.script} is not supported; memplan estimates "
                                      f"{', '.join(sorted([*SCRIPT_METHOD, RL_SCRIPT]))}")
     text = command if isinstance(command, str) else shlex.join(command)
     return ResolvedRun(script=parsed.script, values=dict(values), group=world_of(parsed.world.nodes,
                                                                                  parsed.world.gpus_per_node),
-                       version=version or parsed.version_hint or LATEST, command=" ".join(text.split()),
-                       notes=tuple(_notes_from_parse(parsed)))
+                       version=chosen, command=" ".join(text.split()),
+                       notes=tuple(_notes_from_parse(parsed) + notes))
+
+
+def _choose_version(parsed: ParsedCommand, version: str | None) -> tuple[str, list[str]]:
+    """The OpenRLHF version to apply, and notes on the choice (module doc of command.py for the rule)."""
+    if version is None:
+        chosen = parsed.version_hint or LATEST
+        if chosen == LATEST or parsed.version_reason is None:
+            return chosen, []
+        return chosen, [f"OpenRLHF {chosen} assumed, not the latest release ({LATEST}): {parsed.version_reason}; "
+                        "pass --openrlhf-version to choose"]
+    chosen = normalize_version(version)
+    if parsed.script not in scripts_of(chosen):
+        method = SCRIPT_METHOD.get(parsed.script)
+        named = f"openrlhf.cli.{parsed.script}" + (f" (--method {method.value})" if method else "")
+        newest = newest_with_script(parsed.script)
+        raise ConfigError("--openrlhf-version", f"OpenRLHF {chosen} has no {named}; OpenRLHF {newest} has it: "
+                          f"pass --openrlhf-version {newest}")
+    warned = " ".join(parsed.warnings)
+    return chosen, [f"--{key} is not a flag of OpenRLHF {chosen}: not read" for key in foreign_keys(parsed, chosen)
+                    if f"--{key} is not a flag" not in warned]
 
 
 def estimate_run(run: ResolvedRun, *, gpu: Gpu | None, host_ram_bytes: int | None,
