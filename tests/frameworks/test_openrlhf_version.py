@@ -99,6 +99,13 @@ def test_v0_11_max_new_tokens_does_not_shorten_the_longest_sequence(capsys) -> N
     assert _term(data, "ref", "ref.logits.fp32") == _ref_logits(1, 4096)
 
 
+def test_v0_11_generation_longer_than_max_len_is_cut_with_a_note(capsys) -> None:
+    data = _estimate(capsys, "--generate_max_len", "4096")  # read as --rollout.max_new_tokens; max_len 2048
+    assert _term(data, "ref", "ref.logits.fp32") == _ref_logits(1, 2048)
+    assert ("--rollout.max_new_tokens 4096 leaves no room for a prompt within --data.max_len 2048: OpenRLHF 0.11 "
+            "cuts every sequence at 2048 tokens") in data["notes"]
+
+
 def test_v0_9_sequences_are_prompt_plus_generation_capped_by_max_len(capsys) -> None:
     data = _estimate(capsys, "--openrlhf-version", "0.9", "--micro_rollout_batch_size", "1",
                      "--prompt_max_len", "512", "--generate_max_len", "3000")

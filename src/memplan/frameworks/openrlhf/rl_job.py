@@ -184,6 +184,10 @@ def build_rl_job(values: Mapping[str, Any], *, version: str, load: Callable[[str
     if not values.get("pretrain"):
         raise ConfigError("--pretrain", "required: the actor model")
     rollout = rollout_settings(values, version)
+    new_tokens = values.get("generate_max_len")
+    if version not in LEGACY_LENGTH_VERSIONS and isinstance(new_tokens, int) and new_tokens >= rollout.seq_len:
+        notes.append(f"--rollout.max_new_tokens {new_tokens} leaves no room for a prompt within --data.max_len "
+                     f"{rollout.seq_len}: OpenRLHF {version} cuts every sequence at {rollout.seq_len} tokens")
     estimator = str(values.get("advantage_estimator") or "gae")
     present = rl_roles(values)
     if RoleName.REWARD in present and not values.get("reward_pretrain"):
