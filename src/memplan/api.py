@@ -12,7 +12,17 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from memplan.errors import ConfigError
-from memplan.frameworks.openrlhf import LATEST, Launcher, ParsedCommand, normalize_version, parse_command, resolve_values
+from memplan.frameworks.openrlhf import (
+    LATEST,
+    Launcher,
+    ParsedCommand,
+    foreign_keys,
+    newest_with_script,
+    normalize_version,
+    parse_command,
+    resolve_values,
+    scripts_of,
+)
 from memplan.frameworks.openrlhf.checks import Names, check_model, check_run, check_world_options
 from memplan.frameworks.openrlhf.job import (
     DEFAULT_GPUS_PER_NODE,
@@ -83,25 +93,28 @@ def resolve_command(command: str | Sequence[str], *, version: str | None = None,
                     whole_run: bool = True) -> ResolvedRun:
     """Parse a launch command and apply OpenRLHF's defaults for its script and version.
 
+    The version is ``version`` when given, else the latest release unless the script or a flag exists only
+    in an older one (``ParsedCommand.version_hint``); a note then says which version was assumed and why.
     ``whole_run``: the command states the run's world, so the start-up assertions between flags, world
     and model apply (``frameworks.openrlhf.checks``); the planner, which chooses the world, passes False.
     """
     parsed = parse_command(command)
+    chosen, version_notes = _choose_version(parsed, version)
     try:
-        values = resolve_values(parsed, version)
+        values = resolve_values(parsed, chosen)
     except ConfigError as exc:
         raise as_typed(exc, parsed.options) from None
     if parsed.script not in SCRIPT_METHOD and parsed.script != RL_SCRIPT:
         raise ConfigError("command", f"{parsed.script} is not supported; memplan estimates "
                                      f"{', '.join(sorted([*SCRIPT_METHOD, RL_SCRIPT]))}")
     text = command if isinstance(command, str) else shlex.join(command)
-    run_version = version or parsed.version_hint or LATEST
-    notes = _notes_from_parse(parsed) + unmodelled_notes(parsed.script, parsed.values, run_version)
+    notes = (_notes_from_parse(parsed) + version_notes
+             + unmodelled_notes(parsed.script, parsed.values, chosen, parsed.options))
     if parsed.script != RL_SCRIPT and parsed.world.gpus_per_node is None:
         notes.append(_assumed_gpus_note(str(parsed.launcher)))
     run = ResolvedRun(script=parsed.script, values=dict(values), group=world_of(parsed.world.nodes,
                                                                                 parsed.world.gpus_per_node),
-                      version=run_version, command=" ".join(text.split()), notes=tuple(notes),
+                      version=chosen, command=" ".join(text.split()), notes=tuple(notes),
                       options=dict(parsed.options))
     if whole_run:
         try:
@@ -120,6 +133,26 @@ def _check_whole_run(run: ResolvedRun, parsed: ParsedCommand) -> None:
     if run.script == RL_SCRIPT and run.values.get("pretrain"):
         spec = flag_naming_loader(load_model_spec, run.values)(str(run.values["pretrain"]))
         check_model(run.values, spec, names)
+
+
+def _choose_version(parsed: ParsedCommand, version: str | None) -> tuple[str, list[str]]:
+    """The OpenRLHF version to apply, and notes on the choice (module doc of command.py for the rule)."""
+    if version is None:
+        chosen = parsed.version_hint or LATEST
+        if chosen == LATEST or parsed.version_reason is None:
+            return chosen, []
+        return chosen, [f"OpenRLHF {chosen} assumed, not the latest release ({LATEST}): {parsed.version_reason}; "
+                        "pass --openrlhf-version to choose"]
+    chosen = normalize_version(version)
+    if parsed.script not in scripts_of(chosen):
+        method = SCRIPT_METHOD.get(parsed.script)
+        named = f"openrlhf.cli.{parsed.script}" + (f" (--method {method.value})" if method else "")
+        newest = newest_with_script(parsed.script)
+        raise ConfigError("--openrlhf-version", f"OpenRLHF {chosen} has no {named}; OpenRLHF {newest} has it: "
+                          f"pass --openrlhf-version {newest}")
+    warned = " ".join(parsed.warnings)
+    return chosen, [f"--{key} is not a flag of OpenRLHF {chosen}: not read" for key in foreign_keys(parsed, chosen)
+                    if f"--{key} is not a flag" not in warned]
 
 
 def estimate_run(run: ResolvedRun, *, gpu: Gpu | None, host_ram_bytes: int | None,

@@ -39,9 +39,10 @@ def test_plan_without_host_ram_says_so(capsys) -> None:  # type: ignore[no-untyp
 def test_plan_command_names_the_hub_id_and_reads_back(capsys) -> None:  # type: ignore[no-untyped-def]
     data = json.loads(_out(capsys, ["plan", "llama-3-8b", "--method", "sft", "--gpu", "a100-80g", "--json"]))
     plan = data["minimum"]
-    # index.toml: llama-3-8b's hub id, which transformers' from_pretrained can load
-    assert "--pretrain meta-llama/Meta-Llama-3-8B" in plan["command"]
-    assert "--pretrain llama-3-8b" not in plan["command"]
+    # index.toml: llama-3-8b's hub id, which transformers' from_pretrained can load; 0.11 spells the flag
+    # --model.model_name_or_path (train_sft.py@3c3be62 line 214)
+    assert "--model.model_name_or_path meta-llama/Meta-Llama-3-8B" in plan["command"]
+    assert " llama-3-8b" not in plan["command"]
     back = json.loads(_out(capsys, ["check", "--gpu", "a100-80g", "--json", "--", plan["command"]]))
     back.pop("suggestions")
     assert back == {k: v for k, v in plan.items() if k not in ("gpu", "layout", "flags")}

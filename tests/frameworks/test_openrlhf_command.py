@@ -328,7 +328,7 @@ def test_both_spellings_give_identical_values(legacy: str, dotted: str) -> None:
     old, new = parse_command(legacy.replace("\n", " \\\n")), parse_command(dotted.replace("\n", " \\\n"))
     assert old.values == new.values
     assert len(old.values) == len(old.args) - len([a for a in old.args if not a.startswith("--")])
-    assert (old.version_hint, new.version_hint) == ("0.9", "0.11")
+    assert old.version_hint == new.version_hint == "0.11"  # every flat flag here has a 0.11 rename
 
 
 # ---- unknown, ignored, version hint --------------------------------------------------------------
@@ -367,7 +367,8 @@ def test_ambiguous_abbreviation_is_unknown() -> None:
 
 @pytest.mark.parametrize(("flags", "hint"), [
     ("--ds.zero_stage 3", "0.11"), ("--bf16", "0.8"), ("--flash_attn --zero_stage 3", "0.8"),
-    ("--param_dtype bf16", "0.9"), ("--zero_stage 3", "0.9"), ("", None), ("--max_norm 1.0", None),
+    ("--param_dtype bf16", "0.11"), ("--zero_stage 3", None), ("", None), ("--max_norm 1.0", None),
+    ("--train_split train --zero_stage 3", "0.9"),  # --train_split: train_sft.py@v0.9.5 line 239, gone in 0.11
 ])
 def test_version_hint(flags: str, hint: str | None) -> None:
     assert parse_command(f"deepspeed --module openrlhf.cli.train_sft {flags}").version_hint == hint
@@ -495,9 +496,13 @@ def test_ring_attention_without_packing_is_refused_for_sft() -> None:
 
 
 def test_version_defaults_to_the_hint() -> None:
-    parsed = parse_command("python3 -m openrlhf.cli.train_ppo_ray --zero_stage 3")
-    assert resolve_values(parsed)["micro_train_batch_size"] == 4
-    assert resolve_values(parsed, "0.11")["micro_train_batch_size"] == 1
+    flat = parse_command("python3 -m openrlhf.cli.train_ppo_ray --zero_stage 3")
+    assert flat.version_hint is None  # every version has --zero_stage (0.11 as --ds.zero_stage): the latest
+    assert resolve_values(flat)["micro_train_batch_size"] == 1  # --train.micro_batch_size default, v0.11.0
+    older = parse_command("python3 -m openrlhf.cli.train_ppo_ray --zero_stage 3 --prompt_max_len 1024")
+    assert (older.version_hint, older.version_reason) == ("0.9", "--prompt_max_len is not a flag of OpenRLHF 0.11")
+    assert resolve_values(older)["micro_train_batch_size"] == 4  # --micro_train_batch_size default, v0.9.5
+    assert resolve_values(older, "0.11")["micro_train_batch_size"] == 1
 
 
 def test_foreign_keys() -> None:

@@ -50,8 +50,9 @@ def test_replay_buffer_training_only() -> None:
     v0.11.0; the same order in v0.9.9): one buffer per rank, during training only."""
     est = estimate_command(REPLAY_COMMAND, gpu="a100-80g", version="0.9")
     # One Experience sample: sequences + attention_mask int64 over 768 tokens (2 × 8 B × 768 = 12,288 B),
-    # action_mask bool + 7 fp32 fields over 256 actions ((1 + 28) B × 256 = 7,424 B): 19,712 B.
-    per_sample = 12_288 + 7_424
+    # action_mask bool + 7 fp32 fields over the 767 shifted positions of the whole sequence, prompt included
+    # (samples_generator.py@3c3be62 L267: action_mask[1:truncate_length]): (1 + 28) B × 767 = 22,243 B.
+    per_sample = 12_288 + 22_243
     expected = {"actor": 8 * (256 // 8) * per_sample, "critic": 4 * (256 // 4) * per_sample}
     seen: dict[tuple[str, str], int] = {}
     for host in est.hosts:

@@ -167,12 +167,11 @@ class RolloutSettings:
     """vLLM prefix cache."""
     enable_sleep: bool
     """vLLM sleep level 1 between rollouts (weights to host RAM, KV dropped)."""
-    max_len: int
-    """``max_model_len`` (prompt + generation)."""
-    prompt_len: int
-    """Longest prompt."""
-    generate_len: int
-    """Longest generation."""
+    max_model_len: int
+    """vLLM's ``max_model_len``: the longest request (prompt + generation) an engine accepts."""
+    seq_len: int
+    """Longest sequence (prompt + response) one sample reaches after OpenRLHF truncates it: the token length
+    make-experience and training micro-batches are sized for, and each replay-buffer item holds."""
     rollout_batch_size: int
     """Prompts per rollout."""
     n_samples_per_prompt: int

@@ -14,18 +14,32 @@ from memplan.sources import code
 #: ``attention_mask`` as int64 (OpenRLHF/OpenRLHF openrlhf/trainer/ppo_utils/experience.py@v0.11.0,
 #: ``Experience``: step fields of shape (B, T)).
 REPLAY_BYTES_PER_TOKEN = 2 * 8
-#: Bytes per response (action) token: ``action_mask`` (bool, 1 B) and seven fp32 (B, A) fields:
+#: Bytes per action position: ``action_mask`` (bool, 1 B) and seven fp32 (B, A) fields:
 #: action_log_probs, base_action_log_probs, rollout_log_probs, values, returns, advantages, kl.
 REPLAY_BYTES_PER_ACTION = 1 + 7 * 4
+
+
+def replay_sample_bytes(seq_len: int) -> int:
+    """Bytes of one replay-buffer item whose sequence is ``seq_len`` (T) tokens: ``16·T + 29·(T − 1)``.
+
+    The action fields span T − 1 positions, not only the response: the sample generator builds
+    ``action_mask = action_mask[1:truncate_length]`` over the whole prompt + response (zeros on the prompt;
+    OpenRLHF/OpenRLHF trainer/ppo_utils/samples_generator.py@3c3be62 line 267, experience_maker.py@c0e2ee2
+    line 424), the log-probs, values and advantages follow its shape (models/actor.py@3c3be62 line 294:
+    ``log_probs[:, -action_mask.shape[1]:]``), and ``remove_padding_in_sequences`` trims only the right
+    padding from every step field (experience.py@3c3be62 lines 236-247).
+    """
+    return REPLAY_BYTES_PER_TOKEN * seq_len + REPLAY_BYTES_PER_ACTION * max(seq_len - 1, 0)
 
 
 def replay_buffer_terms(rl: RlJob, role: str, ranks: int) -> list[Term]:
     """One rank's share of the replay buffer of ``role`` (actor or critic), in host RAM, resident in the
     training phase only.
 
-        bytes = ceil(rollout_batch_size × n_samples / ranks) × (16·T + 29·A)
+        bytes = ceil(rollout_batch_size × n_samples / ranks) × replay_sample_bytes(T)
 
-    with T = prompt + generation and A = generation (every sample at its longest: the worst case).
+    with T the longest sequence of the run's OpenRLHF version (``RolloutSettings.seq_len``: every sample at
+    its longest, the worst case).
     The driver makes the whole batch of experiences first, then pushes them to the actor group and the
     critic group (``append``, split over each group's ranks), then trains; each group's ``fit`` clears its
     buffer before the weights are broadcast to vLLM. So the buffer exists during training and in no other
@@ -38,7 +52,7 @@ def replay_buffer_terms(rl: RlJob, role: str, ranks: int) -> list[Term]:
     """
     r = rl.rollout
     samples = -(-r.rollout_batch_size * r.n_samples_per_prompt // max(ranks, 1))
-    per_sample = REPLAY_BYTES_PER_TOKEN * (r.prompt_len + r.generate_len) + REPLAY_BYTES_PER_ACTION * r.generate_len
+    per_sample = replay_sample_bytes(r.seq_len)
     src = code("OpenRLHF/OpenRLHF:openrlhf/trainer/ppo_trainer.py@v0.11.0",
                "append to actor/critic before ppo_train L234-237; clear() after fit")
     return [Term(path=f"{role}.replay_buffer", bytes=samples * per_sample, category=Category.ACTIVATION,
@@ -57,7 +71,7 @@ def _actor_spec(rl: RlJob):  # type: ignore[no-untyped-def]
 def vllm_config(rl: RlJob) -> VllmConfig:
     """The engine OpenRLHF builds for this run (``create_vllm_engines``)."""
     r = rl.rollout
-    return openrlhf_vllm_config(max_len=r.max_len, tensor_parallel_size=r.tensor_parallel_size,
+    return openrlhf_vllm_config(max_len=r.max_model_len, tensor_parallel_size=r.tensor_parallel_size,
                                 gpu_memory_utilization=r.gpu_memory_utilization, enforce_eager=r.enforce_eager,
                                 enable_prefix_caching=r.enable_prefix_caching, enable_sleep=r.enable_sleep,
                                 vllm_version=OPENRLHF_VLLM.get(rl.job.framework_version, OPENRLHF_VLLM["0.11"]))

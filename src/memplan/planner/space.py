@@ -272,6 +272,7 @@ def build_space(model: str, method: str, *, flags: Sequence[str] = (), keep: Seq
     notes: list[str] = []
     argv = command_for(model, method, list(flags))
     run = resolve_command(argv, version=version, whole_run=False)
+    notes.extend(run.notes)  # the OpenRLHF version assumed, flags not read
     given = parse_command(argv).values
     rl = run.script not in SCRIPT_METHOD
     searched = RL_SEARCHED if rl else SINGLE_SEARCHED

@@ -7,6 +7,15 @@ reads the launcher's world size, and reads every OpenRLHF flag into canonical ke
 values. Both spellings are read: legacy flat (``--zero_stage 3``) and 0.11 dotted
 (``--ds.zero_stage 3``). Unknown flags are reported, not fatal; bad values are a ConfigError that
 names the flag.
+
+Which OpenRLHF version a command implies (``ParsedCommand.version_hint``): the latest release unless
+the script or a flag given exists only in older ones, then the newest release that has them all. A
+flat flag counts as the flag that renamed it (its canonical key): OpenRLHF v0.11.0's argparse itself
+takes only dotted spellings (``parser.add_argument("--ds.zero_stage", ...)`` at
+openrlhf/cli/train_ppo_ray.py@3c3be62 line 308, no flat alias; ``hierarchize`` in
+openrlhf/utils/config.py only nests the dotted dests), but ``--zero_stage 3`` asks for the same
+setting, so it does not mark a command as 0.9. ``--prompt_max_len`` (no 0.11 key) or
+``openrlhf.cli.train_kto`` (no 0.11 script) do.
 """
 
 from __future__ import annotations
@@ -50,7 +59,9 @@ class ParsedCommand:
     options: dict[str, str] = field(default_factory=dict)
     """Canonical key -> the option as the user typed it (``--ds.zero_stage``), for error messages."""
     version_hint: str | None = None
-    """``0.8``/``0.9``/``0.11`` when the spellings used narrow it down, else None."""
+    """The newest version that has the script and every flag given (module doc); None when every version has them."""
+    version_reason: str | None = None
+    """Why the hint is not the latest release (``--prompt_max_len is not a flag of OpenRLHF 0.11``), else None."""
     unknown_flags: tuple[str, ...] = ()
     """Flags (and stray words) no OpenRLHF table of this script knows, as typed."""
     ignored_flags: tuple[str, ...] = ()
@@ -74,7 +85,8 @@ def parse_command(command: str | Sequence[str]) -> ParsedCommand:
     reader.read(args)
     return ParsedCommand(
         launcher=launcher, script=script, world=world, values=reader.values, options=reader.typed,
-        version_hint=reader.version_hint(), unknown_flags=tuple(reader.unknown),
+        version_hint=reader.version_hint(), version_reason=reader.version_reason(),
+        unknown_flags=tuple(reader.unknown),
         ignored_flags=tuple(dict.fromkeys(reader.ignored)),
         warnings=tuple(reader.warnings + reader.version_warnings() + _others_warning(others, launcher, script)),
         launcher_args=tuple(launcher_args), args=args,
@@ -166,6 +178,7 @@ class _FlagReader:
     """Reads OpenRLHF's argv for one script against the union of its flag tables."""
 
     def __init__(self, script: str) -> None:
+        self.script = script
         self.tables = tables_with(script)
         self.options: dict[str, FlagSpec] = {}
         for table in reversed(self.tables):
@@ -243,28 +256,45 @@ class _FlagReader:
         candidates = self._candidate_versions()
         if not candidates:
             return "0.11" if any(s.dotted for s in self.used) else None
-        everywhere = {t.version for t in self.tables}
-        if set(candidates) == everywhere:
+        if set(candidates) == set(VERSIONS):
             return None
         return max(candidates, key=VERSIONS.index)
 
     def _candidate_versions(self) -> list[str]:
-        versions = [t.version for t in self.tables]
-        for spec in self.used:
-            versions = [v for v in versions if spec.option in self._table(v).by_option]
-        return versions
+        return [t.version for t in self.tables if all(_has_flag(t, spec) for spec in self.used)]
+
+    def version_reason(self) -> str | None:
+        """What the release after the hint lacks (the script, or the flags given), when the hint is not the latest."""
+        hint = self.version_hint()
+        if hint is None or hint == VERSIONS[-1]:
+            return None
+        newer = VERSIONS[VERSIONS.index(hint) + 1]
+        table = next((t for t in self.tables if t.version == newer), None)
+        if table is None:
+            return f"openrlhf.cli.{self.script} is not an entry script of OpenRLHF {newer}"
+        missing = list(dict.fromkeys(s.option for s in self.used if not _has_flag(table, s)))
+        what = "is not a flag" if len(missing) == 1 else "are not flags"
+        return f"{', '.join(missing)} {what} of OpenRLHF {newer}"
 
     def version_warnings(self) -> list[str]:
         hint = self.version_hint()
         if hint is None or self._candidate_versions():
             return []
         table = self._table(hint)
-        foreign = dict.fromkeys(s.option for s in self.used if s.option not in table.by_option)
+        foreign = dict.fromkeys(s.option for s in self.used if not _has_flag(table, s))
         return [f"{option} is not a flag of OpenRLHF {hint} (the command mixes spellings of different versions)"
                 for option in foreign]
 
     def _table(self, version: str) -> FlagTable:
         return next(t for t in self.tables if t.version == version)
+
+
+def _has_flag(table: FlagTable, spec: FlagSpec) -> bool:
+    """Whether ``table``'s version has the flag: the same spelling, or, for a flat flag, a flag that sets the
+    same canonical keys (the renamed 0.11 flag; see the module doc)."""
+    if spec.option in table.by_option:
+        return True
+    return not spec.dotted and all(key in table.by_key for key in spec.keys)
 
 
 def _wanted_count(spec: FlagSpec, available: int) -> int:

@@ -217,6 +217,11 @@ def scripts_of(version: str) -> tuple[str, ...]:
     return tuple(s for s in SCRIPTS if s in _raw_table(version))
 
 
+def newest_with_script(script: str) -> str | None:
+    """The newest version that has ``script`` (``0.9`` for train_kto, train_prm and train_kd), else None."""
+    return next((v for v in reversed(VERSIONS) if script in _raw_table(v)), None)
+
+
 def load_table(script: str, version: str) -> FlagTable:
     """The flag table of ``script`` at ``version`` (ConfigError if the script does not exist there)."""
     version = normalize_version(version)
@@ -239,8 +244,10 @@ def _load_table(script: str, version: str) -> FlagTable:
     raw = _raw_table(version)
     if script not in raw or script not in SCRIPTS:
         present = ", ".join(scripts_of(version))
+        newest = newest_with_script(script) if script in SCRIPTS else None
+        where = f"; OpenRLHF {newest} has it (--openrlhf-version {newest})" if newest else ""
         raise ConfigError("script", f"openrlhf.cli.{script} is not an entry script of OpenRLHF {version} "
-                          f"(it has {present})")
+                          f"(it has {present}){where}")
     flags = tuple(_flag_spec(entry, version) for entry in raw[script]["flags"])
     by_key: dict[str, tuple[FlagSpec, ...]] = {}
     for spec in flags:

@@ -59,13 +59,16 @@ NO_MEMORY_EFFECT: Mapping[str, str] = {
 """Memory keys read only to resolve defaults, whose value changes no modelled memory by design."""
 
 
-def unmodelled_notes(script: str, given: Mapping[str, Any], version: str) -> list[str]:
+def unmodelled_notes(script: str, given: Mapping[str, Any], version: str,
+                     typed: Mapping[str, str] | None = None) -> list[str]:
     """One note per flag of ``given`` (canonical key -> value, as typed) that memplan does not model and that
-    differs from OpenRLHF's default for ``script`` in ``version``, naming the flag as that version spells it."""
+    differs from OpenRLHF's default for ``script`` in ``version``, naming the flag as the user typed it
+    (``typed``: canonical key -> option), else as that version spells it."""
     table = load_table(script, version)
     notes = []
     for key, why in UNMODELLED.items():
         if key not in given or key not in table.by_key or given[key] == table.default(key):
             continue
-        notes.append(f"{table.by_key[key][0].option} is not modelled: {why}")
+        option = (typed or {}).get(key) or table.by_key[key][0].option
+        notes.append(f"{option} is not modelled: {why}")
     return notes
