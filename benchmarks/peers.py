@@ -228,7 +228,8 @@ def memplan_model_states(est: Estimate) -> int:
     """memplan's bytes of the trained model's states (:data:`MODEL_STATE_TERMS`) at the optimizer step."""
     device = max(est.devices, key=lambda d: d.peak_bytes)
     step = next(u for u in device.phases if str(u.phase) == "optimizer_step")
-    return sum(t.bytes for t in step.terms if t.path.startswith("policy.") and t.path.split(".", 1)[1] in MODEL_STATE_TERMS)
+    return sum(t.bytes for t in step.terms
+               if t.path.startswith("policy.") and t.path.split(".", 1)[1] in MODEL_STATE_TERMS)
 
 
 def model_state_cases() -> list[Case]:
@@ -655,7 +656,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV, help="scratch venv holding llm-analysis")
     parser.add_argument("--setup", action="store_true", help="create the venv and pip install llm-analysis")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "peers.md", help="markdown report")
-    parser.add_argument("--check", action="store_true", help="exit 1 unless memplan's median is at or below every peer's")
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 unless memplan's median is at or below every peer's")
     args = parser.parse_args(argv)
     if args.setup and not (args.venv / "bin" / "python").exists():
         setup_venv(args.venv)
