@@ -111,8 +111,9 @@ def hub() -> Iterator[FakeHub]:
 
 @pytest.fixture
 def hub_env(hub: FakeHub, tmp_path: Path) -> dict[str, str]:
+    proxies = ("http_proxy", "https_proxy", "all_proxy")
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("HF_", "HUGGING_FACE_")) and k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
+           if not k.startswith(("HF_", "HUGGING_FACE_")) and k.lower() not in proxies}
     env.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf"), HF_HUB_CACHE=str(tmp_path / "hf" / "hub"),
                HF_HUB_DISABLE_TELEMETRY="1", NO_PROXY="127.0.0.1,localhost", PYTHONPATH=str(REPO / "src"))
     return env
