@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -230,3 +231,16 @@ def test_auto_map_with_unknown_model_type_is_explained(hub: FakeHub, hub_env: di
     proc = memplan_models("someteam/custom", hub_env)
     assert_one_line_error(proc, "someteam/custom/config.json", "my_custom_lm", "auto_map", "never executes")
     assert {path for _, path in hub.requests} == {"/someteam/custom/resolve/main/config.json"}
+
+
+def test_unreachable_hub_gives_up_within_a_bound(hub_env: dict[str, str]) -> None:
+    """Nothing listens at HF_ENDPOINT (connection refused): huggingface_hub would retry with backoff for
+    minutes; memplan stops at its deadline with one line."""
+    with socket.socket() as probe:  # a port that was free a moment ago and is closed now
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**hub_env, "HF_ENDPOINT": f"http://127.0.0.1:{port}", "HF_HUB_ETAG_TIMEOUT": str(SHORT_TIMEOUT_SECONDS)}
+    start = time.monotonic()
+    proc = memplan_models("someteam/qwen-finetune", env)
+    assert_one_line_error(proc, "someteam/qwen-finetune", "within 2 s", "config.json")
+    assert time.monotonic() - start < GIVE_UP_WITHIN_SECONDS
