@@ -628,9 +628,10 @@ NOTES = """## Reading this table
   DeepSpeed lays them out, 2 + 4 bytes per trainable parameter split over the ranks under ZeRO ≥ 1 (a
   hand rule: MemTracker files the fp32 gradient partition under activation). That rule is DeepSpeed's own
   assumption, so its estimator matches the gradient share by construction; memplan models the 16-bit
-  gradient partition DeepSpeed holds at the step (validated against whole traced peaks), which exceeds
-  the rule at 4 ranks and for a model with a reference. ZeRO-3 (the engine counters miss its fp32
-  partitions) and offload (state shares the process with the host on the CPU accelerator) are left out.
+  gradient partition DeepSpeed holds at the step (its whole traced peaks match), which exceeds the rule
+  in three cases (llama-small-zero2-w4, qwen2-small-dpo-zero2-w2, qwen2-small-sft-zero1-w4). ZeRO-3
+  (the engine counters miss its fp32 partitions) and offload (state shares the process with the host on
+  the CPU accelerator) are left out.
 - Peaks (deepspeed-cpu, GPU-measured): per rank, allocated-equivalent (no CUDA context); only tools that
   claim a whole peak are scored (memplan, llm-analysis). They include DeepSpeed's reduce bucket
   (`reduce_bucket_size`, 5e8 elements: 1 GB in bf16), logits upcasts and loss temporaries; in a tiny model
