@@ -35,7 +35,8 @@ VALUE_HEAD_PREFIX = "score"
 
 def load_config_dict(model: str) -> dict[str, Any]:
     """The raw config.json dict of MODEL (path, preset or hub id), as memplan's loader resolves it."""
-    from memplan.model.loader import _fetch_from_hub, _local_config_path, _looks_like_hub_id, read_config_file
+    from memplan.model.hub import read_hub_config
+    from memplan.model.loader import _local_config_path, _looks_like_hub_id, read_config_file
     from memplan.model.presets import find_preset
 
     local = _local_config_path(model)
@@ -45,7 +46,7 @@ def load_config_dict(model: str) -> dict[str, Any]:
     if preset is not None:
         return preset.config()
     if _looks_like_hub_id(model):
-        return read_config_file(_fetch_from_hub(model))
+        return read_hub_config(model)
     from memplan.model import load_model_spec
 
     load_model_spec(model)  # raises the loader's own "unknown model" error with suggestions
