@@ -10,7 +10,7 @@ redirections, ``NAME=value`` assignments and environment prefixes, and the hered
     EOF
     deepspeed --module $training_commands
 
-Words are split with :mod:`shlex` (POSIX mode). A ``$NAME`` word whose variable was assigned in the
+Words are split as POSIX :mod:`shlex` splits them (one linear pass, see ``_words``). A ``$NAME`` word whose variable was assigned in the
 text is replaced by the words of its value; unknown variables are left as typed.
 """
 
@@ -34,6 +34,19 @@ _WHOLE_VARIABLE = re.compile(f"^{_VARIABLE}$")
 _ANY_VARIABLE = re.compile(_VARIABLE)
 _ARRAY_START = re.compile(r"(?:^|\s)[A-Za-z_][A-Za-z0-9_]*\+?=$")
 _ARRAY_ASSIGNMENT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\+?=\($")
+_WHITESPACE = " \t\r\n"
+"""The characters ``shlex`` splits words at (``shlex.shlex.whitespace``)."""
+_DOUBLE_QUOTED_BODY = r'[^"\\]*(?:\\.[^"\\]*)*'
+_RAW_WORD = re.compile(rf"""(?:[^ \t\r\n'"\\]+|'[^']*'|"{_DOUBLE_QUOTED_BODY}"|\\.)+""", re.DOTALL)
+_PIECE = re.compile(rf"""'([^']*)'|"({_DOUBLE_QUOTED_BODY})"|\\(.)|([^'"\\]+)""", re.DOTALL)
+_QUOTING = re.compile(r"['\"\\]")
+_DOUBLE_QUOTED_ESCAPE = re.compile(r'\\([\\"])')
+_ORDINARY = re.compile(r"(?:[^\\'\"`$#<>;&|()\n]+|\$(?![('])|(?<![ \t])#)+")
+"""Characters the scanner copies as they are: none its other branches act on (a ``#`` that starts a
+word, ``$'``, ``$(``, quotes, operators, newlines, backslashes)."""
+_BLANK = re.compile(r"[ \t\n]*")
+"""Blank lines and indentation after a line's end, skipped at once: they add nothing to a line."""
+_DOUBLE_QUOTE_END = re.compile(f'{_DOUBLE_QUOTED_BODY}"', re.DOTALL)
 _HEREDOC_START = re.compile(r"<<(-?)[ \t]*(?:'([^'\n]*)'|\"([^\"\n]*)\"|\\?([^\s;&|()<>]+))")
 
 
@@ -79,11 +92,21 @@ class _Scanner:
             elif char == "\n":
                 self.pos += 1
                 self._end_line()
+                self.pos = _BLANK.match(self.source, self.pos).end()  # type: ignore[union-attr]
             else:
-                self.current.append(char)
-                self.pos += 1
+                self._ordinary()
         self._end_line()
         return self.lines
+
+    def _ordinary(self) -> None:
+        """The character at ``pos`` (``run`` found no other meaning for it) and the ordinary run after it.
+
+        Taken in one step so that a long word costs one regex match, not one loop turn per character.
+        """
+        match = _ORDINARY.match(self.source, self.pos + 1)
+        end = match.end() if match else self.pos + 1
+        self.current.append(self.source[self.pos: end])
+        self.pos = end
 
     def _backslash(self) -> None:
         nxt = self.source[self.pos + 1: self.pos + 2]
@@ -152,15 +175,10 @@ class _Scanner:
         return -1
 
     def _closing_quote(self, quote: str, index: int) -> int:
-        while index < len(self.source):
-            char = self.source[index]
-            if char == "\\" and quote == '"':
-                index += 2
-                continue
-            if char == quote:
-                return index
-            index += 1
-        return -1
+        if quote == "'":
+            return self.source.find("'", index)
+        match = _DOUBLE_QUOTE_END.match(self.source, index)
+        return -1 if match is None else match.end() - 1
 
     def _at_word_start(self) -> bool:
         return not self.current or self.current[-1][-1] in " \t;&|()"
@@ -223,13 +241,50 @@ class _Scanner:
 
 
 def _words(text: str) -> list[str]:
-    lexer = shlex.shlex(text, posix=True)
-    lexer.whitespace_split = True
-    lexer.commenters = ""
-    try:
-        return list(lexer)
-    except ValueError as error:
-        raise ConfigError("command", f"cannot split into words: {error}") from None
+    """Split one logical line into words as POSIX ``shlex`` does with ``whitespace_split``.
+
+    Same rules as ``shlex.shlex(text, posix=True)`` with ``whitespace_split = True`` and no
+    commenters (CPython 3.11 ``Lib/shlex.py``, ``read_token``): words break at space, tab, CR and LF;
+    ``'...'`` is literal; inside ``"..."`` a backslash escapes only ``"`` and ``\\``; outside quotes
+    it escapes any character; an empty quoted word is a word. Written as regex passes because
+    ``shlex`` grows each token one character at a time (``self.token += nextchar``), which is
+    quadratic in the token's length: a 1 MiB word took 15-20 s.
+    """
+    words: list[str] = []
+    pos = 0
+    for match in _RAW_WORD.finditer(text):
+        _check_gap(text, pos, match.start())
+        raw = match.group()
+        words.append(_unquote(raw) if _QUOTING.search(raw) else raw)
+        pos = match.end()
+    _check_gap(text, pos, len(text))
+    return words
+
+
+def _check_gap(text: str, start: int, end: int) -> None:
+    """Between two words only whitespace may stand; anything else is an unclosed quote or escape."""
+    gap = text[start: end].lstrip(_WHITESPACE)
+    if not gap:
+        return
+    if gap[0] == "'":
+        raise _split_error("No closing quotation")
+    trailing_backslashes = len(text) - len(text.rstrip("\\"))
+    raise _split_error("No escaped character" if trailing_backslashes % 2 else "No closing quotation")
+
+
+def _unquote(raw: str) -> str:
+    """One word's value: quotes removed, escapes applied (a raw word matched by ``_RAW_WORD``)."""
+    pieces: list[str] = []
+    for single, double, escaped, plain in _PIECE.findall(raw):
+        if double:
+            pieces.append(_DOUBLE_QUOTED_ESCAPE.sub(r"\1", double))
+        else:
+            pieces.append(single or escaped or plain)
+    return "".join(pieces)
+
+
+def _split_error(reason: str) -> ConfigError:
+    return ConfigError("command", f"cannot split into words: {reason}")
 
 
 def _simple_commands(words: list[str]) -> list[list[str]]:
