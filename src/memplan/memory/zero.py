@@ -12,7 +12,7 @@ Glossary: *dp degree* = ranks one model is partitioned over (``N``); *partition*
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
@@ -317,21 +317,27 @@ def grads_in_partition_numel(layout: ParamLayout, dp_degree: int) -> int:
 
     ``copy_grads_in_partition`` allocates the *whole* of every tensor that overlaps the rank's
     partition (stage_1_and_2.py:2184-2194, membership from ``get_partition_info`` :2579-2611), so a
-    rank pays for the tensors cut by its boundaries. Counts-only layouts have no boundaries.
+    rank pays for the tensors cut by its boundaries. Counts-only layouts have no boundaries. The ranks'
+    totals change only where a tensor starts or ends, so only those ranks are visited (not every rank).
     Cached: it walks every tensor, and each engine's model states and backward timeline ask for it.
     """
     partitions = stage12_partition_numels(layout, dp_degree)
     if not layout.per_tensor:
         return sum(partitions)
-    totals = [0] * dp_degree
+    changes: dict[int, int] = defaultdict(int)  # rank -> change of the total from the rank before
     for group, size in zip(layout.trainable_groups, partitions):
         start = 0
         for numel in group:
             first, last = start // size, min((start + numel - 1) // size, dp_degree - 1)
-            for rank in range(first, last + 1):
-                totals[rank] += numel
+            changes[first] += numel
+            changes[last + 1] -= numel
             start += numel
-    return max(totals)
+    worst = total = 0
+    for rank in sorted(changes):
+        total += changes[rank]
+        if rank < dp_degree:
+            worst = max(worst, total)
+    return worst
 
 
 # --- stage 3 partitions ------------------------------------------------------------------------
