@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import subprocess
 import sys
@@ -47,8 +48,8 @@ def layered_config(num_layers: int, directory: Path) -> Path:
     return path
 
 
-def in_process_ms(command: str, runs: int) -> float:
-    """Median milliseconds of resolve + estimate, after a warm-up call (model spec cached)."""
+def in_process_ms(command: str, runs: int) -> tuple[float, float]:
+    """Median and least milliseconds of resolve + estimate, after a warm-up call (model spec cached)."""
     gpu, host = resolve_capacity("a100-80g", "1TiB")
     estimate_run(resolve_command(command), gpu=gpu, host_ram_bytes=host)
     times = []
@@ -56,14 +57,19 @@ def in_process_ms(command: str, runs: int) -> float:
         start = time.perf_counter()
         estimate_run(resolve_command(command), gpu=gpu, host_ram_bytes=host)
         times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
+    return statistics.median(times) * 1000, min(times) * 1000
 
 
-def cli(argv: list[str], stdin: str | None = None) -> tuple[float, str, int]:
-    """Seconds, stdout and exit status of ``python -m memplan ARGV``."""
+def cli(argv: list[str], stdin: str | None = None) -> tuple[str, str, int]:
+    """Wall and CPU seconds (user + system: less sensitive to other work on the machine) as text,
+    stdout and exit status of ``python -m memplan ARGV``."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "memplan", *argv], input=stdin, capture_output=True, text=True)
-    return time.perf_counter() - start, done.stdout, done.returncode
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return f"{wall:6.3f} s wall, {cpu:6.3f} s CPU", done.stdout, done.returncode
 
 
 def layers(runs: int) -> None:
@@ -74,7 +80,8 @@ def layers(runs: int) -> None:
                 config = layered_config(num_layers, Path(directory))
                 command = (f"deepspeed --num_nodes {GPUS // 8} --num_gpus 8 --module openrlhf.cli.train_sft "
                            f"--pretrain {config} --zero_stage {stage} --gradient_checkpointing")
-                print(f"  ZeRO-{stage} {num_layers:>4} layers: {in_process_ms(command, runs):8.2f} ms")
+                median, least = in_process_ms(command, runs)
+                print(f"  ZeRO-{stage} {num_layers:>4} layers: median {median:6.2f} ms, min {least:6.2f} ms")
 
 
 def wide_estimates() -> None:
@@ -83,7 +90,7 @@ def wide_estimates() -> None:
         for world in (["--gpus", str(gpus)], ["--nodes", str(gpus // 8), "--gpus-per-node", "8"]):
             seconds, out, code = cli(["estimate", "llama-2-7b", "--method", "sft", *world, "--json"])
             data = json.loads(out) if code == 0 else {}
-            print(f"  {' '.join(world):<28}: {seconds:6.3f} s, exit {code}, {len(out):>8} bytes JSON, "
+            print(f"  {' '.join(world):<28}: {seconds}, exit {code}, {len(out):>8} bytes JSON, "
                   f"{len(data.get('devices', []))} device and {len(data.get('hosts', []))} host entries")
 
 
@@ -91,7 +98,7 @@ def wide_plan() -> None:
     seconds, out, code = cli(["plan", *PLAN_1024, "--json"])
     minimum = json.loads(out).get("minimum") if code == 0 else None
     gpus = minimum["summary"]["num_gpus"] if minimum else None
-    print(f"plan {' '.join(PLAN_1024)}: {seconds:.3f} s, exit {code}, minimum {gpus} GPUs, "
+    print(f"plan {' '.join(PLAN_1024)}\n  {seconds}, exit {code}, minimum {gpus} GPUs, "
           f"{len(out)} bytes JSON (target < 1 s)")
 
 
@@ -107,7 +114,7 @@ def shell_text() -> None:
     print("check - on 1 MiB of text (the most it reads), end to end (target < 1 s)")
     for name, text in (("one 1 MiB token", token), (f"{len(lines) + 1} lines", script)):
         seconds, _, code = cli(["check", "--json", "-"], stdin=text)
-        print(f"  {name}: {len(text)} characters, {seconds:6.3f} s, exit {code}")
+        print(f"  {name} ({len(text)} characters): {seconds}, exit {code}")
 
 
 def main() -> None:

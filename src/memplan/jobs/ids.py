@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 R = TypeVar("R", bound=Hashable)
+#: ``((role, ranks on one node), ...)``, roles in the order they first appear on the node.
+RanksPerNode = tuple[tuple[R, int], ...]
 
 
 class Run(Protocol[R]):
@@ -116,7 +118,7 @@ def merge_nodes(ranges: list[NodeRange]) -> tuple[NodeRange, ...]:
     return tuple(merged)
 
 
-def node_groups(runs: Sequence[Run[R]], node_gpus: int) -> list[tuple[tuple[tuple[R, int], ...], tuple[NodeRange, ...]]]:
+def node_groups(runs: Sequence[Run[R]], node_gpus: int) -> list[tuple[RanksPerNode[R], tuple[NodeRange, ...]]]:
     """Nodes with the same ranks per role, grouped: ``[(((role, ranks on the node), ...), node ranges)]``,
     ordered by first node; roles in the order they first appear on the node.
 
@@ -124,7 +126,7 @@ def node_groups(runs: Sequence[Run[R]], node_gpus: int) -> list[tuple[tuple[tupl
     roles; only a run's first and last nodes can hold other runs' GPUs too, and those are counted GPU
     range by GPU range. ``runs`` are consecutive GPU ranges in node-major order (Ray's PACK placement).
     """
-    stretches: list[tuple[tuple[tuple[R, int], ...], NodeRange]] = []
+    stretches: list[tuple[RanksPerNode[R], NodeRange]] = []
     edges = sorted({n for run in runs for n in (run.first // node_gpus, (run.first + run.count - 1) // node_gpus)})
     for node in edges:
         ranks: dict[R, int] = {}
@@ -138,7 +140,7 @@ def node_groups(runs: Sequence[Run[R]], node_gpus: int) -> list[tuple[tuple[tupl
         first, last = run.first // node_gpus + 1, (run.first + run.count - 1) // node_gpus - 1
         if first <= last:
             stretches.append((tuple((role, node_gpus) for role in run.roles), NodeRange(first=first, last=last)))
-    groups: dict[tuple[tuple[R, int], ...], list[NodeRange]] = {}
+    groups: dict[RanksPerNode[R], list[NodeRange]] = {}
     for key, nodes in sorted(stretches, key=lambda s: s[1].first):
         groups.setdefault(key, []).append(nodes)
     return [(key, merge_nodes(nodes)) for key, nodes in groups.items()]

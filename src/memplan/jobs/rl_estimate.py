@@ -14,7 +14,7 @@ from dataclasses import replace
 
 from memplan.hardware.gpu import Gpu
 from memplan.jobs.estimate import host_resident, reserved_for
-from memplan.jobs.ids import GpuBlock, node_groups, run_blocks
+from memplan.jobs.ids import GpuBlock, RanksPerNode, node_groups, run_blocks
 from memplan.jobs.job import Role, RoleName, RlJob
 from memplan.jobs.result import DeviceEstimate, Estimate, HostEstimate, ModelInfo, PhaseUsage
 from memplan.jobs.roles import RoleMemory, activation_config, role_memory, role_tree
@@ -37,7 +37,7 @@ SLEEP_CATEGORIES = frozenset({Category.OPTIMIZER, Category.GRAD})
 
 _OPENRLHF = "OpenRLHF/OpenRLHF"
 #: Ranks of each role on one node, in the order the roles first appear there.
-NodeRanks = tuple[tuple[RoleName, int], ...]
+NodeRanks = RanksPerNode[RoleName]
 
 
 def _retag(terms: list[Term] | tuple[Term, ...], phase: Phase) -> list[Term]:

@@ -10,8 +10,9 @@ redirections, ``NAME=value`` assignments and environment prefixes, and the hered
     EOF
     deepspeed --module $training_commands
 
-Words are split as POSIX :mod:`shlex` splits them (one linear pass, see ``_words``). A ``$NAME`` word whose variable was assigned in the
-text is replaced by the words of its value; unknown variables are left as typed.
+Words are split as POSIX :mod:`shlex` splits them (one linear pass, see ``_words``). A ``$NAME`` word
+whose variable was assigned in the text is replaced by the words of its value; unknown variables are
+left as typed.
 """
 
 from __future__ import annotations
