@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shlex
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -62,3 +63,31 @@ def test_one_mib_script_of_many_lines() -> None:
     commands, variables = split_commands(script)
     assert len(variables) == len(lines)
     assert commands == [SFT.split() + ["--save_path", "value7", "--zero_stage", "2"]]
+
+
+def _doubling(lines: int, reverse: bool) -> str:
+    """``a1="$a0 $a0"``, ``a2="$a1 $a1"``...: each line doubles the words ``$a{lines - 1}`` stands for.
+    Reversed, every value still names the variable above it when the command runs."""
+    assignments = ["a0=x"] + [f'a{i}="$a{i - 1} $a{i - 1}"' for i in range(1, lines)]
+    if reverse:
+        assignments.reverse()
+    return "\n".join([*assignments, f"{SFT} --save_path $a{lines - 1}"])
+
+
+def test_doubling_variables_expand_while_small() -> None:
+    for reverse in (False, True):
+        commands, _ = split_commands(_doubling(10, reverse))
+        assert commands[0][-2 ** 9:] == ["x"] * 2 ** 9  # 10 lines: 2^9 words
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_doubling_variables_are_refused_not_expanded_forever(reverse: bool) -> None:
+    # 40 lines would stand for 2^39 words; the reader stops at MAX_EXPANDED_CHARS instead.
+    with pytest.raises(ConfigError, match="variables expand to more than 1,048,576 characters"):
+        split_commands(_doubling(40, reverse))
+
+
+def test_deeply_nested_variables_are_refused() -> None:
+    chain = "\n".join([f"a{i}=$a{i + 1}" for i in range(100)] + ["a100=x", f"{SFT} --save_path $a0"])
+    with pytest.raises(ConfigError, match="variables nest more than 64 deep"):
+        split_commands(chain)

@@ -48,6 +48,13 @@ word, ``$'``, ``$(``, quotes, operators, newlines, backslashes)."""
 _BLANK = re.compile(r"[ \t\n]*")
 """Blank lines and indentation after a line's end, skipped at once: they add nothing to a line."""
 _DOUBLE_QUOTE_END = re.compile(f'{_DOUBLE_QUOTED_BODY}"', re.DOTALL)
+#: Most characters variable expansion may add to a script (a word counts one more, its separator):
+#: as much as the largest script ``check`` reads (cli/check.py ``MAX_SCRIPT_BYTES``, 1 MiB; a launch
+#: script is a few KB).
+MAX_EXPANDED_CHARS = 1 << 20
+#: Deepest nesting of variables whose values name other variables (``$a`` → ``$b`` → ...); launch
+#: scripts nest one or two levels (a heredoc naming ``$MODEL``).
+MAX_EXPANSION_DEPTH = 64
 _HEREDOC_START = re.compile(r"<<(-?)[ \t]*(?:'([^'\n]*)'|\"([^\"\n]*)\"|\\?([^\s;&|()<>]+))")
 
 
@@ -306,29 +313,56 @@ def _simple_commands(words: list[str]) -> list[list[str]]:
     return [c for c in commands if c]
 
 
-def _lookup(match: re.Match[str], variables: dict[str, str]) -> str | None:
-    """The value of one ``$NAME``/``${NAME}``/``${NAME:-default}`` reference, or None if unknown."""
+def _lookup(match: re.Match[str], variables: dict[str, str], expanding: frozenset[str]) -> str | None:
+    """The value of one ``$NAME``/``${NAME}``/``${NAME:-default}`` reference, or None if unknown.
+    A variable being expanded (``expanding``) is unknown inside its own value."""
     name = match.group("plain") or match.group("braced")
-    if name in variables:
+    if name in variables and name not in expanding:
         return variables[name]
     return match.group("default")
 
 
-def _expand(word: str, variables: dict[str, str]) -> list[str]:
+@dataclass(slots=True)
+class _Budget:
+    """Characters variable expansion may still produce: a few lines can double a value each
+    (``b="$a $a"``, ``c="$b $b"``...), so expansion is bounded, not the lines. ``known`` holds the
+    words of each variable expansion of the command being expanded (the same reference repeats)."""
+
+    left: int = MAX_EXPANDED_CHARS
+    known: dict[tuple[str, frozenset[str]], list[str]] = field(default_factory=dict)
+
+    def spend(self, words: list[str], typed: str = "") -> list[str]:
+        """``words`` made from the word ``typed``: the characters added (and a separator per word)."""
+        self.left -= sum(len(w) + 1 for w in words) - len(typed) - 1
+        if self.left < 0:
+            raise ConfigError("command", f"its variables expand to more than {MAX_EXPANDED_CHARS:,} characters; "
+                                         "not a launch script")
+        return words
+
+
+def _expand(word: str, variables: dict[str, str], budget: _Budget,
+            expanding: frozenset[str] = frozenset()) -> list[str]:
+    if "$" not in word:
+        return [word]
     whole = _WHOLE_VARIABLE.match(word)
     if whole:
-        value = _lookup(whole, variables)
+        value = _lookup(whole, variables, expanding)
         if value is None:
             return [word]
-        name = whole.group("plain") or whole.group("braced")
-        inner = {k: v for k, v in variables.items() if k != name}
-        return [w for part in words_of(value) for w in _expand(part, inner)]
+        key = (word, expanding)
+        if len(expanding) >= MAX_EXPANSION_DEPTH:
+            raise ConfigError("command", f"variables nest more than {MAX_EXPANSION_DEPTH} deep ({word}); "
+                                         "not a launch script")
+        if key not in budget.known:
+            inner = expanding | {whole.group("plain") or whole.group("braced")}
+            budget.known[key] = [w for part in words_of(value) for w in _expand(part, variables, budget, inner)]
+        return budget.spend(budget.known[key], word)
 
     def substitute(match: re.Match[str]) -> str:
-        value = _lookup(match, variables)
+        value = _lookup(match, variables, expanding)
         return match.group(0) if value is None else value
 
-    return [_ANY_VARIABLE.sub(substitute, word)]
+    return budget.spend([_ANY_VARIABLE.sub(substitute, word)], word)
 
 
 def _read_target(command: list[str]) -> str | None:
@@ -383,11 +417,13 @@ def split_commands(text: str) -> tuple[list[list[str]], dict[str, str]]:
     """The simple commands of a pasted script (expanded) and the variables it assigns."""
     variables: dict[str, str] = {}
     commands: list[list[str]] = []
+    budget = _Budget()
     clean = text.replace("\r\n", "\n").replace(_MARK, "").replace(_LITERAL_DOLLAR, "")
     for line in _Scanner(clean).run():
         heredocs = list(line.heredocs)
         for command in _simple_commands(_words(line.text)):
-            expanded = [w for word in command for w in _expand(word, variables)]
+            budget.known.clear()  # assignments since the last command change what a reference means
+            expanded = [w for word in command for w in _expand(word, variables, budget)]
             target = _read_target(expanded)
             if target is not None and heredocs:
                 variables[target] = heredocs.pop(0)
