@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from memplan.api import estimate_run, resolve_capacity, resolve_command
+from estimate_speed import timings  # benchmarks/ is the script's directory
 from memplan.model.presets import find_preset
 
 ONE_MIB = 1 << 20
@@ -49,14 +49,8 @@ def layered_config(num_layers: int, directory: Path) -> Path:
 
 
 def in_process_ms(command: str, runs: int) -> tuple[float, float]:
-    """Median and least milliseconds of resolve + estimate, after a warm-up call (model spec cached)."""
-    gpu, host = resolve_capacity("a100-80g", "1TiB")
-    estimate_run(resolve_command(command), gpu=gpu, host_ram_bytes=host)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        estimate_run(resolve_command(command), gpu=gpu, host_ram_bytes=host)
-        times.append(time.perf_counter() - start)
+    """Median and least milliseconds of resolve + estimate (``estimate_speed.timings``)."""
+    times = timings(command, runs)
     return statistics.median(times) * 1000, min(times) * 1000
 
 
