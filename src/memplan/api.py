@@ -229,16 +229,52 @@ def command_for(model: str, method: Method | str, flags: Sequence[str] = (), *, 
         return ["python3", "-m", f"openrlhf.cli.{RL_SCRIPT}", "--pretrain", model,
                 "--advantage_estimator", METHOD_ESTIMATOR[method], *flags]
     script = METHOD_SCRIPT[method]
-    if gpus is not None and (nodes is not None or gpus_per_node is not None):
-        raise ConfigError("--gpus", "give either --gpus or --nodes/--gpus-per-node, not both")
+    if gpus is not None and nodes is not None:
+        raise ConfigError("--gpus", "give either --gpus (in total) or --nodes, not both")
     check_world_options(gpus=gpus, nodes=nodes, gpus_per_node=gpus_per_node)
+    if gpus is not None:
+        spanned, gpus_per_node = nodes_of(gpus, gpus_per_node)
+        nodes = spanned if spanned > 1 else None
     launcher = ["deepspeed"]
     if nodes is not None:
         launcher += ["--num_nodes", str(nodes)]
-    per_node = gpus if gpus is not None else gpus_per_node
-    if per_node is not None:
-        launcher += ["--num_gpus", str(per_node)]
+    if gpus_per_node is not None:
+        launcher += ["--num_gpus", str(gpus_per_node)]
     return [*launcher, "--module", f"openrlhf.cli.{script}", "--pretrain", model, *flags]
+
+
+def nodes_of(gpus: int, gpus_per_node: int | None) -> tuple[int, int]:
+    """``--gpus`` (GPUs in total) as (nodes, GPUs per node): up to a node's GPUs (``--gpus-per-node``,
+    default 8, as OpenRLHF's ``--*_num_gpus_per_node``) on one node, more on whole nodes of that size."""
+    per_node = gpus_per_node or DEFAULT_GPUS_PER_NODE
+    if gpus <= per_node:
+        return 1, gpus
+    if gpus % per_node:
+        raise ConfigError("--gpus", f"{gpus} GPUs do not fill whole nodes of {per_node} (--gpus-per-node, "
+                                    f"default {DEFAULT_GPUS_PER_NODE}): give a multiple of {per_node}, or "
+                                    "--nodes and --gpus-per-node")
+    return gpus // per_node, per_node
+
+
+def gpus_note(gpus: int | None, gpus_per_node: int | None) -> str | None:
+    """The note saying how ``--gpus`` was laid out on nodes, when it spans more than one."""
+    if gpus is None:
+        return None
+    nodes, per_node = nodes_of(gpus, gpus_per_node)
+    if nodes == 1:
+        return None
+    given = "--gpus-per-node" if gpus_per_node else f"--gpus-per-node default {DEFAULT_GPUS_PER_NODE}"
+    return f"--gpus {gpus}: {nodes} nodes of {per_node} GPUs ({given}); host RAM is per node"
+
+
+def resolve_model_run(model: str, method: Method | str, flags: Sequence[str] = (), *, gpus: int | None = None,
+                      nodes: int | None = None, gpus_per_node: int | None = None,
+                      version: str | None = None) -> ResolvedRun:
+    """``resolve_command`` of :func:`command_for`, noting how ``--gpus`` was laid out on nodes."""
+    argv = command_for(model, method, flags, gpus=gpus, nodes=nodes, gpus_per_node=gpus_per_node)
+    run = resolve_command(argv, version=version)
+    note = gpus_note(gpus, gpus_per_node)
+    return replace(run, notes=run.notes + (note,)) if note else run
 
 
 def estimate(model: str, method: Method | str, flags: Sequence[str] = (), *, gpus: int | None = None,
@@ -247,5 +283,7 @@ def estimate(model: str, method: Method | str, flags: Sequence[str] = (), *, gpu
              logprob_impl: LogProbImpl = LogProbImpl.FLASH_ATTN_TRITON) -> Estimate:
     """Estimate ``model`` trained with ``method`` and OpenRLHF ``flags`` (e.g. ``["--zero_stage", "3"]``)."""
     load_model_spec(model)  # fail early with the model's own error
-    argv = command_for(model, method, flags, gpus=gpus, nodes=nodes, gpus_per_node=gpus_per_node)
-    return estimate_command(argv, gpu=gpu, host_ram=host_ram, version=version, logprob_impl=logprob_impl)
+    run = resolve_model_run(model, method, flags, gpus=gpus, nodes=nodes, gpus_per_node=gpus_per_node,
+                            version=version)
+    gpu_spec, host_bytes = resolve_capacity(gpu, host_ram)
+    return estimate_run(run, gpu=gpu_spec, host_ram_bytes=host_bytes, logprob_impl=logprob_impl)

@@ -38,7 +38,7 @@ def _refused(capsys, argv: list[str], start: str) -> str:
 @pytest.mark.parametrize(("extra", "start"), [
     (["--gpus", "1000000000"], "--gpus: must be between 1 and 262144, got 1000000000"),
     (["--gpus", "0"], "--gpus: must be between 1 and"),
-    (["--gpus", "100"], "--gpus: 100 GPUs on one node"),
+    (["--gpus", "100"], "--gpus: 100 GPUs do not fill whole nodes of 8"),
     (["--nodes", "1000000"], "--nodes: must be between 1 and 262144, got 1000000"),
     (["--gpus-per-node", "1000"], "--gpus-per-node: must be between 1 and 72, got 1000"),
     (["--nodes", "10000", "--gpus-per-node", "72"], "--nodes: 10000 nodes × 72 GPUs is more than 262144"),

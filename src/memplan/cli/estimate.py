@@ -37,8 +37,10 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     parser.add_argument("--method", required=True, choices=[m.value for m in Method], metavar="METHOD",
                         help="sft, rm, dpo, kto, prm, kd (kto, prm, kd: OpenRLHF <= 0.9, --openrlhf-version 0.9); "
                              "ppo, grpo, reinforce, rloo: RL estimator")
-    parser.add_argument("--gpus", type=int, metavar="N", help="GPUs on one node (default 8)")
-    parser.add_argument("--nodes", type=int, metavar="N", help="nodes")
+    parser.add_argument("--gpus", type=int, metavar="N",
+                        help="GPUs in total (nodes = N / --gpus-per-node, default 8 per node; "
+                             "default one node of 8)")
+    parser.add_argument("--nodes", type=int, metavar="N", help="nodes (instead of --gpus)")
     parser.add_argument("--gpus-per-node", type=int, metavar="N", help="GPUs per node (default 8)")
     add_capacity_args(parser)
     parser.set_defaults(func=run, accepts_extra=True)
@@ -70,13 +72,12 @@ def report(run_: object, est: object, args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Estimate MODEL with METHOD and the extra OpenRLHF flags."""
-    from memplan.api import command_for, estimate_run, resolve_capacity, resolve_command
+    from memplan.api import estimate_run, resolve_capacity, resolve_model_run
     from memplan.model import load_model_spec
 
     load_model_spec(args.model)
-    argv = command_for(args.model, args.method, args.extra, gpus=args.gpus, nodes=args.nodes,
-                       gpus_per_node=args.gpus_per_node)
-    run_ = resolve_command(argv, version=args.openrlhf_version)
+    run_ = resolve_model_run(args.model, args.method, args.extra, gpus=args.gpus, nodes=args.nodes,
+                             gpus_per_node=args.gpus_per_node, version=args.openrlhf_version)
     args._capacity = resolve_capacity(args.gpu, args.host_ram)
     est = estimate_run(run_, gpu=args._capacity[0], host_ram_bytes=args._capacity[1])
     return report(run_, est, args)

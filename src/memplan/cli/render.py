@@ -107,6 +107,11 @@ def _terms_lines(terms: Sequence[Any], limit: int | None, explain: bool) -> list
     return lines
 
 
+def host_label(host: Any) -> str:
+    """``host node0``, or for identical nodes ``512 × host node[0-511]`` (the figures are per node)."""
+    return f"host {host.id}" if host.count == 1 else f"{host.count} × host {host.ids}"
+
+
 def estimate_text(est: Any, suggestions: Sequence[Any] = (), *, explain: bool = False) -> str:
     """The human report of an Estimate: GPUs by role set, host RAM per node, verdict, suggestions."""
     lines = [f"command: {est.command}", ""]
@@ -121,14 +126,14 @@ def estimate_text(est: Any, suggestions: Sequence[Any] = (), *, explain: bool = 
     lines.append("")
     for h in est.hosts:
         cap = f" of {gib(h.capacity_bytes)}" if h.capacity_bytes else ""
-        lines.append(f"host {h.id}: {gib(h.peak_bytes)} RAM peak in {h.peak.phase}{cap} → "
+        lines.append(f"{host_label(h)}: {gib(h.peak_bytes)} RAM peak in {h.peak.phase}{cap} → "
                      f"{_verdict_text(h.verdict, h.peak_bytes, h.capacity_bytes)}")
         if explain:
             lines += _terms_lines(h.peak.terms, None, explain)
     total_gpu = sum(d.peak_bytes * d.count for d in est.devices)
-    total_host = sum(h.peak_bytes for h in est.hosts)
+    total_host = sum(h.peak_bytes * h.count for h in est.hosts)
     lines.append(f"cluster: {plural(est.num_gpus, 'GPU')}, {gib(total_gpu)} GPU memory (sum of per-GPU peaks); "
-                 f"{plural(len(est.hosts), 'node')}, {gib(total_host)} host RAM (sum of per-node peaks)")
+                 f"{plural(est.num_nodes, 'node')}, {gib(total_host)} host RAM (sum of per-node peaks)")
     verdict = est.verdict
     lines.append(f"verdict: {verdict if verdict else 'no --gpu/--host-ram given: sizes only'}")
     if suggestions:
@@ -207,7 +212,7 @@ def plan_role_rows(est: Any) -> list[list[str]]:
 def plan_text(title: str, plan: Any) -> str:
     """One plan: layout, flags, per-role table, host RAM per node, the launch command."""
     est = plan.estimate
-    nodes = len(est.hosts)
+    nodes = est.num_nodes
     lines = [f"{title}: {plural(est.num_gpus, 'GPU')} on {plural(nodes, 'node')} ({est.verdict or 'no capacity'})",
              f"  layout: {_layout_text(plan.layout)}", f"  flags:  {_flags_text(plan.flags)}", ""]
     table_text = table(["roles", "GPUs", "peak", "reserved", "capacity", "free", "verdict", "peak phase"],
@@ -215,7 +220,8 @@ def plan_text(title: str, plan: Any) -> str:
     lines += ["  " + line for line in table_text.splitlines()]
     for h in est.hosts:
         cap = f" of {gib(h.capacity_bytes)} ({h.verdict})" if h.capacity_bytes else ""
-        lines.append(f"  host RAM {h.id}: {gib(h.peak_bytes)} at {h.peak.phase}{cap}")
+        where = h.id if h.count == 1 else f"{h.ids} (each of {h.count} nodes)"
+        lines.append(f"  host RAM {where}: {gib(h.peak_bytes)} at {h.peak.phase}{cap}")
     lines += ["  command:", f"    {plan.command}"]
     return "\n".join(lines)
 

@@ -181,15 +181,19 @@ class RolloutSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Slot:
-    """One GPU of the cluster and what runs on it."""
+class SlotRun:
+    """Consecutive GPUs of the cluster, in node-major order, with the same roles on each.
 
-    node: int
-    """Node index."""
-    gpu: int
-    """GPU index on the node."""
+    GPU ``index`` is ``node × node_gpus + gpu`` (:attr:`RlJob.node_gpus`). Runs keep the placement
+    compact: a role group of any size is one run, never one entry per GPU.
+    """
+
+    first: int
+    """Index of the first GPU."""
+    count: int
+    """GPUs in the run."""
     roles: tuple[RoleName, ...]
-    """Roles with a rank on this GPU (``rollout`` for a vLLM engine or TP shard)."""
+    """Roles with a rank on each of these GPUs (``rollout`` for a vLLM engine or TP shard)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -200,8 +204,10 @@ class RlJob:
     """Roles and groups (each role's ``group`` names its own group)."""
     rollout: RolloutSettings
     """vLLM and rollout settings."""
-    slots: tuple[Slot, ...]
-    """Every GPU with the roles placed on it."""
+    runs: tuple[SlotRun, ...]
+    """The GPUs with the roles placed on them, in node-major order."""
+    node_gpus: int
+    """GPUs per node the placement packs into."""
     deepspeed_sleep: bool
     """``--deepspeed_enable_sleep``: optimizer state, grads and fp32 master go to host RAM outside training."""
     colocate_all: bool

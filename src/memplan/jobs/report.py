@@ -27,10 +27,11 @@ def _reserved_phases_json(phases: tuple[PhaseUsage, ...]) -> dict[str, int]:
 
 
 def device_json(device: DeviceEstimate) -> dict[str, Any]:
-    """One GPU entry (identical GPUs grouped with ``count`` and ``ids``). ``reserved_bytes`` is what the
-    verdict compares with ``capacity_bytes`` (DESIGN.md); ``reserved_phases`` gives it per phase."""
+    """One GPU entry (identical GPUs grouped with ``count`` and ``ids``, ranges such as
+    ``node[0-511]/gpu[0-7]``: see jobs/ids.py). ``reserved_bytes`` is what the verdict compares with
+    ``capacity_bytes`` (DESIGN.md); ``reserved_phases`` gives it per phase."""
     peak = device.peak
-    return {"id": device.id, "count": device.count, "ids": list(device.ids), "roles": list(device.roles),
+    return {"id": device.id, "count": device.count, "ids": device.ids, "roles": list(device.roles),
             "peak_bytes": peak.bytes, "reserved_bytes": device.reserved_bytes, "peak_phase": str(peak.phase),
             "phases": _phases_json(device.phases), "reserved_phases": _reserved_phases_json(device.phases),
             "capacity_bytes": device.capacity_bytes, "preallocated_bytes": device.preallocated_bytes,
@@ -40,10 +41,12 @@ def device_json(device: DeviceEstimate) -> dict[str, Any]:
 
 
 def host_json(host: HostEstimate) -> dict[str, Any]:
-    """One node's host RAM. ``judged_against_bytes`` is what the verdict compares ``peak_bytes`` with (the
-    node's RAM as given; DESIGN.md: each host carries what its verdict is judged against)."""
+    """One node's host RAM (identical nodes grouped with ``count`` and ``ids``, ranges such as ``node[0-511]``).
+    ``judged_against_bytes`` is what the verdict compares ``peak_bytes`` with (the node's RAM as given;
+    DESIGN.md: each host carries what its verdict is judged against)."""
     peak = host.peak
-    return {"id": host.id, "peak_bytes": peak.bytes, "peak_phase": str(peak.phase),
+    return {"id": host.id, "count": host.count, "ids": host.ids, "peak_bytes": peak.bytes,
+            "peak_phase": str(peak.phase),
             "phases": _phases_json(host.phases), "capacity_bytes": host.capacity_bytes,
             "judged_against_bytes": host.capacity_bytes,
             "verdict": str(host.verdict) if host.verdict else None,
@@ -65,12 +68,12 @@ def estimate_json(est: Estimate) -> dict[str, Any]:
         "hosts": [host_json(h) for h in est.hosts],
         "summary": {
             "num_gpus": est.num_gpus,
-            "num_nodes": len(est.hosts),
+            "num_nodes": est.num_nodes,
             "max_gpu_peak_bytes": max((d.peak_bytes for d in est.devices), default=0),
             "max_gpu_reserved_bytes": max((d.reserved_bytes for d in est.devices), default=0),
             "max_host_peak_bytes": max((h.peak_bytes for h in est.hosts), default=0),
             "total_gpu_peak_bytes": sum(d.peak_bytes * d.count for d in est.devices),
-            "total_host_peak_bytes": sum(h.peak_bytes for h in est.hosts),
+            "total_host_peak_bytes": sum(h.peak_bytes * h.count for h in est.hosts),
             "verdict": str(est.verdict) if est.verdict else None,
             "gpu_verdict": str(gpu_verdict) if gpu_verdict else None,
             "host_verdict": str(host_verdict) if host_verdict else None,

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from memplan.jobs.ids import GpuBlock, NodeRange, ranges_text
 from memplan.memory.breakdown import Phase, Term
 
 
@@ -80,10 +81,8 @@ class PhaseUsage:
 class DeviceEstimate:
     """One GPU (or ``count`` identical GPUs)."""
 
-    id: str
-    """``node0/gpu0`` (the first of identical GPUs when ``count`` > 1)."""
-    ids: tuple[str, ...]
-    """Every GPU this entry stands for."""
+    blocks: tuple[GpuBlock, ...]
+    """The GPUs this entry stands for, as blocks of nodes × GPUs (never one entry per GPU)."""
     roles: tuple[str, ...]
     """Roles placed on the GPU."""
     phases: tuple[PhaseUsage, ...]
@@ -99,9 +98,19 @@ class DeviceEstimate:
     """Why the vLLM engine on this GPU cannot start (vLLM's own message), else None."""
 
     @property
+    def id(self) -> str:
+        """``node0/gpu0``: the first of the GPUs."""
+        return self.blocks[0].first_id
+
+    @property
+    def ids(self) -> str:
+        """Every GPU this entry stands for, as ranges: ``node[0-511]/gpu[0-7]`` (see jobs/ids.py)."""
+        return ranges_text(self.blocks)
+
+    @property
     def count(self) -> int:
         """Identical GPUs this entry stands for."""
-        return len(self.ids)
+        return sum(b.count for b in self.blocks)
 
     @property
     def peak(self) -> PhaseUsage:
@@ -124,14 +133,29 @@ class DeviceEstimate:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HostEstimate:
-    """Host RAM of one node."""
+    """Host RAM of one node (or ``count`` identical nodes)."""
 
-    id: str
-    """``node0``."""
+    nodes: tuple[NodeRange, ...]
+    """The nodes this entry stands for (never one entry per node)."""
     phases: tuple[PhaseUsage, ...]
-    """Usage per phase."""
+    """Usage per phase (of each node)."""
     capacity_bytes: int | None
     """Host RAM of the node, when given."""
+
+    @property
+    def id(self) -> str:
+        """``node0``: the first of the nodes."""
+        return f"node{self.nodes[0].first}"
+
+    @property
+    def ids(self) -> str:
+        """Every node this entry stands for, as ranges: ``node[0-511]``."""
+        return ranges_text(self.nodes)
+
+    @property
+    def count(self) -> int:
+        """Identical nodes this entry stands for."""
+        return sum(r.count for r in self.nodes)
 
     @property
     def peak(self) -> PhaseUsage:
@@ -170,7 +194,7 @@ class Estimate:
     devices: tuple[DeviceEstimate, ...]
     """GPUs, identical ones grouped."""
     hosts: tuple[HostEstimate, ...]
-    """Nodes."""
+    """Nodes, identical ones grouped."""
     command: str
     """The launch command the estimate is for."""
     notes: tuple[str, ...] = ()
@@ -180,6 +204,11 @@ class Estimate:
     def num_gpus(self) -> int:
         """GPUs in the job."""
         return sum(d.count for d in self.devices)
+
+    @property
+    def num_nodes(self) -> int:
+        """Nodes in the job."""
+        return sum(h.count for h in self.hosts)
 
     @property
     def verdict(self) -> Verdict | None:

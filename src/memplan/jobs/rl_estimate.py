@@ -14,7 +14,8 @@ from dataclasses import replace
 
 from memplan.hardware.gpu import Gpu
 from memplan.jobs.estimate import host_resident, reserved_for
-from memplan.jobs.job import Role, RoleName, RlJob, Slot
+from memplan.jobs.ids import GpuBlock, RanksPerNode, node_groups, run_blocks
+from memplan.jobs.job import Role, RoleName, RlJob
 from memplan.jobs.result import DeviceEstimate, Estimate, HostEstimate, ModelInfo, PhaseUsage
 from memplan.jobs.roles import RoleMemory, activation_config, role_memory, role_tree
 from memplan.jobs import rollout as rollout_terms
@@ -35,6 +36,8 @@ TRAIN_SUBPHASES = (Phase.FORWARD, Phase.BACKWARD, Phase.OPTIMIZER_STEP)
 SLEEP_CATEGORIES = frozenset({Category.OPTIMIZER, Category.GRAD})
 
 _OPENRLHF = "OpenRLHF/OpenRLHF"
+#: Ranks of each role on one node, in the order the roles first appear there.
+NodeRanks = RanksPerNode[RoleName]
 
 
 def _retag(terms: list[Term] | tuple[Term, ...], phase: Phase) -> list[Term]:
@@ -105,20 +108,21 @@ def _activities(mems: dict[RoleName, RoleMemory], roles: tuple[RoleName, ...], p
     return acts
 
 
-def slot_phases(slot: Slot, mems: dict[RoleName, RoleMemory], rl: RlJob, gpu: Gpu) -> tuple[PhaseUsage, ...]:
-    """What one GPU holds in each phase of the iteration."""
+def slot_phases(roles: tuple[RoleName, ...], mems: dict[RoleName, RoleMemory], rl: RlJob,
+                gpu: Gpu) -> tuple[PhaseUsage, ...]:
+    """What one GPU holding ``roles`` holds in each phase of the iteration."""
     fixed: list[Term] = []
-    for name in slot.roles:
+    for name in roles:
         if name == RoleName.ROLLOUT:
             continue  # the engine's own terms carry its CUDA context and NCCL buffers
         fixed.append(overhead.cuda_context(f"{name}.cuda_context"))
         fixed += overhead.nccl_buffers(f"{name}.nccl", mems[name].world_size)
     usages = []
     for phase in RL_PHASES:
-        base = [t for name in slot.roles if name in mems for t in _resident(mems[name], phase, rl)]
-        if RoleName.ROLLOUT in slot.roles:
+        base = [t for name in roles if name in mems for t in _resident(mems[name], phase, rl)]
+        if RoleName.ROLLOUT in roles:
             base += rollout_terms.gpu_terms(rl, gpu, phase)
-        acts = _activities(mems, slot.roles, phase, rl)
+        acts = _activities(mems, roles, phase, rl)
         concurrent = phase == Phase.TRAINING and not rl.deepspeed_sleep
         chosen = [t for a in acts for t in a] if concurrent else max(acts, key=lambda a: sum(t.bytes for t in a),
                                                                      default=[])
@@ -126,14 +130,9 @@ def slot_phases(slot: Slot, mems: dict[RoleName, RoleMemory], rl: RlJob, gpu: Gp
     return tuple(usages)
 
 
-def _host_terms(slot_roles: list[tuple[RoleName, ...]], mems: dict[RoleName, RoleMemory], rl: RlJob,
-                phase: Phase) -> list[Term]:
-    counts: dict[RoleName, int] = defaultdict(int)
-    for roles in slot_roles:
-        for name in roles:
-            counts[name] += 1
+def _host_terms(counts: NodeRanks, mems: dict[RoleName, RoleMemory], rl: RlJob, phase: Phase) -> list[Term]:
     terms: list[Term] = []
-    for name, ranks in counts.items():
+    for name, ranks in counts:
         per_rank: list[Term] = []
         if name == RoleName.ROLLOUT:
             per_rank += rollout_terms.host_terms(rl, phase) + [host.process_runtime(role="rollout")]
@@ -160,27 +159,22 @@ def estimate_rl(rl: RlJob, *, gpu: Gpu, host_ram_bytes: int | None) -> Estimate:
     for role in rl.job.roles:
         phases = (Phase.FORWARD, Phase.MAKE_EXPERIENCE) if role.trained else (Phase.MAKE_EXPERIENCE,)
         mems[role.name] = role_memory(role, groups[role.group], rl.job.logprob_impl, forward_phases=phases)
-    by_roles: dict[tuple[RoleName, ...], list[Slot]] = defaultdict(list)
-    for slot in rl.slots:
-        by_roles[slot.roles].append(slot)
+    by_roles: dict[tuple[RoleName, ...], list[GpuBlock]] = defaultdict(list)
+    for run in rl.runs:
+        by_roles[run.roles] += run_blocks(run.first, run.count, rl.node_gpus)
     devices = []
     engine_error = rollout_terms.startup_error(rl, gpu) if rl.rollout.num_engines else None
-    for roles, slots in by_roles.items():
-        usage = slot_phases(slots[0], mems, rl, gpu)
+    for roles, blocks in by_roles.items():
+        usage = slot_phases(roles, mems, rl, gpu)
         peak = max(usage, key=lambda u: u.bytes)
-        devices.append(DeviceEstimate(id=f"node{slots[0].node}/gpu{slots[0].gpu}",
-                                      ids=tuple(f"node{s.node}/gpu{s.gpu}" for s in slots),
-                                      roles=tuple(str(r) for r in roles), phases=usage,
+        devices.append(DeviceEstimate(blocks=tuple(blocks), roles=tuple(str(r) for r in roles), phases=usage,
                                       capacity_bytes=gpu.capacity_bytes, reserved_bytes=reserved_for(peak),
                                       preallocated_bytes=rollout_terms.preallocated_bytes(peak.terms),
                                       startup_error=engine_error if RoleName.ROLLOUT in roles else None))
-    nodes: dict[int, list[tuple[RoleName, ...]]] = defaultdict(list)
-    for slot in rl.slots:
-        nodes[slot.node].append(slot.roles)
-    hosts = [HostEstimate(id=f"node{n}", capacity_bytes=host_ram_bytes,
-                          phases=tuple(PhaseUsage(phase=p, terms=tuple(_host_terms(nodes[n], mems, rl, p)))
+    hosts = [HostEstimate(nodes=nodes, capacity_bytes=host_ram_bytes,
+                          phases=tuple(PhaseUsage(phase=p, terms=tuple(_host_terms(counts, mems, rl, p)))
                                        for p in (Phase.LOAD, *RL_PHASES)))
-             for n in sorted(nodes)]
+             for counts, nodes in node_groups(rl.runs, rl.node_gpus)]
     models = {str(n): m.info for n, m in mems.items()}
     if rl.rollout.num_engines:
         actor = mems[RoleName.ACTOR].info

@@ -28,9 +28,6 @@ def check_world_options(*, gpus: int | None, nodes: int | None, gpus_per_node: i
     check_count("--gpus", gpus, 1, MAX_GPUS)
     check_count("--nodes", nodes, 1, MAX_GPUS)
     check_count("--gpus-per-node", gpus_per_node, 1, MAX_GPUS_PER_NODE)
-    if gpus is not None and gpus > MAX_GPUS_PER_NODE:
-        raise ConfigError("--gpus", f"{gpus} GPUs on one node: a node has at most {MAX_GPUS_PER_NODE}; "
-                                    "give --nodes and --gpus-per-node")
     if nodes is not None and nodes * (gpus_per_node or 1) > MAX_GPUS:
         raise ConfigError("--nodes", f"{nodes} nodes × {gpus_per_node} GPUs is more than {MAX_GPUS} GPUs")
 

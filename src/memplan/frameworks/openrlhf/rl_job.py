@@ -14,7 +14,7 @@ from memplan.dtypes import DType
 from memplan.errors import ConfigError
 from memplan.frameworks.openrlhf.bounds import check_flag_value
 from memplan.frameworks.openrlhf.job import _attn, _lora, _param_dtype, _positive, grad_accum_steps
-from memplan.jobs.job import GpuGroup, Job, Role, RoleName, RolloutSettings, RlJob, Slot
+from memplan.jobs.job import GpuGroup, Job, Role, RoleName, RolloutSettings, RlJob, SlotRun
 from memplan.jobs.options import Method, ZeroStage
 from memplan.memory.logits import Head, LogProbImpl
 from memplan.memory.vllm import OPENRLHF_GPU_MEMORY_UTILIZATION
@@ -131,22 +131,26 @@ def _units(values: Mapping[str, Any], groups: dict[RoleName, GpuGroup], rollout:
     return units
 
 
-def pack_slots(units: list[_Unit], node_gpus: int) -> tuple[Slot, ...]:
-    """Ray PACK placement: each group's bundles fill the current node, then the next.
+def pack_slots(units: list[_Unit]) -> tuple[SlotRun, ...]:
+    """Ray PACK placement: each group's bundles fill the current node, then the next, so the cluster's
+    GPUs in node-major order are the groups' bundles one after another. Bundle ``b`` of a group holds
+    the roles with more than ``b`` ranks in it; a group is at most one run per distinct rank count.
 
-    Assumes: groups are placed in creation order on nodes of ``node_gpus`` GPUs (Ray may place
+    Assumes: groups are placed in creation order on nodes of ``RlJob.node_gpus`` GPUs (Ray may place
     differently on a busy cluster; host RAM per node depends on it).
     """
-    slots: list[Slot] = []
-    node, used = 0, 0
+    runs: list[SlotRun] = []
+    start = 0
     for unit in units:
-        for bundle in range(unit.bundles):
-            if used == node_gpus:
-                node, used = node + 1, 0
-            roles = tuple(r for r in unit.roles if bundle < unit.ranks[r])
-            slots.append(Slot(node=node, gpu=used, roles=roles))
-            used += 1
-    return tuple(slots)
+        cuts = sorted({0, unit.bundles} | {min(unit.ranks[r], unit.bundles) for r in unit.roles})
+        for low, high in zip(cuts, cuts[1:]):
+            roles = tuple(r for r in unit.roles if low < unit.ranks[r])
+            if runs and runs[-1].roles == roles and runs[-1].first + runs[-1].count == start + low:
+                runs[-1] = SlotRun(first=runs[-1].first, count=runs[-1].count + high - low, roles=roles)
+            else:
+                runs.append(SlotRun(first=start + low, count=high - low, roles=roles))
+        start += unit.bundles
+    return tuple(runs)
 
 
 def _check_asserts(values: Mapping[str, Any], groups: dict[RoleName, GpuGroup], rollout: RolloutSettings) -> None:
@@ -240,12 +244,12 @@ def build_rl_job(values: Mapping[str, Any], *, version: str, load: Callable[[str
                           trained=False, group="reward", offload_params=bool(values.get("reward_offload")),
                           **{**common, "load_in_4bit": False}, **frozen))
     node_gpus = max([NODE_GPUS] + [g.gpus_per_node for name, g in groups.items() if name != RoleName.ROLLOUT])
-    slots = pack_slots(_units(values, groups, rollout), node_gpus)
+    runs = pack_slots(_units(values, groups, rollout))
     method = next((m for m, e in METHOD_ESTIMATOR.items() if e == estimator), Method.PPO)
     job = Job(method=method, roles=tuple(roles), groups=tuple(groups.values()), logprob_impl=logprob_impl,
               framework_version=version, command=command)
     ds_sleep = bool(values.get("deepspeed_enable_sleep")) and not values.get("adam_offload")
-    rl = RlJob(job=job, rollout=rollout, slots=slots, deepspeed_sleep=ds_sleep,
+    rl = RlJob(job=job, rollout=rollout, runs=runs, node_gpus=node_gpus, deepspeed_sleep=ds_sleep,
                colocate_all=bool(values.get("colocate_all_models")) and not values.get("async_train"),
                entropy=values.get("entropy_loss_coef") is not None)
     return rl, tuple(notes)
