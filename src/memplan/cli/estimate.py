@@ -39,27 +39,38 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     parser.set_defaults(func=run, accepts_extra=True)
 
 
-def report(run_: object, est: object, args: argparse.Namespace) -> int:
-    """Print an estimate (and suggestions when it does not fit); shared with ``check``."""
-    from memplan.advice import suggest
-    from memplan.cli import render
+def json_report(run_: object, est: object, gpu: object, host_bytes: int | None) -> dict:
+    """The ``--json`` object of an estimate: the JSON contract plus the suggestions when it does not fit
+    comfortably (shared with ``check`` and the web API, so all three answer alike)."""
     from memplan.jobs.report import estimate_json
+
+    data = estimate_json(est)  # type: ignore[arg-type]
+    data["suggestions"] = [{"change": s.change, "saving_bytes": s.saving_bytes,
+                            "effects": [{"change": c, "saving_bytes": b} for c, b in getattr(s, "effects", ())],
+                            "max_reserved_bytes": s.max_reserved_bytes,
+                            "verdict": str(s.estimate.verdict) if s.estimate.verdict else None}
+                           for s in _suggestions(run_, est, gpu, host_bytes)]
+    return data
+
+
+def _suggestions(run_: object, est: object, gpu: object, host_bytes: int | None) -> list:
+    from memplan.advice import suggest
     from memplan.jobs.result import Verdict
 
+    if gpu is None or est.verdict not in (Verdict.OOM, Verdict.TIGHT):  # type: ignore[attr-defined]
+        return []
+    return suggest(run_, est, gpu=gpu, host_ram_bytes=host_bytes)  # type: ignore[arg-type]
+
+
+def report(run_: object, est: object, args: argparse.Namespace) -> int:
+    """Print an estimate (and suggestions when it does not fit); shared with ``check``."""
+    from memplan.cli import render
+
     gpu, host_bytes = args._capacity
-    suggestions = []
-    if est.verdict in (Verdict.OOM, Verdict.TIGHT) or (gpu is None and not args.json):  # type: ignore[attr-defined]
-        suggestions = suggest(run_, est, gpu=gpu, host_ram_bytes=host_bytes) if gpu is not None else []  # type: ignore[arg-type]
     if args.json:
-        data = estimate_json(est)  # type: ignore[arg-type]
-        data["suggestions"] = [{"change": s.change, "saving_bytes": s.saving_bytes,
-                                "effects": [{"change": c, "saving_bytes": b} for c, b in getattr(s, "effects", ())],
-                                "max_reserved_bytes": s.max_reserved_bytes,
-                                "verdict": str(s.estimate.verdict) if s.estimate.verdict else None}
-                               for s in suggestions]
-        render.print_json(data)
+        render.print_json(json_report(run_, est, gpu, host_bytes))
     else:
-        print(render.estimate_text(est, suggestions, explain=args.explain))
+        print(render.estimate_text(est, _suggestions(run_, est, gpu, host_bytes), explain=args.explain))
     return 0
 
 

@@ -39,21 +39,36 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     parser.set_defaults(func=run, accepts_extra=True)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Plan, then print the plans (exit 0 also when nothing fits: the answer says why)."""
-    from memplan.cli import render
+def plan_results(model: str, method: str, gpu: str, *, host_ram: str | None = None, gpus_per_node: int = 8,
+                 max_gpus: int | None = None, flags: list[str] | tuple[str, ...] = (), keep: list[str] | tuple[str, ...] = (),
+                 allow_lora: bool = False, version: str | None = None) -> list:
+    """The plan for each GPU type of the comma-separated ``gpu`` (shared with the web API)."""
     from memplan.errors import ConfigError
     from memplan.planner import plan_gpus
 
-    gpus = [g.strip() for g in args.gpu.split(",") if g.strip()]
+    gpus = [g.strip() for g in gpu.split(",") if g.strip()]
     if not gpus:
         raise ConfigError("--gpu", "give at least one GPU type")
-    results = plan_gpus(args.model, args.method, gpus=gpus, host_ram=args.host_ram,
-                        gpus_per_node=args.gpus_per_node, max_gpus=args.max_gpus, flags=args.extra,
-                        keep=args.keep, allow_lora=args.allow_lora, version=args.openrlhf_version)
+    return plan_gpus(model, method, gpus=gpus, host_ram=host_ram, gpus_per_node=gpus_per_node, max_gpus=max_gpus,
+                     flags=list(flags), keep=list(keep), allow_lora=allow_lora, version=version)
+
+
+def json_report(results: list) -> dict:
+    """The ``--json`` object: one plan result, or the comparison of several GPU types."""
+    from memplan.cli import render
+
+    return render.plan_result_json(results[0]) if len(results) == 1 else render.plan_comparison_json(results)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Plan, then print the plans (exit 0 also when nothing fits: the answer says why)."""
+    from memplan.cli import render
+
+    results = plan_results(args.model, args.method, args.gpu, host_ram=args.host_ram,
+                           gpus_per_node=args.gpus_per_node, max_gpus=args.max_gpus, flags=args.extra,
+                           keep=args.keep, allow_lora=args.allow_lora, version=args.openrlhf_version)
     if args.json:
-        render.print_json(render.plan_result_json(results[0]) if len(results) == 1
-                          else render.plan_comparison_json(results))
+        render.print_json(json_report(results))
     elif len(results) == 1:
         print(render.plan_result_text(results[0]))
     else:
