@@ -6,7 +6,7 @@ stacked by what the memory holds (the JSON contract's categories, DESIGN.md), ag
 line. A plan gives, per GPU type, the minimum and the recommended layout side by side: one bar per role
 set at its peak phase. Standard library only; the renderers (vega-embed, vl-convert) live in the web extra.
 
-The spec follows the Vega-Lite v5 schema (https://vega.github.io/schema/vega-lite/v5.json): ``vconcat``
+The spec follows the Vega-Lite v6 schema (https://vega.github.io/schema/vega-lite/v6.json): ``vconcat``
 / ``hconcat`` of ``layer`` charts with inline ``data.values``. Each bar segment's row carries its exact
 ``bytes`` next to the ``gib`` it is drawn with, so a reader (or a test) can add the segments back up.
 """
@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-#: Vega-Lite schema the specs are written for (vl-convert 1.x and vega-embed 6 read v5).
-SCHEMA = "https://vega.github.io/schema/vega-lite/v5.json"
+#: Vega-Lite schema the specs are written for: v6, the version vl-convert-python 1.9 bundles and renders.
+SCHEMA = "https://vega.github.io/schema/vega-lite/v6.json"
 #: Bytes in one GiB: the charts' unit, as everywhere memplan prints sizes.
 GIB = 1 << 30
 
@@ -34,7 +34,7 @@ CATEGORY_COLORS: dict[str, str] = {
 #: Colour of the capacity line.
 CAPACITY_COLOR = "#d62728"
 #: Panel size in pixels.
-PANEL_WIDTH, PANEL_HEIGHT = 300, 220
+PANEL_WIDTH, PANEL_HEIGHT = 250, 200
 #: Panels per row of an estimate's chart.
 COLUMNS = 3
 

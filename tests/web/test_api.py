@@ -218,4 +218,8 @@ def test_docs_page_and_chart_endpoints(client) -> None:
     assert sum(r["bytes"] for r in spec["concat"][0]["data"]["values"]) == sum(phases.values())
     assert client.post("/api/plan/chart", json={"model": "llama-3-8b", "method": "sft", "gpu": "a100-80g"}
                        ).json()["vconcat"]
+    html = client.get("/").text
+    assert "/static/vega-bundle.js" in html and "http" not in html.split("<body>")[0]  # no CDN
     assert "vegaEmbed" in client.get("/static/vega-bundle.js").text
+    assert client.get("/static/app.js").status_code == 200 and client.get("/static/style.css").status_code == 200
+    assert client.get("/static/../app.py").status_code == 404
