@@ -21,6 +21,9 @@ def add_capacity_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--openrlhf-version", metavar="V", help="OpenRLHF defaults to apply: 0.8, 0.9 or 0.11 (latest)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--explain", action="store_true", help="list every term with its source")
+    from memplan.cli.figures import add_output_args
+
+    add_output_args(parser)
 
 
 def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -71,14 +74,30 @@ def report(run_: object, est: object, args: argparse.Namespace) -> int:
         render.print_json(json_report(run_, est, gpu, host_bytes))
     else:
         print(render.estimate_text(est, _suggestions(run_, est, gpu, host_bytes), explain=args.explain))
+    if getattr(args, "plot", None) or getattr(args, "report", None):
+        _write_figures(run_, est, args)
     return 0
+
+
+def _write_figures(run_: object, est: object, args: argparse.Namespace) -> None:
+    from memplan.charts import estimate_chart
+    from memplan.cli import render
+    from memplan.cli.figures import estimate_sections, write_outputs
+
+    gpu, host_bytes = args._capacity
+    data = json_report(run_, est, gpu, host_bytes)
+    text = render.estimate_text(est, _suggestions(run_, est, gpu, host_bytes))
+    write_outputs(args, estimate_chart(est), title=f"memplan: {text.splitlines()[0][:120]}", text=text,
+                  commands=[data["command"]], details=estimate_sections(data))
 
 
 def run(args: argparse.Namespace) -> int:
     """Estimate MODEL with METHOD and the extra OpenRLHF flags."""
     from memplan.api import command_for, estimate_run, resolve_capacity, resolve_command
+    from memplan.cli.figures import check_output_args
     from memplan.model import load_model_spec
 
+    check_output_args(args)
     load_model_spec(args.model)
     argv = command_for(args.model, args.method, args.extra, gpus=args.gpus, nodes=args.nodes,
                        gpus_per_node=args.gpus_per_node)

@@ -36,6 +36,9 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     parser.add_argument("--allow-lora", action="store_true", help="LoRA may be proposed to save memory")
     parser.add_argument("--openrlhf-version", metavar="V", help="OpenRLHF version of the commands: 0.8, 0.9 or 0.11")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    from memplan.cli.figures import add_output_args
+
+    add_output_args(parser)
     parser.set_defaults(func=run, accepts_extra=True)
 
 
@@ -63,7 +66,9 @@ def json_report(results: list) -> dict:
 def run(args: argparse.Namespace) -> int:
     """Plan, then print the plans (exit 0 also when nothing fits: the answer says why)."""
     from memplan.cli import render
+    from memplan.cli.figures import check_output_args
 
+    check_output_args(args)
     results = plan_results(args.model, args.method, args.gpu, host_ram=args.host_ram,
                            gpus_per_node=args.gpus_per_node, max_gpus=args.max_gpus, flags=args.extra,
                            keep=args.keep, allow_lora=args.allow_lora, version=args.openrlhf_version)
@@ -73,4 +78,17 @@ def run(args: argparse.Namespace) -> int:
         print(render.plan_result_text(results[0]))
     else:
         print(render.plan_comparison_text(results))
+    if args.plot or args.report:
+        _write_figures(results, args)
     return 0
+
+
+def _write_figures(results: list, args: argparse.Namespace) -> None:
+    from memplan.charts import plan_chart
+    from memplan.cli import render
+    from memplan.cli.figures import write_outputs
+
+    text = render.plan_result_text(results[0]) if len(results) == 1 else render.plan_comparison_text(results)
+    commands = [p.command for r in results for p in (r.minimum, r.recommended) if p is not None]
+    write_outputs(args, plan_chart(results), title=f"memplan plan: {results[0].model} {results[0].method}",
+                  text=text, commands=commands)
