@@ -35,6 +35,8 @@ CATEGORY_COLORS: dict[str, str] = {
 CAPACITY_COLOR = "#d62728"
 #: Panel size in pixels.
 PANEL_WIDTH, PANEL_HEIGHT = 250, 200
+#: Pixels per role set in a plan's panel (role-set labels such as "8 × {critic, reward}" need the room).
+PLAN_BAR_STEP = 90
 #: Panels per row of an estimate's chart.
 COLUMNS = 3
 
@@ -130,7 +132,8 @@ def _plan_panel(title: str, plan: Any, binding: str | None) -> dict[str, Any]:
             for index, d in enumerate(devices)
             for category, num_bytes in _category_rows(d.peak.terms).items()]
     capacity = next((d.capacity_bytes for d in devices if d.capacity_bytes is not None), None)
-    return _panel(f"{title}: {plan.num_gpus} GPUs", "GPU role set (at its peak phase)", rows, capacity, "usable")
+    panel = _panel(f"{title}: {plan.num_gpus} GPUs", "GPU role set (at its peak phase)", rows, capacity, "usable")
+    return {**panel, "width": {"step": PLAN_BAR_STEP}}
 
 
 def plan_chart(results: Sequence[Any]) -> dict[str, Any]:

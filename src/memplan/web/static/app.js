@@ -173,7 +173,11 @@ async function post(path, body) {
   return data;
 }
 
+// body[data-state]: "busy" from a change until its answer is drawn, then "ready" (tests and scripts wait on it).
+function setState(state) { document.body.dataset.state = state; }
+
 function schedule() {
+  setState("busy");
   clearTimeout(timer);
   writeUrl();
   timer = setTimeout(tab === "plan" ? runPlan : runEstimate, 250);
@@ -195,6 +199,7 @@ async function runEstimate() {
     $("#error").textContent = err.message; $("#error").hidden = false;
     $("#verdict").className = "verdict"; $("#verdict").textContent = "no estimate: see the error below";
   }
+  if (mine === seq) setState("ready");
 }
 
 // ---- showing an estimate -----------------------------------------------------------------------------------
@@ -324,6 +329,7 @@ async function copyText(text, status) {
 
 async function runPlan() {
   const mine = ++seq;
+  setState("busy");
   const body = planBody();
   $("#plan-results").innerHTML = '<p class="small">planning…</p>';
   try {
@@ -343,6 +349,7 @@ async function runPlan() {
     $("#plan-results").innerHTML = "";
     $("#plan-error").textContent = err.message; $("#plan-error").hidden = false;
   }
+  if (mine === seq) setState("ready");
 }
 
 // ---- wiring ------------------------------------------------------------------------------------------------
@@ -389,6 +396,7 @@ $("#config-file").addEventListener("change", async (event) => {
 });
 
 for (const b of document.querySelectorAll(".tab")) b.onclick = () => { showTab(b.dataset.tab); schedule(); };
+$("#plan-view").addEventListener("input", () => writeUrl());
 $("#run-plan").onclick = () => { writeUrl(); runPlan(); };
 $("#share").onclick = () => { writeUrl(); copyText(location.href, null); $("#share").textContent = "Link copied"; };
 $("#pin").onclick = () => { if (lastResult) { pinned = lastResult; delete $("#pinned").dataset.drawn; showPinned(); } };
