@@ -35,6 +35,8 @@ CATEGORY_COLORS: dict[str, str] = {
 CAPACITY_COLOR = "#d62728"
 #: Panel size in pixels.
 PANEL_WIDTH, PANEL_HEIGHT = 250, 200
+#: Most bars whose labels stay horizontal; more are slanted by SLANTED_ANGLE degrees so they do not overlap.
+FLAT_LABELS, SLANTED_ANGLE = 4, -30
 #: Pixels per role set in a plan's panel (role-set labels such as "8 × {critic, reward}" need the room).
 PLAN_BAR_STEP = 90
 #: Panels per row of an estimate's chart.
@@ -66,7 +68,7 @@ def _panel(title: str, x_title: str, rows: list[dict[str, Any]], capacity_bytes:
         "mark": {"type": "bar", "tooltip": True},
         "encoding": {
             "x": {"field": "x", "type": "nominal", "title": x_title, "sort": {"field": "x_order", "op": "min"},
-                  "axis": {"labelAngle": 0}},
+                  "axis": {"labelAngle": 0 if len({r["x"] for r in rows}) <= FLAT_LABELS else SLANTED_ANGLE}},
             "y": {"field": "gib", "type": "quantitative", "aggregate": "sum", "title": "GiB", "stack": "zero"},
             "color": {"field": "category", "type": "nominal", "title": "holds", "scale": _color_scale()},
             "order": {"field": "category_order"},
@@ -115,7 +117,7 @@ def estimate_panels(est: Any) -> list[dict[str, Any]]:
 
 def _spec(title: str, body: dict[str, Any]) -> dict[str, Any]:
     return {"$schema": SCHEMA, "title": {"text": title, "anchor": "start", "offset": 14},
-            "resolve": {"scale": {"color": "shared"}}, "config": {"view": {"stroke": None}}, **body}
+            "resolve": {"scale": {"color": "shared"}}, "config": {"view": {"stroke": None}, "legend": {"orient": "bottom", "direction": "horizontal"}}, **body}
 
 
 def estimate_chart(est: Any) -> dict[str, Any]:
