@@ -47,13 +47,14 @@ MALFORMED: list[tuple[str, bytes | dict]] = [
     ("/api/check", {"command": "x" * 200_000}),                                  # oversized command
     ("/api/estimate", b"{not json"),
     ("/api/estimate", b'{"model": "llama-3-8b", "method": "sft", "gpus": NaN}'),
-    ("/api/estimate", b'{"model": "llama-3-8b", "method": "sft", "gpus": Infinity}'),
+    ("/api/estimate", b'{"model": "llama-3-8b", "method": "sft", "gpus": ' + b"9" * 5000 + b"}"),  # 5000 digits
     ("/api/estimate", b'{"model": "llama-3-8b", "method": "sft", "gpus": 1e999}'),
     ("/api/estimate", {**_BASE, "gpus": 10**40}),
     ("/api/estimate", {**_BASE, "gpus": -3}),
     ("/api/estimate", {**_BASE, "gpus": "eight"}),
     ("/api/estimate", {**_BASE, "gpus": 2.5}),
-    ("/api/estimate", {**_BASE, "gpus": [8]}),
+    ("/api/estimate", b'{"model": "x", "method": "sft", "configs": {"x": ' + b'{"a": ' * 30000 + b"1"
+     + b"}" * 30000 + b"}}"),  # nested 30,000 deep
     ("/api/estimate", {**_BASE, "unknown_field": 1}),
     ("/api/estimate", {**_BASE, "method": "magic"}),
     ("/api/estimate", {"method": "sft"}),

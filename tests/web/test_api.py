@@ -165,6 +165,16 @@ def test_malformed_json_is_422(client, raw) -> None:
     assert set(response.json()["error"]) == {"location", "message"}
 
 
+@pytest.mark.parametrize("raw", [
+    b'{"model": "llama-3-8b", "method": "sft", "gpus": ' + b"9" * 5000 + b"}",  # beyond Python's int digits limit
+    b'{"model": "x", "method": "sft", "configs": {"x": ' + b'{"a": ' * 30000 + b"1" + b"}" * 30000 + b"}}",
+])
+def test_unparseable_bodies_are_400_with_the_error_shape(client, raw) -> None:
+    response = client.post("/api/estimate", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert response.json()["error"]["location"] == "body"
+
+
 def test_oversized_body_is_413_before_parsing(client) -> None:
     response = client.post("/api/check", content=b"{" + b" " * MAX_BODY_BYTES + b"}",
                            headers={"content-type": "application/json"})

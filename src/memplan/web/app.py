@@ -110,7 +110,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, "path", str(exc.detail))
+        where = "body" if exc.status_code == 400 else "path"  # 400: the body could not be parsed at all
+        return error_response(exc.status_code, where, str(exc.detail))
 
     @app.exception_handler(MemplanError)
     async def bad_input(_: Request, exc: MemplanError) -> JSONResponse:
