@@ -6,13 +6,9 @@ its own adapters.
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import json
 import os
-from collections.abc import Iterator, Mapping
-from contextvars import ContextVar
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -110,53 +106,14 @@ def _fetch_from_hub(repo_id: str) -> Path:
                                           "offline? download its config.json and pass the path") from None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Sandbox:
-    """What a model name may resolve to while serving requests from a client (``memplan serve``)."""
-
-    configs: Mapping[str, dict[str, Any]]
-    """Uploaded config.json objects by the name the request gave them (parsed data, never a path)."""
-    allow_hub: bool
-    """Whether hub ids not among the presets may be fetched."""
-
-
-_SANDBOX: ContextVar[_Sandbox | None] = ContextVar("memplan_model_sandbox", default=None)
-
-
-@contextlib.contextmanager
-def sandboxed(configs: Mapping[str, dict[str, Any]] | None = None, *, allow_hub: bool = False) -> Iterator[None]:
-    """Within this block (this thread or task only), a model name is a preset, one of ``configs``, or, with
-    ``allow_hub``, a hub id: never a file or directory path, so a web client cannot make the server read
-    its files."""
-    token = _SANDBOX.set(_Sandbox(configs=dict(configs or {}), allow_hub=allow_hub))
-    try:
-        yield
-    finally:
-        _SANDBOX.reset(token)
-
-
-def _load_sandboxed(model: str, sandbox: _Sandbox) -> ModelSpec:
-    if model in sandbox.configs:
-        return spec_from_config(sandbox.configs[model], name=model, location=f"{model} (uploaded config.json)")
-    preset = find_preset(model)
-    if preset is not None:
-        return spec_from_config(preset.config(), name=preset.name, location=f"preset {preset.name}")
-    if sandbox.allow_hub and _looks_like_hub_id(model) and ".." not in model:
-        path = _fetch_from_hub(model)
-        return spec_from_config(read_config_file(path), name=model, location=f"{model}/config.json")
-    close = difflib.get_close_matches(model.lower(), preset_names(), n=3, cutoff=0.6)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    where = "a preset, an uploaded config.json or a hub id" if sandbox.allow_hub else "a preset or an uploaded config.json"
-    raise ModelNotFoundError(model, f"not {where} (this server reads no paths{'' if sandbox.allow_hub else ' and no hub'}){hint}")
-
-
 def load_model_spec(model: str) -> ModelSpec:
     """Resolve ``model`` (preset name, hub id, config.json path or directory) to a ModelSpec."""
     if not isinstance(model, str) or not model.strip():
         raise ConfigError("MODEL", "must name a preset, a hub id or a config.json path")
-    sandbox = _SANDBOX.get()
-    if sandbox is not None:
-        return _load_sandboxed(model, sandbox)
+    from memplan.model.sandbox import active_sandbox  # serving web requests: no paths (model/sandbox.py)
+
+    if (sandbox := active_sandbox()) is not None:
+        return sandbox.load(model)
     local = _local_config_path(model)
     if local is not None:
         return spec_from_config(read_config_file(local), name=model, location=str(local))

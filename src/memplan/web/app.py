@@ -130,7 +130,7 @@ class Runner:
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="memplan-web")
 
     def _sandboxed(self, fn: Callable[[], Any], configs: dict[str, dict[str, Any]]) -> Any:
-        from memplan.model.loader import sandboxed
+        from memplan.model.sandbox import sandboxed
 
         with sandboxed(configs, allow_hub=self.allow_hub):
             return fn()

@@ -8,9 +8,8 @@ import threading
 import pytest
 
 from memplan.errors import ModelNotFoundError
-from memplan.model import load_model_spec
-from memplan.model import loader
-from memplan.model.loader import sandboxed
+from memplan.model import load_model_spec, loader
+from memplan.model.sandbox import sandboxed
 
 TINY = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": 1000}
@@ -36,11 +35,15 @@ def test_uploaded_configs_resolve_by_name_only_inside() -> None:
 def test_hub_only_when_allowed(monkeypatch) -> None:
     fetched = []
 
-    def fake_fetch(repo_id):
-        fetched.append(repo_id)
-        raise ModelNotFoundError(repo_id, "offline")
+    real = loader.load_model_spec
 
-    monkeypatch.setattr(loader, "_fetch_from_hub", fake_fetch)
+    def fake_load(name):  # the loader outside the sandbox, with its hub branch faked
+        if "/" in name:
+            fetched.append(name)
+            raise ModelNotFoundError(name, "offline")
+        return real(name)
+
+    monkeypatch.setattr(loader, "load_model_spec", fake_load)
     with sandboxed(), pytest.raises(ModelNotFoundError, match="no hub"):
         load_model_spec("some-org/some-model")
     assert fetched == []
