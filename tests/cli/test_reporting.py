@@ -136,7 +136,8 @@ def test_assumed_gpu_count_and_second_command_notes(capsys, monkeypatch) -> None
 
 
 def test_validate_from_another_directory(capsys, monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.chdir(tmp_path)
+    # a folder inside the checkout (CI installs memplan non-editable, so the checkout is found from the cwd)
+    monkeypatch.chdir(Path(__file__).resolve().parents[1] / "data")
     data = json.loads(_out(capsys, ["validate", "--kind", "exact", "--json"]))
     assert data["passed"] and Path(data["validation_dir"]).is_absolute()
     monkeypatch.setattr(validate_cli, "find_checkout", lambda start: None)
