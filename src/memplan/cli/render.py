@@ -87,6 +87,15 @@ def _verdict_text(verdict: Any, need: int, capacity: int | None) -> str:
     return f"{verdict} ({gib(capacity - need)} free)"
 
 
+def _host_limit_text(h: Any) -> str:
+    """`` of 1490.12 GiB`` or, under Ray, `` against 1415.61 GiB (Ray memory_usage_threshold 0.95 of 1600 GB)``."""
+    if not h.capacity_bytes:
+        return ""
+    if h.limit is None or h.limit.bytes == h.capacity_bytes:
+        return f" of {gib(h.capacity_bytes)}"
+    return f" against {gib(h.limit.bytes)} ({h.limit.rule})"
+
+
 def _terms_lines(terms: Sequence[Any], limit: int | None, explain: bool) -> list[str]:
     ordered = sorted(terms, key=lambda t: -t.bytes)
     shown = ordered if limit is None else ordered[:limit]
@@ -115,9 +124,8 @@ def estimate_text(est: Any, suggestions: Sequence[Any] = (), *, explain: bool = 
         lines += _terms_lines(peak.terms, None if explain else TOP_TERMS, explain)
     lines.append("")
     for h in est.hosts:
-        cap = f" of {gib(h.capacity_bytes)}" if h.capacity_bytes else ""
-        lines.append(f"host {h.id}: {gib(h.peak_bytes)} RAM peak in {h.peak.phase}{cap} → "
-                     f"{_verdict_text(h.verdict, h.peak_bytes, h.capacity_bytes)}")
+        lines.append(f"host {h.id}: {gib(h.peak_bytes)} RAM peak in {h.peak.phase}{_host_limit_text(h)} → "
+                     f"{_verdict_text(h.verdict, h.peak_bytes, h.judged_bytes)}")
         if explain:
             lines += _terms_lines(h.peak.terms, None, explain)
     total_gpu = sum(d.peak_bytes * d.count for d in est.devices)
@@ -206,7 +214,7 @@ def plan_text(title: str, plan: Any) -> str:
                        plan_role_rows(est), "lrrrrrll")
     lines += ["  " + line for line in table_text.splitlines()]
     for h in est.hosts:
-        cap = f" of {gib(h.capacity_bytes)} ({h.verdict})" if h.capacity_bytes else ""
+        cap = f"{_host_limit_text(h)} ({h.verdict})" if h.capacity_bytes else ""
         lines.append(f"  host RAM {h.id}: {gib(h.peak_bytes)} at {h.peak.phase}{cap}")
     lines += ["  command:", f"    {plan.command}"]
     return "\n".join(lines)

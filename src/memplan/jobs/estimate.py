@@ -16,6 +16,7 @@ from dataclasses import replace
 
 from memplan.hardware.gpu import Gpu
 from memplan.jobs.job import Job
+from memplan.memory.host_limit import physical_limit
 from memplan.jobs.result import DeviceEstimate, Estimate, HostEstimate, PhaseUsage
 from memplan.jobs.roles import RoleMemory, role_memory
 from memplan.memory import overhead
@@ -105,7 +106,8 @@ def estimate_job(job: Job, *, gpu: Gpu | None = None, host_ram_bytes: int | None
                                       reserved_bytes=reserved_for(peak)))
         ranks = {str(m.role.name): group.gpus_per_node for m in mems}
         node_usage = host_phases(mems, ranks, phases)
-        hosts += [HostEstimate(id=f"node{n}", phases=node_usage, capacity_bytes=host_ram_bytes)
+        limit = physical_limit(host_ram_bytes) if host_ram_bytes is not None else None
+        hosts += [HostEstimate(id=f"node{n}", phases=node_usage, capacity_bytes=host_ram_bytes, limit=limit)
                   for n in range(group.num_nodes)]
     models = {str(m.role.name): m.info for m in memories}
     return Estimate(models=models, devices=tuple(devices), hosts=tuple(hosts), command=job.command)

@@ -34,6 +34,8 @@ def host_json(host: HostEstimate) -> dict[str, Any]:
     peak = host.peak
     return {"id": host.id, "peak_bytes": peak.bytes, "peak_phase": str(peak.phase),
             "phases": _phases_json(host.phases), "capacity_bytes": host.capacity_bytes,
+            "judged_against": ({"bytes": host.limit.bytes, "rule": host.limit.rule, "source": str(host.limit.source)}
+                               if host.limit is not None else None),
             "verdict": str(host.verdict) if host.verdict else None,
             "breakdown": [_term_json(t, str(peak.phase)) for t in peak.terms]}
 

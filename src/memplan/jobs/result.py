@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from memplan.memory.breakdown import Phase, Term
+from memplan.memory.host_limit import HostLimit
 
 
 class Verdict(StrEnum):
@@ -116,6 +117,13 @@ class HostEstimate:
     """Usage per phase."""
     capacity_bytes: int | None
     """Host RAM of the node, when given."""
+    limit: HostLimit | None = None
+    """What the verdict is judged against (Ray's kill threshold for Ray runs); the physical RAM when None."""
+
+    @property
+    def judged_bytes(self) -> int | None:
+        """The host RAM the node may use before a process is killed (None without a capacity)."""
+        return self.limit.bytes if self.limit is not None else self.capacity_bytes
 
     @property
     def peak(self) -> PhaseUsage:
@@ -129,8 +137,8 @@ class HostEstimate:
 
     @property
     def verdict(self) -> Verdict | None:
-        """Verdict against the node's RAM."""
-        return verdict_for(self.peak_bytes, self.capacity_bytes)
+        """Verdict against ``judged_bytes`` (Ray's threshold or the node's RAM)."""
+        return verdict_for(self.peak_bytes, self.judged_bytes)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

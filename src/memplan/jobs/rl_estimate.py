@@ -18,7 +18,8 @@ from memplan.jobs.job import Role, RoleName, RlJob, Slot
 from memplan.jobs.result import DeviceEstimate, Estimate, HostEstimate, ModelInfo, PhaseUsage
 from memplan.jobs.roles import RoleMemory, activation_config, role_memory, role_tree
 from memplan.jobs import rollout as rollout_terms
-from memplan.memory import host, overhead
+from memplan.memory import host_process, overhead
+from memplan.memory.host_limit import ray_limit
 from memplan.memory.breakdown import Category, Device, Phase, Term
 from memplan.memory.transient import HeadConfig, forward_only_terms
 from memplan.model.params import largest_tensor_numel
@@ -136,7 +137,7 @@ def _host_terms(slot_roles: list[tuple[RoleName, ...]], mems: dict[RoleName, Rol
     for name, ranks in counts.items():
         per_rank: list[Term] = []
         if name == RoleName.ROLLOUT:
-            per_rank += rollout_terms.host_terms(rl, phase) + [host.process_runtime(role="rollout")]
+            per_rank += rollout_terms.host_terms(rl, phase) + host_process.gpu_process(role="rollout", under_ray=True)
         else:
             mem = mems[name]
             per_rank += [t for t in mem.cpu_terms if host_resident(t, phase)]
@@ -158,7 +159,8 @@ def estimate_rl(rl: RlJob, *, gpu: Gpu, host_ram_bytes: int | None) -> Estimate:
     mems: dict[RoleName, RoleMemory] = {}
     for role in rl.job.roles:
         phases = (Phase.FORWARD, Phase.MAKE_EXPERIENCE) if role.trained else (Phase.MAKE_EXPERIENCE,)
-        mems[role.name] = role_memory(role, groups[role.group], rl.job.logprob_impl, forward_phases=phases)
+        mems[role.name] = role_memory(role, groups[role.group], rl.job.logprob_impl, forward_phases=phases,
+                                      under_ray=True)
     by_roles: dict[tuple[RoleName, ...], list[Slot]] = defaultdict(list)
     for slot in rl.slots:
         by_roles[slot.roles].append(slot)
@@ -173,8 +175,10 @@ def estimate_rl(rl: RlJob, *, gpu: Gpu, host_ram_bytes: int | None) -> Estimate:
     nodes: dict[int, list[tuple[RoleName, ...]]] = defaultdict(list)
     for slot in rl.slots:
         nodes[slot.node].append(slot.roles)
-    hosts = [HostEstimate(id=f"node{n}", capacity_bytes=host_ram_bytes,
-                          phases=tuple(PhaseUsage(phase=p, terms=tuple(_host_terms(nodes[n], mems, rl, p)))
+    limit = ray_limit(host_ram_bytes) if host_ram_bytes is not None else None
+    hosts = [HostEstimate(id=f"node{n}", capacity_bytes=host_ram_bytes, limit=limit,
+                          phases=tuple(PhaseUsage(phase=p, terms=tuple(_host_terms(nodes[n], mems, rl, p)
+                                                                       + host_process.ray_node(head=n == min(nodes))))
                                        for p in (Phase.LOAD, *RL_PHASES)))
              for n in sorted(nodes)]
     models = {str(n): m.info for n, m in mems.items()}

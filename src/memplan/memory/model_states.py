@@ -271,7 +271,7 @@ def trained_model_states(layout: ParamLayout, zero: ZeroConfig, *, role: str,
                                     training=True),
              *hpz_secondary_params(layout, zero, role=role),
              *offload_gpu_buffers(layout, zero, role=role)]
-    return terms + host.offloaded_optimizer_buffers(layout, zero, role=role)
+    return terms + host.offloaded_optimizer_buffers(layout, zero, role=role) + host.pinned_overheads(layout, zero, role=role)
 
 
 def frozen_model_states(layout: ParamLayout, zero: ZeroConfig, *, role: str,

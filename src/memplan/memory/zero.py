@@ -304,18 +304,24 @@ def grads_in_partition_numel(layout: ParamLayout, dp_degree: int) -> int:
     partition (stage_1_and_2.py:2184-2194, membership from ``get_partition_info`` :2579-2611), so a
     rank pays for the tensors cut by its boundaries. Counts-only layouts have no boundaries.
     """
+    return sum(grads_in_partition_tensors(layout, dp_degree))
+
+
+def grads_in_partition_tensors(layout: ParamLayout, dp_degree: int) -> tuple[int, ...]:
+    """The tensors (numel each) overlapping the worst rank's stage 1/2 partition (see
+    ``grads_in_partition_numel``); a counts-only layout gives its partitions, one per group."""
     partitions = stage12_partition_numels(layout, dp_degree)
     if not layout.per_tensor:
-        return sum(partitions)
-    totals = [0] * dp_degree
+        return partitions
+    tensors: list[list[int]] = [[] for _ in range(dp_degree)]
     for group, size in zip(layout.trainable_groups, partitions):
         start = 0
         for numel in group:
             first, last = start // size, min((start + numel - 1) // size, dp_degree - 1)
             for rank in range(first, last + 1):
-                totals[rank] += numel
+                tensors[rank].append(numel)
             start += numel
-    return max(totals)
+    return tuple(max(tensors, key=sum))
 
 
 # --- stage 3 partitions ------------------------------------------------------------------------
@@ -354,18 +360,25 @@ def persistent_numel(layout: ParamLayout, threshold: int) -> int:
 
 
 def largest_sub_group_numel(layout: ParamLayout, dp_degree: int, sub_group_size: int) -> int:
-    """Largest ZeRO-3 optimizer sub-group: partitions accumulated until ``>= sub_group_size``
-    (stage3.py:1210-1233, ``_create_fp16_sub_groups``)."""
-    largest = 0
+    """Largest ZeRO-3 optimizer sub-group (``sub_group_numels``)."""
+    return max(sub_group_numels(layout, dp_degree, sub_group_size), default=0)
+
+
+def sub_group_numels(layout: ParamLayout, dp_degree: int, sub_group_size: int) -> tuple[int, ...]:
+    """Each ZeRO-3 optimizer sub-group's partition numel on one rank: per parameter group, partitions
+    accumulated until ``>= sub_group_size`` (stage3.py:1210-1233, ``_create_fp16_sub_groups``)."""
+    sizes: list[int] = []
     for group in layout.trainable_groups:
         partitions = [stage3_partition_numel(t, dp_degree) for t in group]
         if sum(partitions) <= sub_group_size:
-            largest = max(largest, sum(partitions))
+            sizes.append(sum(partitions))
             continue
         current = 0
         for numel in partitions:
             current += numel
             if current >= sub_group_size:
-                largest, current = max(largest, current), 0
-        largest = max(largest, current)
-    return largest
+                sizes.append(current)
+                current = 0
+        if current:
+            sizes.append(current)
+    return tuple(s for s in sizes if s)
