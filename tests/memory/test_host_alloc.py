@@ -64,3 +64,18 @@ def test_seed_70b_actor_gradient_partition_pins_64_gib() -> None:
     terms = {t.path: t.bytes for t in est.hosts[0].peak.terms}
     assert terms["actor.grads (×4 ranks)"] == 4 * 34_488_324_096
     assert terms["actor.grads.pinned_rounding (×4 ranks)"] == 4 * (64 * GiB - 34_488_324_096)
+
+
+def test_offloaded_frozen_partitions_pin_one_block_per_tensor() -> None:
+    # --ref_offload at ZeRO-3: each parameter's partition is pinned on its own (partition_parameters.py
+    # :1836-1843); a 1.5e9-element bf16 tensor (3e9 B) pins 4 GiB, a 100-element one stays on the GPU
+    # (persistence threshold 1e5).
+    from memplan.memory.model_states import frozen_model_states
+    from memplan.memory.zero import eval_zero_config
+
+    layout = ParamLayout(trainable_groups=(), frozen_tensors=(1_500_000_000, 100), largest_layer_params=1_500_000_000)
+    zero = eval_zero_config(zero_stage=3, dp_degree=1, ranks_per_node=1, offload=True)
+    terms = {t.path: t.bytes for t in frozen_model_states(layout, zero, role="ref")}
+    assert terms["ref.params.partition"] == 3_000_000_000
+    assert terms["ref.params.partition.pinned_rounding"] == 4 * GiB - 3_000_000_000
+    assert "ref.offload.pin_memory_copy" not in terms  # pinned from an untouched torch.empty

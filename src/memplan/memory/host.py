@@ -16,7 +16,7 @@ from memplan.memory import host_alloc
 from memplan.memory.breakdown import Category, Device, Phase, Term
 from memplan.memory.zero import (
     ParamLayout, ZeroConfig, ds_source, grads_in_partition_numel, grads_in_partition_tensors,
-    stage3_trainable_partition_numel, stage12_partition_numels, sub_group_numels,
+    stage3_partition_numel, stage3_trainable_partition_numel, stage12_partition_numels, sub_group_numels,
 )
 from memplan.sources import Source, code
 
@@ -66,6 +66,8 @@ def pinned_allocations(layout: ParamLayout, zero: ZeroConfig, *, role: str) -> l
     """Every separate pinned host allocation DeepSpeed makes on one rank, grouped by the term it backs:
     ``(term path, bytes of each allocation, whether it pins a copy of a filled pageable tensor)``.
 
+        offload_param (``--ref_offload``...): {role}.params.partition, one lp partition per tensor above the
+                   persistence threshold (partition_parameters.py:1836-1843, pinned from an untouched torch.empty)
         stage 3:   {role}.grads              one flat lp buffer p3 (``grad_partitions_flat_buffer`` :791-795)
                    {role}.offload.fp32_grads one fp32 buffer per optimizer sub-group (:1337-1342)
         stage 1/2: {role}.optimizer.master_params, {role}.offload.fp32_grads, {role}.offload.param_staging:
@@ -79,10 +81,16 @@ def pinned_allocations(layout: ParamLayout, zero: ZeroConfig, *, role: str) -> l
     no-decay (``layout.trainable_groups``). Assumes: ``pin_memory: true`` (OpenRLHF's DeepSpeed config).
     Checked by: tests/memory/test_host_alloc.py::test_zero3_offload_pinned_allocations
     """
-    if not zero.pin_memory or not layout.trainable_params:
+    if not zero.pin_memory:
         return []
     lp, fp32, n = zero.param_dtype, HOST_GRAD_DTYPE, zero.dp_degree
     out: list[tuple[str, tuple[int, ...], bool]] = []
+    if zero.stage == ZeroStage.ZERO_3 and zero.offload_param:
+        threshold = zero.param_persistence_threshold if layout.per_tensor else -1
+        out.append((f"{role}.params.partition", tuple(bytes_for(stage3_partition_numel(t, n), lp)
+                                                      for t in layout.all_tensors() if t > threshold), False))
+    if not layout.trainable_params:
+        return out
     if zero.stage == ZeroStage.ZERO_3:
         if zero.offload_optimizer:
             out.append((f"{role}.grads", (bytes_for(stage3_trainable_partition_numel(layout, n), zero.grad_accum_dtype),),
