@@ -79,3 +79,23 @@ def test_offloaded_frozen_partitions_pin_one_block_per_tensor() -> None:
     assert terms["ref.params.partition"] == 3_000_000_000
     assert terms["ref.params.partition.pinned_rounding"] == 4 * GiB - 3_000_000_000
     assert "ref.offload.pin_memory_copy" not in terms  # pinned from an untouched torch.empty
+
+
+def test_vllm_sleeping_weights_rounded_per_tensor() -> None:
+    # Llama-2-70B, TP 2, bf16: per layer qkv_proj (8192 + 2*1024)/2 x 8192 x 2 B = 80 MiB -> 128 MiB,
+    # o_proj 8192 x 4096 x 2 B = 64 MiB (a power of two), gate_up_proj 2 x 14336 x 8192 x 2 B = 448 MiB
+    # -> 512 MiB, down_proj 8192 x 14336 x 2 B = 224 MiB -> 256 MiB: 48 + 64 + 32 = 144 MiB per layer, x 80.
+    # embed_tokens and lm_head 16000 x 8192 x 2 B = 250 MiB -> 256 MiB each; rotary cache 4096 x 128 x 2 B = 1 MiB
+    # and the 161 norms (16 KiB each) share 2 MiB small segments: 2 segments, 4 MiB pinned for 3.52 MiB.
+    from memplan.api import load_model_spec
+    from memplan.memory.vllm import VllmConfig
+    from memplan.memory.vllm_budget import engine_host_terms
+
+    spec = load_model_spec("llama-2-70b")
+    cfg = VllmConfig(tensor_parallel_size=2, gpu_memory_utilization=0.9, max_model_len=2048, max_num_seqs=256,
+                     max_num_batched_tokens=8192, sleep_level=1)
+    terms = {t.path: t.bytes for t in engine_host_terms(spec, cfg)}
+    MiB = 2**20
+    small = 1 * MiB + 161 * 16 * 1024
+    expected = 80 * 144 * MiB + 2 * 6 * MiB + (4 * MiB - small)
+    assert terms["rollout.sleeping_weights.pinned_rounding"] == expected
