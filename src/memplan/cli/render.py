@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from memplan.units import GB, GiB, KiB, MiB, TiB
+from memplan.memory.host import by_kind
 
 
 def gib(num_bytes: int, digits: int = 2) -> str:
@@ -87,6 +88,19 @@ def _verdict_text(verdict: Any, need: int, capacity: int | None) -> str:
     return f"{verdict} ({gib(capacity - need)} free)"
 
 
+def _host_timeline_lines(phases: Sequence[Any]) -> list[str]:
+    """One line per run of consecutive phases with the same host RAM by kind: ``rollout, training: X = ...``."""
+    runs: list[tuple[list[str], int, dict]] = []
+    for p in phases:
+        kinds = by_kind(p.terms)
+        if runs and runs[-1][2] == kinds:
+            runs[-1][0].append(str(p.phase))
+        else:
+            runs.append(([str(p.phase)], p.bytes, kinds))
+    return [f"    {', '.join(names)}: {gib(total)} = " + " + ".join(f"{k} {gib(b)}" for k, b in kinds.items())
+            for names, total, kinds in runs]
+
+
 def _host_limit_text(h: Any) -> str:
     """`` of 1490.12 GiB`` or, under Ray, `` against 1415.61 GiB (Ray memory_usage_threshold 0.95 of 1600 GB)``."""
     if not h.capacity_bytes:
@@ -126,6 +140,7 @@ def estimate_text(est: Any, suggestions: Sequence[Any] = (), *, explain: bool = 
     for h in est.hosts:
         lines.append(f"host {h.id}: {gib(h.peak_bytes)} RAM peak in {h.peak.phase}{_host_limit_text(h)} → "
                      f"{_verdict_text(h.verdict, h.peak_bytes, h.judged_bytes)}")
+        lines += _host_timeline_lines(h.phases)
         if explain:
             lines += _terms_lines(h.peak.terms, None, explain)
     total_gpu = sum(d.peak_bytes * d.count for d in est.devices)

@@ -16,6 +16,7 @@ from dataclasses import replace
 
 from memplan.hardware.gpu import Gpu
 from memplan.jobs.job import Job
+from memplan.memory.host import HostKind, host_kind
 from memplan.memory.host_limit import physical_limit
 from memplan.jobs.result import DeviceEstimate, Estimate, HostEstimate, PhaseUsage
 from memplan.jobs.roles import RoleMemory, role_memory
@@ -65,7 +66,7 @@ def host_resident(term: Term, phase: Phase) -> bool:
     holds only the load terms and the processes' runtime."""
     if term.phase is not None:
         return term.phase == phase
-    return phase != Phase.LOAD or term.category == Category.OVERHEAD
+    return phase != Phase.LOAD or host_kind(term) == HostKind.PROCESSES
 
 
 def host_phases(memories: list[RoleMemory], ranks_per_node: dict[str, int],

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from memplan import __version__
+from memplan.memory.host import by_kind
 from memplan.jobs.result import DeviceEstimate, Estimate, HostEstimate, PhaseUsage
 from memplan.memory.breakdown import Term
 
@@ -37,6 +38,8 @@ def host_json(host: HostEstimate) -> dict[str, Any]:
             "judged_against": ({"bytes": host.limit.bytes, "rule": host.limit.rule, "source": str(host.limit.source)}
                                if host.limit is not None else None),
             "verdict": str(host.verdict) if host.verdict else None,
+            "timeline": [{"phase": str(p.phase), "bytes": p.bytes,
+                          "by_kind": {str(k): b for k, b in by_kind(p.terms).items()}} for p in host.phases],
             "breakdown": [_term_json(t, str(peak.phase)) for t in peak.terms]}
 
 

@@ -9,6 +9,7 @@ offloaded fp32 master weights and Adam moments are produced by ``model_states.fp
 from __future__ import annotations
 
 from collections.abc import Iterable
+from enum import StrEnum
 
 from memplan.dtypes import DType, bytes_for
 from memplan.jobs.options import ZeroStage
@@ -171,3 +172,44 @@ def per_node(rank_terms: Iterable[Term], zero: ZeroConfig) -> list[Term]:
 
 def _cpu(path: str, numel: int, dtype: DType, category: Category, source: Source) -> Term:
     return Term(path=path, bytes=bytes_for(numel, dtype), category=category, device=Device.CPU, source=source)
+
+
+class HostKind(StrEnum):
+    """What a host term is, for the per-node timeline (a report grouping, not a formula)."""
+
+    OPTIMIZER = "optimizer_state"
+    """fp32 master weights and Adam moments."""
+    PINNED = "pinned_buffers"
+    """DeepSpeed's offload buffers (gradients, staging) and offloaded or sleeping weights."""
+    ROUNDING = "rounding"
+    """What the pinned-memory allocator pins beyond the tensors (``*.pinned_rounding``)."""
+    PROCESSES = "processes"
+    """Interpreters, imports, CUDA contexts, Ray's daemons (``*.runtime.*``, ``ray.*``)."""
+    LOADING = "loading"
+    """The model as it is read, and the pin_memory() copies of engine initialisation."""
+    REPLAY_BUFFER = "replay_buffer"
+    """RL experiences kept on the host."""
+
+
+def host_kind(term: Term) -> HostKind:
+    """The timeline kind of one host term, from its path and category (memplan's own grouping)."""
+    path = term.path.split(" (×", 1)[0]
+    if path.endswith(".pinned_rounding"):
+        return HostKind.ROUNDING
+    if ".runtime." in path or path.startswith("ray."):
+        return HostKind.PROCESSES
+    if ".replay_buffer" in path:
+        return HostKind.REPLAY_BUFFER
+    if term.phase == Phase.LOAD:
+        return HostKind.LOADING
+    if term.category == Category.OPTIMIZER:
+        return HostKind.OPTIMIZER
+    return HostKind.PINNED
+
+
+def by_kind(terms: Iterable[Term]) -> dict[HostKind, int]:
+    """Bytes per timeline kind, in HostKind order, kinds with no bytes left out."""
+    totals = {kind: 0 for kind in HostKind}
+    for term in terms:
+        totals[host_kind(term)] += term.bytes
+    return {kind: nbytes for kind, nbytes in totals.items() if nbytes}
