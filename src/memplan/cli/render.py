@@ -88,6 +88,20 @@ def _verdict_text(verdict: Any, need: int, capacity: int | None) -> str:
     return f"{verdict} ({gib(capacity - need)} free)"
 
 
+def _roles_text(roles: dict[str, int]) -> str:
+    return "{" + ", ".join(f"{r}×{n}" for r, n in roles.items()) + "}"
+
+
+def _placement_lines(risk: Any) -> list[str]:
+    """Which placement the host lines assume, and the worst one Ray may choose instead."""
+    assumed = ", ".join(f"node{i} {_roles_text(r)}" for i, r in enumerate(risk.assumed))
+    node = risk.worst[risk.worst_node]
+    worst = (f"node{risk.worst_node} {_roles_text(risk.worst_roles[risk.worst_node])} {gib(node.peak_bytes)}"
+             f"{_host_limit_text(node)} → {_verdict_text(node.verdict, node.peak_bytes, node.judged_bytes)}")
+    return [f"placement: as estimated {assumed} (groups filled in creation order)",
+            f"  Ray's PACK policy may choose {risk.num_placements} placement(s); the fullest node of the worst: {worst}"]
+
+
 def _host_timeline_lines(phases: Sequence[Any]) -> list[str]:
     """One line per run of consecutive phases with the same host RAM by kind: ``rollout, training: X = ...``."""
     runs: list[tuple[list[str], int, dict]] = []
@@ -147,8 +161,12 @@ def estimate_text(est: Any, suggestions: Sequence[Any] = (), *, explain: bool = 
     total_host = sum(h.peak_bytes for h in est.hosts)
     lines.append(f"cluster: {est.num_gpus} GPUs, {gib(total_gpu)} GPU memory at peak; {len(est.hosts)} node(s), "
                  f"{gib(total_host)} host RAM at peak")
+    if est.placement_risk is not None:
+        lines += _placement_lines(est.placement_risk)
     verdict = est.verdict
-    lines.append(f"verdict: {verdict if verdict else 'no --gpu/--host-ram given: sizes only'}")
+    risk = est.placement_risk.verdict if est.placement_risk is not None else None
+    tail = f" as placed; {risk} under the worst placement Ray may choose" if risk and risk != verdict else ""
+    lines.append(f"verdict: {verdict if verdict else 'no --gpu/--host-ram given: sizes only'}{tail}")
     if suggestions:
         lines += ["", "what would help (largest per-GPU reserved peak after the change):"]
         for s in suggestions:
@@ -231,6 +249,12 @@ def plan_text(title: str, plan: Any) -> str:
     for h in est.hosts:
         cap = f"{_host_limit_text(h)} ({h.verdict})" if h.capacity_bytes else ""
         lines.append(f"  host RAM {h.id}: {gib(h.peak_bytes)} at {h.peak.phase}{cap}")
+    risk = est.placement_risk
+    if risk is not None and risk.num_placements:
+        node = risk.worst[risk.worst_node]
+        lines.append(f"  host RAM under the worst of {risk.num_placements} placement(s) Ray may choose: "
+                     f"{_roles_text(risk.worst_roles[risk.worst_node])} {gib(node.peak_bytes)}"
+                     f"{f' ({node.verdict})' if node.verdict else ''}")
     lines += ["  command:", f"    {plan.command}"]
     return "\n".join(lines)
 

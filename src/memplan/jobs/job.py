@@ -209,3 +209,6 @@ class RlJob:
     """Hybrid engine (``--colocate_all_models``): vLLM weights sync through CUDA IPC clones."""
     entropy: bool
     """``--entropy_loss_coef`` set: the actor computes a softmax over its fp32 logits."""
+    ray_placements: tuple[tuple[Slot, ...], ...] = ()
+    """Every placement Ray's PACK policy may choose for the same groups (frameworks/openrlhf/ray_placement.py);
+    ``slots`` is the one estimated per GPU."""

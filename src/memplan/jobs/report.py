@@ -6,7 +6,7 @@ from typing import Any
 
 from memplan import __version__
 from memplan.memory.host import by_kind
-from memplan.jobs.result import DeviceEstimate, Estimate, HostEstimate, PhaseUsage
+from memplan.jobs.result import DeviceEstimate, Estimate, HostEstimate, PhaseUsage, PlacementRisk
 from memplan.memory.breakdown import Term
 
 
@@ -67,6 +67,21 @@ def estimate_json(est: Estimate) -> dict[str, Any]:
             "verdict": str(est.verdict) if est.verdict else None,
             "gpu_verdict": str(gpu_verdict) if gpu_verdict else None,
             "host_verdict": str(host_verdict) if host_verdict else None,
+            "host_verdict_worst_placement": (str(est.placement_risk.verdict)
+                                             if est.placement_risk and est.placement_risk.verdict else None),
         },
+        "placement": placement_json(est.placement_risk) if est.placement_risk else None,
         "notes": list(est.notes),
     }
+
+
+def placement_json(risk: PlacementRisk) -> dict[str, Any]:
+    """The estimated placement, how many Ray may choose, and the worst of them node by node."""
+    return {"assumed": [{"node": f"node{i}", "roles": roles} for i, roles in enumerate(risk.assumed)],
+            "rule": "memplan fills nodes in group creation order; Ray PACK puts each group on the emptiest node",
+            "ray_choices": risk.num_placements,
+            "worst": {"verdict": str(risk.verdict) if risk.verdict else None,
+                      "nodes": [{"node": h.id, "roles": roles, "peak_bytes": h.peak_bytes,
+                                 "judged_against_bytes": h.judged_bytes,
+                                 "verdict": str(h.verdict) if h.verdict else None}
+                                for h, roles in zip(risk.worst, risk.worst_roles)]}}

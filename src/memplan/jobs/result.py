@@ -142,6 +142,31 @@ class HostEstimate:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PlacementRisk:
+    """Host RAM under the placements Ray may choose for the same command (issue 13: the estimate's own
+    placement is one assumption; Ray's PACK policy may put the groups elsewhere)."""
+
+    assumed: tuple[dict[str, int], ...]
+    """Ranks per role on each node of the estimated placement (``Estimate.hosts``)."""
+    worst: tuple[HostEstimate, ...]
+    """The nodes of the Ray placement with the largest single-node host peak."""
+    worst_roles: tuple[dict[str, int], ...]
+    """Ranks per role on each node of that placement."""
+    num_placements: int
+    """How many distinct placements Ray may choose."""
+
+    @property
+    def worst_node(self) -> int:
+        """Index of the node with the largest host peak in the worst placement."""
+        return max(range(len(self.worst)), key=lambda i: self.worst[i].peak_bytes)
+
+    @property
+    def verdict(self) -> Verdict | None:
+        """The worst node verdict of the worst placement."""
+        return worst([h.verdict for h in self.worst])
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ModelInfo:
     """Parameter counts of one role's model."""
 
@@ -167,6 +192,8 @@ class Estimate:
     """The launch command the estimate is for."""
     notes: tuple[str, ...] = ()
     """Assumptions and warnings worth showing (ignored flags, version defaults)."""
+    placement_risk: PlacementRisk | None = None
+    """RL runs: host RAM under the worst placement Ray may choose (None for single-model runs)."""
 
     @property
     def num_gpus(self) -> int:

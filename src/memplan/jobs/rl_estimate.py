@@ -15,11 +15,11 @@ from dataclasses import replace
 from memplan.hardware.gpu import Gpu
 from memplan.jobs.estimate import host_resident, reserved_for
 from memplan.jobs.job import Role, RoleName, RlJob, Slot
-from memplan.jobs.result import DeviceEstimate, Estimate, HostEstimate, ModelInfo, PhaseUsage
+from memplan.jobs.result import DeviceEstimate, Estimate, HostEstimate, ModelInfo, PhaseUsage, PlacementRisk
 from memplan.jobs.roles import RoleMemory, activation_config, role_memory, role_tree
 from memplan.jobs import rollout as rollout_terms
 from memplan.memory import host_process, overhead
-from memplan.memory.host_limit import ray_limit
+from memplan.memory.host_limit import HostLimit, ray_limit
 from memplan.memory.breakdown import Category, Device, Phase, Term
 from memplan.memory.transient import HeadConfig, forward_only_terms
 from memplan.model.params import largest_tensor_numel
@@ -153,6 +153,42 @@ def _host_terms(slot_roles: list[tuple[RoleName, ...]], mems: dict[RoleName, Rol
     return terms
 
 
+def _node_hosts(slots: tuple[Slot, ...], mems: dict[RoleName, RoleMemory], rl: RlJob,
+                limit: HostLimit | None, capacity_bytes: int | None) -> list[HostEstimate]:
+    nodes: dict[int, list[tuple[RoleName, ...]]] = defaultdict(list)
+    for slot in slots:
+        nodes[slot.node].append(slot.roles)
+    return [HostEstimate(id=f"node{n}", capacity_bytes=capacity_bytes, limit=limit,
+                         phases=tuple(PhaseUsage(phase=p, terms=tuple(_host_terms(nodes[n], mems, rl, p)
+                                                                      + host_process.ray_node(head=n == min(nodes))))
+                                      for p in (Phase.LOAD, *RL_PHASES)))
+            for n in sorted(nodes)]
+
+
+def _roles_per_node(slots: tuple[Slot, ...]) -> tuple[dict[str, int], ...]:
+    per_node: dict[int, dict[str, int]] = defaultdict(dict)
+    for slot in slots:
+        for role in slot.roles:
+            per_node[slot.node][str(role)] = per_node[slot.node].get(str(role), 0) + 1
+    return tuple(per_node[n] for n in sorted(per_node))
+
+
+def placement_risk(rl: RlJob, mems: dict[RoleName, RoleMemory], hosts: list[HostEstimate],
+                   limit: HostLimit | None) -> PlacementRisk | None:
+    """The placement Ray may choose (``rl.ray_placements``) whose fullest node needs the most host RAM.
+
+    Source: frameworks/openrlhf/ray_placement.py (OpenRLHF's group order, Ray's PACK policy).
+    Checked by: tests/frameworks/test_ray_placement.py::test_seed_worst_placement_puts_actor_and_critic_together
+    """
+    if not rl.ray_placements:
+        return None
+    capacity = hosts[0].capacity_bytes if hosts else None
+    options = [(_node_hosts(slots, mems, rl, limit, capacity), slots) for slots in rl.ray_placements]
+    worst_hosts, worst_slots = max(options, key=lambda o: max(h.peak_bytes for h in o[0]))
+    return PlacementRisk(assumed=_roles_per_node(rl.slots), worst=tuple(worst_hosts),
+                         worst_roles=_roles_per_node(worst_slots), num_placements=len(options))
+
+
 def estimate_rl(rl: RlJob, *, gpu: Gpu, host_ram_bytes: int | None) -> Estimate:
     """Estimate every GPU (grouped by role set) and every node of an RL job."""
     groups = {g.name: g for g in rl.job.groups}
@@ -172,17 +208,12 @@ def estimate_rl(rl: RlJob, *, gpu: Gpu, host_ram_bytes: int | None) -> Estimate:
                                       ids=tuple(f"node{s.node}/gpu{s.gpu}" for s in slots),
                                       roles=tuple(str(r) for r in roles), phases=usage,
                                       capacity_bytes=gpu.capacity_bytes, reserved_bytes=reserved_for(peak)))
-    nodes: dict[int, list[tuple[RoleName, ...]]] = defaultdict(list)
-    for slot in rl.slots:
-        nodes[slot.node].append(slot.roles)
     limit = ray_limit(host_ram_bytes) if host_ram_bytes is not None else None
-    hosts = [HostEstimate(id=f"node{n}", capacity_bytes=host_ram_bytes, limit=limit,
-                          phases=tuple(PhaseUsage(phase=p, terms=tuple(_host_terms(nodes[n], mems, rl, p)
-                                                                       + host_process.ray_node(head=n == min(nodes))))
-                                       for p in (Phase.LOAD, *RL_PHASES)))
-             for n in sorted(nodes)]
+    hosts = _node_hosts(rl.slots, mems, rl, limit, host_ram_bytes)
+    risk = placement_risk(rl, mems, hosts, limit)
     models = {str(n): m.info for n, m in mems.items()}
     if rl.rollout.num_engines:
         actor = mems[RoleName.ACTOR].info
         models["rollout"] = ModelInfo(name=actor.name, num_params=actor.num_params, trainable_params=0)
-    return Estimate(models=models, devices=tuple(devices), hosts=tuple(hosts), command=rl.job.command)
+    return Estimate(models=models, devices=tuple(devices), hosts=tuple(hosts), command=rl.job.command,
+                    placement_risk=risk)
