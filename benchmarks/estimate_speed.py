@@ -23,8 +23,8 @@ CASES = {
 }
 
 
-def in_process(command: str, runs: int) -> float:
-    """Median seconds of resolve + estimate, after a warm-up call (model specs cached)."""
+def timings(command: str, runs: int) -> list[float]:
+    """Seconds of each of ``runs`` resolve + estimate calls, after a warm-up call (model specs cached)."""
     gpu, host = resolve_capacity("a100-80g", "1TiB")
     estimate_run(resolve_command(command), gpu=gpu, host_ram_bytes=host)
     times = []
@@ -32,7 +32,12 @@ def in_process(command: str, runs: int) -> float:
         start = time.perf_counter()
         estimate_run(resolve_command(command), gpu=gpu, host_ram_bytes=host)
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
+
+
+def in_process(command: str, runs: int) -> float:
+    """Median seconds of resolve + estimate, after a warm-up call (model specs cached)."""
+    return statistics.median(timings(command, runs))
 
 
 def end_to_end(command: str, runs: int) -> float:

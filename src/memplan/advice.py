@@ -81,7 +81,7 @@ def deficit_bytes(est: Estimate) -> int:
     """How far a run is from fitting: bytes over capacity per GPU, summed over the kinds of GPU (role
     sets) and the nodes (a group on more GPUs does not count as further from fitting)."""
     gpus = sum(max(d.reserved_bytes - d.capacity_bytes, 0) for d in est.devices if d.capacity_bytes)
-    hosts = sum(max(h.peak_bytes - h.judged_bytes, 0) for h in est.hosts if h.judged_bytes)
+    hosts = sum(max(h.peak_bytes - h.judged_bytes, 0) * h.count for h in est.hosts if h.judged_bytes)
     return gpus + hosts
 
 
@@ -260,7 +260,8 @@ def suggest(run: ResolvedRun, base: Estimate, *, gpu: Gpu | None, host_ram_bytes
             limit: int = 3) -> list[Suggestion]:
     """The ``limit`` most useful changes: when the run does not fit, the smallest change sets that make it
     fit come first (single changes, then pairs, triples, quadruples; fewest GPUs added first), then the
-    changes that lower the per-GPU peak the most."""
+    changes that lower the per-GPU peak the most. A change whose result is still out of memory (on a GPU
+    or a node) is never suggested; when none fits, the list is empty."""
     before = _max_reserved(base)
     singles: list[tuple[Change, Suggestion]] = []
     for change in changes(run, base):
@@ -270,12 +271,12 @@ def suggest(run: ResolvedRun, base: Estimate, *, gpu: Gpu | None, host_ram_bytes
         saving = before - _max_reserved(est)
         singles.append((change, Suggestion(change=change.text, estimate=est, saving_bytes=saving,
                                            effects=((change.text, saving),), added_gpus=change.added_gpus)))
-    useful = [s for _, s in singles if s.saving_bytes > 0]
-    useful.sort(key=lambda s: (s.estimate.verdict == Verdict.OOM, -s.saving_bytes))
+    useful = [s for _, s in singles if s.saving_bytes > 0 and s.estimate.verdict != Verdict.OOM]
+    useful.sort(key=lambda s: -s.saving_bytes)
     if gpu is None or base.verdict != Verdict.OOM:
         return useful[:limit]
     fitting = sorted((s for _, s in singles if s.fits), key=lambda s: (s.added_gpus, -s.saving_bytes))
     if not fitting:
         fitting = change_sets(run, base, singles, gpu=gpu, host_ram_bytes=host_ram_bytes)
-    rest = [s for s in useful if s not in fitting]
+    rest = [s for s in useful if s not in fitting and s.estimate.verdict != Verdict.OOM]  # no change that still OOMs
     return (fitting + rest)[:limit]

@@ -17,6 +17,8 @@ def test_seed_host_timeline_json(capsys) -> None:
     data = json.loads(capsys.readouterr().out)
     node0 = data["hosts"][0]
     assert node0["judged_against"]["rule"] == "Ray memory_usage_threshold 0.95 of 1600 GB"
+    assert node0["judged_against_bytes"] == node0["judged_against"]["bytes"]  # both JSON fields, one number
+    assert abs(node0["judged_against_bytes"] - 0.95 * 1_600_000_000_000) < 2**20  # Ray: 95% in float32
     assert node0["capacity_bytes"] == 1_600_000_000_000
     timeline = {entry["phase"]: entry for entry in node0["timeline"]}
     assert [e["phase"] for e in node0["timeline"]] == list(node0["phases"])
@@ -33,5 +35,7 @@ def test_seed_host_timeline_text(capsys) -> None:
     assert main(["check", "--gpu", "a800-80g", "--host-ram", "1600GB", "--", *SEED]) in (0, 1)
     out = capsys.readouterr().out
     assert "against 1415.61 GiB (Ray memory_usage_threshold 0.95 of 1600 GB)" in out
-    assert "    rollout, make_experience, training, weight_sync: " in out
+    # the replay buffer is held in training only (issue 11's rule), so training is a line of its own
+    assert "    rollout, make_experience: " in out
+    assert any(line.startswith("    training: ") and "replay_buffer" in line for line in out.splitlines())
     assert "rounding " in out

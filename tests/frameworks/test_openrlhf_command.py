@@ -7,6 +7,7 @@ by the code under test.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from memplan.frameworks.openrlhf import (
     parse_command,
     resolve_values,
 )
+from memplan.frameworks.openrlhf.bounds import BOUNDS
 from memplan.frameworks.openrlhf.defaults import foreign_keys
 from memplan.frameworks.openrlhf.emit import ESSENTIAL_KEYS
 from memplan.frameworks.openrlhf.flags import FlagKind, FlagSpec, FlagTable, scripts_of, table_source
@@ -326,7 +328,7 @@ def test_both_spellings_give_identical_values(legacy: str, dotted: str) -> None:
     old, new = parse_command(legacy.replace("\n", " \\\n")), parse_command(dotted.replace("\n", " \\\n"))
     assert old.values == new.values
     assert len(old.values) == len(old.args) - len([a for a in old.args if not a.startswith("--")])
-    assert (old.version_hint, new.version_hint) == ("0.9", "0.11")
+    assert old.version_hint == new.version_hint == "0.11"  # every flat flag here has a 0.11 rename
 
 
 # ---- unknown, ignored, version hint --------------------------------------------------------------
@@ -365,7 +367,8 @@ def test_ambiguous_abbreviation_is_unknown() -> None:
 
 @pytest.mark.parametrize(("flags", "hint"), [
     ("--ds.zero_stage 3", "0.11"), ("--bf16", "0.8"), ("--flash_attn --zero_stage 3", "0.8"),
-    ("--param_dtype bf16", "0.9"), ("--zero_stage 3", "0.9"), ("", None), ("--max_norm 1.0", None),
+    ("--param_dtype bf16", "0.11"), ("--zero_stage 3", None), ("", None), ("--max_norm 1.0", None),
+    ("--train_split train --zero_stage 3", "0.9"),  # --train_split: train_sft.py@v0.9.5 line 239, gone in 0.11
 ])
 def test_version_hint(flags: str, hint: str | None) -> None:
     assert parse_command(f"deepspeed --module openrlhf.cli.train_sft {flags}").version_hint == hint
@@ -403,9 +406,9 @@ def _error(command: Any) -> ConfigError:
      "openrlhf.cli.train_foo: not an OpenRLHF training entry point memplan reads (expected one of train_sft, "
      "train_rm, train_dpo, train_kto, train_prm, train_kd, train_ppo_ray)"),
     ("deepspeed --num_gpus 8 train.py --zero_stage 3", "command: no OpenRLHF entry point found"),
-    ("deepspeed --num_gpus eight --module openrlhf.cli.train_sft", "--num_gpus: expected an integer, got 'eight'"),
-    ("deepspeed --include localhost:a --module openrlhf.cli.train_sft", "--include: expected NODE[:SLOT"),
-    ("torchrun --nnodes x -m openrlhf.cli.train_sft", "--nnodes: expected an integer, got 'x'"),
+    ("deepspeed --num_gpus eight --module openrlhf.cli.train_sft", "deepspeed --num_gpus: expected an integer, got 'eight'"),
+    ("deepspeed --include localhost:a --module openrlhf.cli.train_sft", "deepspeed --include: expected NODE[:SLOT"),
+    ("torchrun --nnodes x -m openrlhf.cli.train_sft", "torchrun --nnodes: expected an integer, got 'x'"),
     ("deepspeed --module openrlhf.cli.train_sft --pretrain 'meta", "command: unbalanced quote: the ' on line 1"),
     ("deepspeed --module openrlhf.cli.train_sft \\\n --pretrain \"m", "command: unbalanced quote: the \" on line 2"),
     ("", "command: empty command"), ("  \n\t", "command: empty command"), ([], "command: empty command"),
@@ -493,9 +496,13 @@ def test_ring_attention_without_packing_is_refused_for_sft() -> None:
 
 
 def test_version_defaults_to_the_hint() -> None:
-    parsed = parse_command("python3 -m openrlhf.cli.train_ppo_ray --zero_stage 3")
-    assert resolve_values(parsed)["micro_train_batch_size"] == 4
-    assert resolve_values(parsed, "0.11")["micro_train_batch_size"] == 1
+    flat = parse_command("python3 -m openrlhf.cli.train_ppo_ray --zero_stage 3")
+    assert flat.version_hint is None  # every version has --zero_stage (0.11 as --ds.zero_stage): the latest
+    assert resolve_values(flat)["micro_train_batch_size"] == 1  # --train.micro_batch_size default, v0.11.0
+    older = parse_command("python3 -m openrlhf.cli.train_ppo_ray --zero_stage 3 --prompt_max_len 1024")
+    assert (older.version_hint, older.version_reason) == ("0.9", "--prompt_max_len is not a flag of OpenRLHF 0.11")
+    assert resolve_values(older)["micro_train_batch_size"] == 4  # --micro_train_batch_size default, v0.9.5
+    assert resolve_values(older, "0.11")["micro_train_batch_size"] == 1
 
 
 def test_foreign_keys() -> None:
@@ -517,9 +524,9 @@ def test_normalize_version(text: str | None, version: str) -> None:
     assert normalize_version(text) == version
 
 
-@pytest.mark.parametrize("text", ["0.9.1", "0.8.10", "0.10.0", "0.7.0", "banana"])
+@pytest.mark.parametrize("text", ["0.9.1", "0.8.10", "0.10.0", "0.7.0", "banana", "", "  "])
 def test_versions_without_a_table_are_refused(text: str) -> None:
-    with pytest.raises(ConfigError, match="openrlhf_version"):
+    with pytest.raises(ConfigError, match="--openrlhf-version"):
         normalize_version(text)
 
 
@@ -581,11 +588,24 @@ _TEXT = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x2FF) 
                 max_size=12)
 
 
+SUMMED_LENGTHS = ("prompt_max_len", "generate_max_len")
+"""Keys whose sum is one sequence (train_ppo_ray.py at v0.9.5): each may take half the longest."""
+
+
 def _element(spec: FlagSpec) -> st.SearchStrategy[Any]:
+    """Any value argparse would read, within memplan's bounds for the key (bounds.BOUNDS)."""
+    bound = BOUNDS.get(spec.key)
+    if bound is not None and bound.choices:
+        return st.sampled_from(bound.choices)
     if spec.kind is FlagKind.INT:
-        return st.integers(min_value=-10**9, max_value=10**9)
+        low, high = (-10**9, 10**9) if bound is None else (int(bound.low), int(bound.high))
+        if spec.key in SUMMED_LENGTHS:  # 0.8/0.9 PPO: max_len = prompt_max_len + generate_max_len
+            high //= 2
+        return st.integers(min_value=low, max_value=high)
     if spec.kind is FlagKind.FLOAT:
-        return st.floats(allow_nan=False, allow_infinity=False)
+        if bound is None or math.isinf(bound.low):
+            return st.floats(allow_nan=False, allow_infinity=False)
+        return st.floats(min_value=bound.low, max_value=bound.high, exclude_min=bound.low_open)
     if spec.kind is FlagKind.CHOICE:
         return st.sampled_from(spec.choices)
     return _TEXT

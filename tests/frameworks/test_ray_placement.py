@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections import Counter
 
 from memplan.api import estimate_command
 from memplan.frameworks.openrlhf.ray_placement import Group, ray_placements
@@ -21,11 +20,8 @@ def _group(role: R, n: int) -> Group:
 
 
 def _nodes(placement) -> set[frozenset]:
-    per_node: dict[int, Counter] = {}
-    for slot in placement:
-        for role in slot.roles:
-            per_node.setdefault(slot.node, Counter())[str(role)] += 1
-    return {frozenset(c.items()) for c in per_node.values()}
+    """The distinct nodes of a placement, each as ``{(role, ranks)}`` (a placement groups identical nodes)."""
+    return {frozenset((str(role), n) for role, n in ranks) for ranks, _count in placement}
 
 
 def test_pack_goes_to_the_emptiest_node_and_ties_go_either_way() -> None:
@@ -44,6 +40,17 @@ def test_pack_goes_to_the_emptiest_node_and_ties_go_either_way() -> None:
 def test_one_node_has_one_placement() -> None:
     groups = [_group(R.ACTOR, 4), _group(R.CRITIC, 4)]
     assert len(ray_placements(groups, node_gpus=8, num_nodes=1)) == 1
+
+
+def test_identical_nodes_are_placed_in_one_step() -> None:
+    # 512 nodes: vLLM 1024 GPUs, actor 2048, critic 1024: PACK fills whole empty nodes, so every node holds one
+    # role on all 8 GPUs (128 + 256 + 128 nodes), whichever empty node each group starts on.
+    groups = [_group(R.ROLLOUT, 1024), _group(R.ACTOR, 2048), _group(R.CRITIC, 1024)]
+    start = time.process_time()
+    placements = ray_placements(groups, node_gpus=8, num_nodes=512)
+    assert time.process_time() - start < 0.1
+    assert [sorted((tuple(ranks), n) for ranks, n in p) for p in placements] == [sorted(
+        [(((R.ROLLOUT, 8),), 128), (((R.ACTOR, 8),), 256), (((R.CRITIC, 8),), 128)])]
 
 
 def test_seed_worst_placement_puts_actor_and_critic_together() -> None:

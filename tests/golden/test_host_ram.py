@@ -35,3 +35,30 @@ def test_row15_13b_actor_within_tolerance() -> None:
     est = estimate_command(" ".join(case["command"].split()), gpu=case["gpu"], version=case["version"])
     predicted = _role_bytes_on_node(est, "node0", case["role"], tuple(case.get("allocated_later", ())))
     assert abs(predicted - case["measured_bytes"]) <= case["tolerance"] * case["measured_bytes"], predicted
+
+
+#: A 0.9 PPO run with explicit lengths and batch: 64 prompts × 4 samples, 512 prompt + 256 generated tokens.
+REPLAY_COMMAND = ("python3 -m openrlhf.cli.train_ppo_ray --pretrain llama-3-8b --reward_pretrain llama-3-8b "
+                  "--critic_pretrain llama-3-8b --actor_num_nodes 1 --actor_num_gpus_per_node 8 "
+                  "--critic_num_nodes 1 --critic_num_gpus_per_node 4 --rollout_batch_size 64 "
+                  "--n_samples_per_prompt 4 --prompt_max_len 512 --generate_max_len 256")
+
+
+def test_replay_buffer_training_only() -> None:
+    """OpenRLHF appends the experiences to the actor and critic groups after make-experience and clears
+    both buffers at the end of ``fit`` (ppo_trainer.py L216-247, ppo_actor.py L602, ppo_critic.py L289 at
+    v0.11.0; the same order in v0.9.9): one buffer per rank, during training only."""
+    est = estimate_command(REPLAY_COMMAND, gpu="a100-80g", version="0.9")
+    # One Experience sample: sequences + attention_mask int64 over 768 tokens (2 × 8 B × 768 = 12,288 B),
+    # action_mask bool + 7 fp32 fields over the 767 shifted positions of the whole sequence, prompt included
+    # (samples_generator.py@3c3be62 L267: action_mask[1:truncate_length]): (1 + 28) B × 767 = 22,243 B.
+    per_sample = 12_288 + 22_243
+    expected = {"actor": 8 * (256 // 8) * per_sample, "critic": 4 * (256 // 4) * per_sample}
+    seen: dict[tuple[str, str], int] = {}
+    for host in est.hosts:
+        for usage in host.phases:
+            for t in usage.terms:
+                if ".replay_buffer" in t.path:
+                    key = (t.path.split(".")[0], str(usage.phase))
+                    seen[key] = seen.get(key, 0) + t.bytes
+    assert seen == {("actor", "training"): expected["actor"], ("critic", "training"): expected["critic"]}

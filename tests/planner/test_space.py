@@ -74,7 +74,9 @@ def test_candidate_command_reads_back_to_the_same_values() -> None:
     flags = saving_flags(space)
     values = values_for(space, layout, flags)
     back = resolve_command(command_text(space, layout, flags))
-    assert back.values == values
+    # the command names models by hub id, which OpenRLHF can load (index.toml: llama-2-70b's hub_id)
+    hub = "meta-llama/Llama-2-70b-hf"
+    assert back.values == {**values, "pretrain": hub, "reward_pretrain": hub, "critic_pretrain": hub}
     assert (values["actor_num_nodes"], values["actor_num_gpus_per_node"]) == (2, 8)
     assert values["colocate_actor_ref"] and not values["colocate_all_models"]
 

@@ -56,8 +56,11 @@ def test_plan_is_cheapest_first_and_fits_the_budget() -> None:
 
 @pytest.mark.parametrize("case", configs.GPU_CASES + configs.DRY_RUN_CASES, ids=lambda c: c.id)
 def test_every_case_has_a_working_memplan_command(case) -> None:
-    est = predict(parse_command(configs.memplan_command(case)), logprob_impl=LogProbImpl(configs.LOGPROB_IMPL))
+    command = configs.memplan_command(case)
+    est = predict(parse_command(command), logprob_impl=LogProbImpl(configs.LOGPROB_IMPL))
     assert est.devices
+    if case.trains:  # the harness steps every micro-batch (accumulation 1): memplan must not assume 128
+        assert command.endswith(f"--train_batch_size {case.micro_batch * configs.WORLD_SIZE}")
     if not case.trains:  # compared with the actor's make-experience transient
         device = max(est.devices, key=lambda d: d.peak_bytes)
         transient = [t for u in device.phases if str(u.phase) == "make_experience" for t in u.terms
@@ -106,6 +109,8 @@ def test_dry_run_writes_a_valid_record(tmp_path: Path, engine: str) -> None:
     expected = EMULATED_ONLY if engine == "torch" else [c.id for c in configs.DRY_RUN_CASES]
     assert [c["case"] for c in run["cases"]] == expected
     assert all(c["error"] is None for c in run["cases"]), [c["error"] for c in run["cases"]]
+    # each case in its own process (fresh CUDA context on a GPU): no GPU touched before the case starts
+    assert all(c["process"]["cuda_initialized_before_case"] is False for c in run["cases"])
     if engine == "torch":
         assert {c["engine"] for c in run["cases"]} == {"torch-emulation"}
         assert {c["predict"]["compare"] for c in run["cases"]} == {"none"}

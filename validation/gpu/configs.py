@@ -14,6 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+#: GPUs per measured run (the harness runs one process on one GPU).
+WORLD_SIZE = 1
+
 #: GPU named in the predicting commands of the GPU plan (the RL estimator sizes vLLM's KV budget from it;
 #: single-model estimates only use it for the verdict).
 GPU_NAME = "h200-141g"
@@ -90,8 +93,10 @@ def rollout_flags(case: Case) -> list[str]:
 def memplan_command(case: Case, gpu: str = GPU_NAME) -> str:
     """The ``memplan estimate`` command that predicts ``case`` (stored in its record)."""
     if case.trains:
-        words = ["memplan", "estimate", case.model, "--method", case.method, "--gpus", "1", "--gpu", gpu,
-                 *openrlhf_flags(case)]
+        # The harness steps once per micro-batch (gradient accumulation 1), so the global batch is one
+        # micro-batch per GPU; without the flag memplan would assume OpenRLHF's --train_batch_size 128.
+        words = ["memplan", "estimate", case.model, "--method", case.method, "--gpus", str(WORLD_SIZE), "--gpu", gpu,
+                 *openrlhf_flags(case), "--train_batch_size", str(case.micro_batch * WORLD_SIZE)]
     else:
         words = ["memplan", "estimate", case.model, "--method", "grpo", "--gpu", gpu, *rollout_flags(case)]
     return " ".join(words)

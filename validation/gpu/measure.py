@@ -39,11 +39,13 @@ from ``src/memplan/model/presets/data`` as files. No network.
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime
 import gc
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -728,45 +730,223 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def run_cases(cases: list[Case], env: Env, out: Path, run_id: str, budget_seconds: float) -> dict[str, Any]:
-    """Measure ``cases`` in order until the budget would be exceeded; returns the run record."""
-    hardware, versions = environment(env)
-    run: dict[str, Any] = {"schema": SCHEMA, "kind": "gpu-measured", "run_id": run_id, "dry_run": env.dry_run,
-                           "device": env.device, "hardware": hardware, "versions": versions,
-                           "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+#: Seconds a fresh case process is assumed to add to a case's ``seconds`` guess (CUDA context, process
+#: group, first kernels, exit) until the run has observed its own.
+STARTUP_SECONDS_GUESS = 10.0
+
+#: Seconds to wait for a case process to import torch/transformers/DeepSpeed (the first one compiles).
+READY_TIMEOUT_SECONDS = 300.0
+
+#: Case processes kept importing ahead of the running one (imports take longer than most cases).
+PREWARM_DEPTH = 2
+
+
+def _prewarm(dry_run: bool, engine: str) -> dict[str, Any]:
+    """Import what a case needs (without touching the GPU), so a waiting process is ready to start at once."""
+    import importlib
+
+    t0 = time.perf_counter()
+    if dry_run:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before deepspeed is imported
+    import torch
+
+    names = ["transformers", "peft", "transformers.models.llama.modeling_llama",
+             "transformers.models.qwen2.modeling_qwen2", "transformers.models.qwen3.modeling_qwen3"]
+    if engine != "torch":
+        names += ["deepspeed", "deepspeed.runtime.engine", "transformers.integrations.deepspeed"]
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - Env reports a missing DeepSpeed; a missing model module is lazy
+            pass
+    return {"import_seconds": round(time.perf_counter() - t0, 2),
+            "cuda_initialized_before_case": bool(torch.cuda.is_initialized())}
+
+
+def _worker(conn: Any, dry_run: bool, engine: str) -> None:
+    """One case process: import, report ready, wait for ``(case id, port)`` (None: exit), measure, report."""
+    try:
+        info = _prewarm(dry_run, engine)
+        conn.send(("ready", info))
+        order = conn.recv()
+        if order is None:
+            return
+        case = next(c for c in (configs.DRY_RUN_CASES if dry_run else configs.GPU_CASES) if c.id == order)
+        os.environ["MASTER_PORT"] = str(_free_port())  # a process group per process; other jobs may hold ports
+        t0 = time.perf_counter()
+        env = Env(dry_run=dry_run, engine=engine)
+        hardware, versions = environment(env)
+        info["env_seconds"] = round(time.perf_counter() - t0, 2)
+        record = measure_case(case, env)
+        record["process"] = info
+        conn.send(("done", record, hardware, versions))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which records the case as failed
+        try:
+            conn.send(("error", {"type": type(exc).__name__, "message": str(exc).splitlines()[0][:500] if str(exc)
+                                 else "", "traceback": traceback.format_exc()[-2000:]}))
+        except Exception:  # noqa: BLE001
+            pass
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        conn.close()
+        os._exit(0)  # no interpreter/NCCL teardown: the driver frees the process's memory at exit
+
+
+def _free_port() -> int:
+    """A TCP port free on this host now (for the process group's rendezvous)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class CaseProcess:
+    """A spawned process that imports while the previous case runs, then measures one case from a fresh
+    CUDA context (nothing a case leaves on the device, a ZeRO-3 engine's state included, reaches the next)."""
+
+    def __init__(self, dry_run: bool, engine: str) -> None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker, args=(child, dry_run, engine))
+        self.proc.start()
+        child.close()
+        self.info: dict[str, Any] | None = None
+
+    def ready(self, timeout: float) -> dict[str, Any] | str:
+        """The import report, or why the process is not ready."""
+        if self.info is not None:
+            return self.info
+        try:
+            if not self.conn.poll(timeout):
+                return f"not ready after {timeout:.0f}s"
+            message = self.conn.recv()
+        except (EOFError, OSError):
+            return f"exited while importing (exit code {self.proc.exitcode})"
+        if message[0] != "ready":
+            return f"{message[1]['type']}: {message[1]['message']}"
+        self.info = message[1]
+        return self.info
+
+    def run(self, case: Case, timeout: float) -> tuple[Any, ...]:
+        """``("done", record, hardware, versions)``, or ``("error", error)`` (crash, timeout, exception)."""
+        try:
+            self.conn.send(case.id)
+            if not self.conn.poll(timeout):
+                self.kill()
+                return ("error", {"type": "timeout", "message": f"case process still running after {timeout:.0f}s"})
+            message = self.conn.recv()
+        except (EOFError, OSError, BrokenPipeError):
+            self.proc.join(10)
+            message = ("error", {"type": "crash", "message": f"case process died (exit code {self.proc.exitcode})"})
+        self.close()
+        return message
+
+    def close(self) -> None:
+        """Tell a waiting process to exit (no-op after its case) and wait for its end (its memory freed)."""
+        try:
+            self.conn.send(None)
+        except (OSError, BrokenPipeError):
+            pass
+        self.proc.join(60)
+        if self.proc.is_alive():
+            self.kill()
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.join(30)
+
+
+def run_cases(cases: list[Case], *, dry_run: bool, engine: str, out: Path, run_id: str | None,
+              budget_seconds: float) -> tuple[dict[str, Any], Path]:
+    """Measure ``cases`` in order, each in its own process, until the budget would be exceeded; returns the
+    run record and its file. The next case's process imports while the current case runs."""
+    stamp = datetime.datetime.now(datetime.UTC)
+    run: dict[str, Any] = {"schema": SCHEMA, "kind": "gpu-measured", "run_id": run_id, "dry_run": dry_run,
+                           "device": "cpu" if dry_run else "cuda", "hardware": {}, "versions": {},
+                           "started": stamp.isoformat(timespec="seconds"),
                            "budget_seconds": budget_seconds, "warmup_iterations": WARMUP_ITERATIONS,
                            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-                           "notes": ["peak allocated/reserved are above the case's baseline (after the previous "
-                                     "case was released); device_used is absolute: peak reserved + non-PyTorch "
-                                     "memory (CUDA context, NCCL, library workspaces) at the phase's end"],
+                           "isolation": "process per case (multiprocessing spawn): fresh CUDA context each",
+                           "notes": ["each case runs in its own process: the baseline is that process's fresh CUDA "
+                                     "context (allocated/reserved 0); peak allocated/reserved are above the "
+                                     "baseline; device_used is absolute: peak reserved + non-PyTorch memory (CUDA "
+                                     "context, NCCL, library workspaces) at the phase's end"],
                            "cases": [], "skipped": []}
-    path = out / f"{run_id}.json"
-    start = time.monotonic()
+    path: Path | None = None
+    extra: list[float] = []  # per case: process seconds beyond the case's ``seconds`` guess
+    pending: collections.deque[CaseProcess] = collections.deque()
+    start: float | None = None
+    took = 0.0
     for i, case in enumerate(cases):
+        while len(pending) < min(PREWARM_DEPTH, len(cases) - i):
+            pending.append(CaseProcess(dry_run, engine))
+        worker = pending.popleft()
+        ready = worker.ready(READY_TIMEOUT_SECONDS)
+        if start is None:
+            start = time.monotonic()  # the budget counts from the first process's imports done
         elapsed = time.monotonic() - start
-        if elapsed + case.seconds > budget_seconds:
-            run["skipped"].append({"case": case.id, "reason": f"budget: {elapsed:.0f}s used of {budget_seconds:.0f}s"})
+        startup = sorted(extra)[len(extra) // 2] if extra else STARTUP_SECONDS_GUESS
+        if elapsed + case.seconds + startup > budget_seconds:
+            run["skipped"].append({"case": case.id, "reason": f"budget: {elapsed:.0f}s used of "
+                                   f"{budget_seconds:.0f}s, case estimated {case.seconds + startup:.0f}s"})
+            pending.appendleft(worker)  # still warm, for the next case
             continue
-        say(f"case {i + 1}/{len(cases)} {case.id} ({env.engine_name(case)})")
-        record = measure_case(case, env)
+        if isinstance(ready, str):  # import failure: record it, try a fresh process for the next case
+            worker.kill()
+            say(f"case {i + 1}/{len(cases)} {case.id}: case process {ready}")
+            record: dict[str, Any] = {"case": case.id, "config": case_config(case), "engine": "unknown",
+                                      "predict": {"command": configs.memplan_command(case)},
+                                      "error": {"type": "process", "message": ready}, "wall_seconds": 0.0}
+            result: tuple[Any, ...] = ("error", record["error"])
+        else:
+            say(f"case {i + 1}/{len(cases)} {case.id} (process ready, imports {ready['import_seconds']}s)")
+            t0 = time.perf_counter()
+            timeout = max(120.0, 4 * case.seconds + 60)
+            # the next cases' processes import while this one runs (they touch no GPU until told to start)
+            while len(pending) < min(PREWARM_DEPTH, len(cases) - i - 1):
+                pending.append(CaseProcess(dry_run, engine))
+            result = worker.run(case, timeout)
+            took = time.perf_counter() - t0
+            extra.append(max(0.0, took - case.seconds))
+        if result[0] == "done":
+            record, hardware, versions = result[1], result[2], result[3]
+            record.setdefault("process", {})["seconds"] = round(took, 2)
+            if not run["hardware"]:
+                run["hardware"], run["versions"] = hardware, versions
+        elif isinstance(ready, dict):
+            record = {"case": case.id, "config": case_config(case), "engine": "unknown",
+                      "predict": {"command": configs.memplan_command(case)}, "error": result[1],
+                      "wall_seconds": round(took, 2)}
         run["cases"].append(record)
         peak = record.get("measured", {}).get("peak", {})
-        say(f"  -> {record['error']['type'] if record['error'] else 'ok'} in {record['wall_seconds']}s; "
-            f"peak {peak.get('phase')} allocated {peak.get('max_memory_allocated')} used {peak.get('device_used')}")
+        say(f"  -> {record['error']['type'] if record['error'] else 'ok'} in {record['wall_seconds']}s "
+            f"(process {round(took, 2)}s); peak {peak.get('phase')} allocated "
+            f"{peak.get('max_memory_allocated')} used {peak.get('device_used')}")
+        if run["run_id"] is None:
+            slug = "dry-run-cpu" if dry_run else device_slug(run["hardware"].get("gpu", ""))
+            run["run_id"] = f"{stamp.strftime('%Y%m%dT%H%M%SZ')}-{slug}"
+        path = out / f"{run['run_id']}.json"
         run["finished"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         write_json(path, run)
+    for worker in pending:
+        worker.close()
     run["finished"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    if run["run_id"] is None:  # nothing measured (all skipped)
+        run["run_id"] = f"{stamp.strftime('%Y%m%dT%H%M%SZ')}-{'dry-run-cpu' if dry_run else 'gpu'}"
+    path = out / f"{run['run_id']}.json"
     write_json(path, run)
-    return run
+    return run, path
 
 
-def device_slug() -> str:
+def device_slug(name: str) -> str:
     """``nvidia-h200`` from the CUDA device name (run ids start with the UTC time, then this)."""
     import re
 
-    import torch
-
-    return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(0).lower()).strip("-") or "gpu"
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "gpu"
 
 
 def list_cases() -> None:
@@ -801,18 +981,15 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     args.out.mkdir(parents=True, exist_ok=True)
-    env = Env(dry_run=args.dry_run, engine=args.engine)
-    if not args.dry_run:
-        import torch
-
-        if not torch.cuda.is_available():
-            parser.error("no CUDA device (use --dry-run on a CPU)")
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-    run_id = args.run_id or f"{stamp}-{'dry-run-cpu' if args.dry_run else device_slug()}"
-    run = run_cases(cases, env, args.out, run_id, args.budget_seconds)
+    # This process never touches the GPU (a CUDA context here would count in every case's device reading):
+    # each case runs in a process of its own.
+    if not args.dry_run and shutil.which("nvidia-smi") is None and not os.path.exists("/dev/nvidiactl"):
+        parser.error("no CUDA device (use --dry-run on a CPU)")
+    run, path = run_cases(cases, dry_run=args.dry_run, engine=args.engine, out=args.out, run_id=args.run_id,
+                          budget_seconds=args.budget_seconds)
     problems = validate_run(run)
     failed = [r["case"] for r in run["cases"] if r["error"]]
-    say(f"wrote {args.out / (run_id + '.json')}: {len(run['cases'])} measured ({len(failed)} failed: {failed}), "
+    say(f"wrote {path}: {len(run['cases'])} measured ({len(failed)} failed: {failed}), "
         f"{len(run['skipped'])} skipped")
     for problem in problems:
         say(f"INVALID: {problem}")

@@ -34,11 +34,28 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
 
 
 def _is_file(text: str) -> bool:
-    """True for an existing file; a long pasted command is not a path (ENAMETOOLONG)."""
+    """True for an existing file; a long pasted command is not a path (ENAMETOOLONG).
+
+    One word that is clearly meant as a script path (it names a ``.sh`` file or starts with ``/``,
+    ``./``, ``../`` or ``~``) but is no regular file is refused here with what it is instead, so
+    ``check -- /tmp`` says "is a directory", not "no OpenRLHF entry point found".
+    """
+    from memplan.errors import ConfigError
+
     try:
-        return Path(text).is_file()
+        path = Path(text).expanduser()
+        if path.is_file():
+            return True
+        exists, is_dir = path.exists(), path.is_dir()
     except (OSError, ValueError):
         return False
+    if any(c.isspace() for c in text) or not (text.endswith(".sh") or text.startswith(("/", "./", "../", "~"))):
+        return False
+    if is_dir:
+        raise ConfigError(text, "is a directory; give a launch script file or the command itself")
+    if exists:
+        raise ConfigError(text, "is not a regular file; give a launch script file or the command itself")
+    raise ConfigError(text, "no such file")
 
 
 def _command_text(words: list[str]) -> str | list[str]:
@@ -51,7 +68,7 @@ def _command_text(words: list[str]) -> str | list[str]:
     if words == ["-"]:
         text = sys.stdin.read(MAX_SCRIPT_BYTES + 1)
     elif len(words) == 1 and _is_file(words[0]):
-        path = Path(words[0])
+        path = Path(words[0]).expanduser()
         if path.stat().st_size > MAX_SCRIPT_BYTES:
             raise ConfigError(words[0], f"is larger than {MAX_SCRIPT_BYTES} bytes; not a launch script")
         text = path.read_text(encoding="utf-8", errors="replace")

@@ -10,7 +10,9 @@ EPILOG = """\
 Any OpenRLHF flag of the method's script may follow, in either spelling (--zero_stage 3 or
 --ds.zero_stage 3), e.g.:
   memplan estimate llama-3-8b --method sft --gpus 8 --gpu a100-80g --zero_stage 3 --gradient_checkpointing
-Defaults are OpenRLHF's for the script and version (latest release unless --openrlhf-version).
+Defaults and semantics are OpenRLHF's for the script and version: the latest release (0.11) unless
+--openrlhf-version says otherwise, or the script or a flag exists only in an older release (then the
+newest release that has them, with a note). kto, prm and kd exist only up to OpenRLHF 0.9.
 """
 
 
@@ -18,7 +20,9 @@ def add_capacity_args(parser: argparse.ArgumentParser) -> None:
     """--gpu, --host-ram, --json, --explain, --openrlhf-version (shared with check)."""
     parser.add_argument("--gpu", metavar="GPU", help="GPU type (memplan gpus) or a size such as 80GiB")
     parser.add_argument("--host-ram", metavar="SIZE", help="host RAM per node, e.g. 1600GB or 1.5TiB")
-    parser.add_argument("--openrlhf-version", metavar="V", help="OpenRLHF defaults to apply: 0.8, 0.9 or 0.11 (latest)")
+    parser.add_argument("--openrlhf-version", metavar="V",
+                        help="OpenRLHF version to apply: 0.8, 0.9 or 0.11 (default: the latest, 0.11, unless the "
+                             "method (script) or a flag exists only in an older one)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--explain", action="store_true", help="list every term with its source")
 
@@ -31,9 +35,12 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
         description="Predict peak GPU memory per device and host RAM per node, phase by phase.")
     parser.add_argument("model", metavar="MODEL", help="preset, hub id, config.json or its directory")
     parser.add_argument("--method", required=True, choices=[m.value for m in Method], metavar="METHOD",
-                        help="sft, rm, dpo, kto, prm, kd (ppo, grpo, reinforce, rloo: RL estimator)")
-    parser.add_argument("--gpus", type=int, metavar="N", help="GPUs on one node (default 8)")
-    parser.add_argument("--nodes", type=int, metavar="N", help="nodes")
+                        help="sft, rm, dpo, kto, prm, kd (kto, prm, kd: OpenRLHF <= 0.9, --openrlhf-version 0.9); "
+                             "ppo, grpo, reinforce, rloo: RL estimator")
+    parser.add_argument("--gpus", type=int, metavar="N",
+                        help="GPUs in total (nodes = N / --gpus-per-node, default 8 per node; "
+                             "default one node of 8)")
+    parser.add_argument("--nodes", type=int, metavar="N", help="nodes (instead of --gpus)")
     parser.add_argument("--gpus-per-node", type=int, metavar="N", help="GPUs per node (default 8)")
     add_capacity_args(parser)
     parser.set_defaults(func=run, accepts_extra=True)
@@ -65,13 +72,12 @@ def report(run_: object, est: object, args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Estimate MODEL with METHOD and the extra OpenRLHF flags."""
-    from memplan.api import command_for, estimate_run, resolve_capacity, resolve_command
+    from memplan.api import estimate_run, resolve_capacity, resolve_model_run
     from memplan.model import load_model_spec
 
     load_model_spec(args.model)
-    argv = command_for(args.model, args.method, args.extra, gpus=args.gpus, nodes=args.nodes,
-                       gpus_per_node=args.gpus_per_node)
-    run_ = resolve_command(argv, version=args.openrlhf_version)
+    run_ = resolve_model_run(args.model, args.method, args.extra, gpus=args.gpus, nodes=args.nodes,
+                             gpus_per_node=args.gpus_per_node, version=args.openrlhf_version)
     args._capacity = resolve_capacity(args.gpu, args.host_ram)
     est = estimate_run(run_, gpu=args._capacity[0], host_ram_bytes=args._capacity[1])
     return report(run_, est, args)

@@ -8,7 +8,7 @@ from memplan.jobs.options import Method
 
 EPILOG = """\
 OpenRLHF flags after the options are part of the run and kept as given (--max_len 4096,
---prompt_max_len 1024, --generate_max_len 2048, --reward_pretrain ..., --remote_rm_url ...);
+--reward_pretrain ..., --remote_rm_url ...; --prompt_max_len selects OpenRLHF 0.9);
 --keep FLAG=VALUE pins a flag the planner would otherwise choose. Examples:
   memplan plan llama-2-70b --method ppo --gpu a800-80g --host-ram 1600GB
   memplan plan llama-3-8b --method dpo --gpu a100-80g --max-gpus 8 --keep zero_stage=2
@@ -25,7 +25,8 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
                     "engines and memory share; print the minimum and a recommended layout with their commands.")
     parser.add_argument("model", metavar="MODEL", help="preset, hub id, config.json or its directory")
     parser.add_argument("--method", required=True, choices=[m.value for m in Method], metavar="METHOD",
-                        help="sft, rm, dpo, kto, prm, kd, ppo, grpo, reinforce, rloo")
+                        help="sft, rm, dpo, kto, prm, kd, ppo, grpo, reinforce, rloo (kto, prm, kd: OpenRLHF <= 0.9, "
+                             "--openrlhf-version 0.9)")
     parser.add_argument("--gpu", required=True, metavar="GPU[,GPU...]",
                         help="GPU type(s) (memplan gpus) or sizes; several, comma-separated, are compared")
     parser.add_argument("--host-ram", metavar="SIZE", help="host RAM per node, e.g. 1600GB or 1.5TiB")
@@ -34,7 +35,9 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     parser.add_argument("--keep", action="append", default=[], metavar="FLAG=VALUE",
                         help="pin an OpenRLHF flag, e.g. zero_stage=2 or adam_offload=false (repeatable)")
     parser.add_argument("--allow-lora", action="store_true", help="LoRA may be proposed to save memory")
-    parser.add_argument("--openrlhf-version", metavar="V", help="OpenRLHF version of the commands: 0.8, 0.9 or 0.11")
+    parser.add_argument("--openrlhf-version", metavar="V",
+                        help="OpenRLHF version of the commands: 0.8, 0.9 or 0.11 (default: the latest, 0.11, unless the "
+                             "method or a flag exists only in an older one)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run, accepts_extra=True)
 

@@ -69,6 +69,11 @@ def size_all_units(num_bytes: int) -> str:
     return f"{gib(num_bytes)} = {decimal_gb(num_bytes)} = {bytes_exact(num_bytes)}"
 
 
+def plural(n: int, noun: str) -> str:
+    """``1 GPU``, ``8 GPUs``, ``1 node``, ``2 nodes``."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def yes_no(flag: bool) -> str:
     """``yes`` / ``no``."""
     return "yes" if flag else "no"
@@ -93,13 +98,18 @@ def _roles_text(roles: dict[str, int]) -> str:
 
 
 def _placement_lines(risk: Any) -> list[str]:
-    """Which placement the host lines assume, and the worst one Ray may choose instead."""
-    assumed = ", ".join(f"node{i} {_roles_text(r)}" for i, r in enumerate(risk.assumed))
+    """Which placement the host lines assume, and the worst one Ray may choose instead (identical nodes grouped)."""
+    assumed = ", ".join(f"{_nodes_text(h)} {_roles_text(r)}" for h, r in zip(risk.assumed, risk.assumed_roles))
     node = risk.worst[risk.worst_node]
-    worst = (f"node{risk.worst_node} {_roles_text(risk.worst_roles[risk.worst_node])} {gib(node.peak_bytes)}"
+    worst = (f"{_nodes_text(node)} {_roles_text(risk.worst_roles[risk.worst_node])} {gib(node.peak_bytes)}"
              f"{_host_limit_text(node)} → {_verdict_text(node.verdict, node.peak_bytes, node.judged_bytes)}")
     return [f"placement: as estimated {assumed} (groups filled in creation order)",
             f"  Ray's PACK policy may choose {risk.num_placements} placement(s); the fullest node of the worst: {worst}"]
+
+
+def _nodes_text(h: Any) -> str:
+    """``node0``, or ``node[0-63] (each)`` for identical nodes."""
+    return h.id if h.count == 1 else f"{h.ids} (each)"
 
 
 def _host_timeline_lines(phases: Sequence[Any]) -> list[str]:
@@ -139,6 +149,11 @@ def _terms_lines(terms: Sequence[Any], limit: int | None, explain: bool) -> list
     return lines
 
 
+def host_label(host: Any) -> str:
+    """``host node0``, or for identical nodes ``512 × host node[0-511]`` (the figures are per node)."""
+    return f"host {host.id}" if host.count == 1 else f"{host.count} × host {host.ids}"
+
+
 def estimate_text(est: Any, suggestions: Sequence[Any] = (), *, explain: bool = False) -> str:
     """The human report of an Estimate: GPUs by role set, host RAM per node, verdict, suggestions."""
     lines = [f"command: {est.command}", ""]
@@ -152,15 +167,15 @@ def estimate_text(est: Any, suggestions: Sequence[Any] = (), *, explain: bool = 
         lines += _terms_lines(peak.terms, None if explain else TOP_TERMS, explain)
     lines.append("")
     for h in est.hosts:
-        lines.append(f"host {h.id}: {gib(h.peak_bytes)} RAM peak in {h.peak.phase}{_host_limit_text(h)} → "
+        lines.append(f"{host_label(h)}: {gib(h.peak_bytes)} RAM peak in {h.peak.phase}{_host_limit_text(h)} → "
                      f"{_verdict_text(h.verdict, h.peak_bytes, h.judged_bytes)}")
         lines += _host_timeline_lines(h.phases)
         if explain:
             lines += _terms_lines(h.peak.terms, None, explain)
     total_gpu = sum(d.peak_bytes * d.count for d in est.devices)
-    total_host = sum(h.peak_bytes for h in est.hosts)
-    lines.append(f"cluster: {est.num_gpus} GPUs, {gib(total_gpu)} GPU memory at peak; {len(est.hosts)} node(s), "
-                 f"{gib(total_host)} host RAM at peak")
+    total_host = sum(h.peak_bytes * h.count for h in est.hosts)
+    lines.append(f"cluster: {plural(est.num_gpus, 'GPU')}, {gib(total_gpu)} GPU memory (sum of per-GPU peaks); "
+                 f"{plural(est.num_nodes, 'node')}, {gib(total_host)} host RAM (sum of per-node peaks)")
     if est.placement_risk is not None:
         lines += _placement_lines(est.placement_risk)
     verdict = est.verdict
@@ -177,6 +192,9 @@ def estimate_text(est: Any, suggestions: Sequence[Any] = (), *, explain: bool = 
                          f"{' (' + str(v) + ')' if v else ''}; host peak {gib(host)}")
             if len(getattr(s, "effects", ())) > 1:
                 lines.append(f"      each alone: {suggestion_effects_text(s)}")
+    elif str(verdict) == "oom":
+        lines += ["", "what would help: no single change, nor a set of up to four, makes it fit; "
+                      "try memplan plan for a larger layout"]
     for note in est.notes:
         lines.append(f"note: {note}")
     return "\n".join(lines)
@@ -214,11 +232,11 @@ def binding_limit_text(limit: Any, gpu_name: str = "") -> str:
     if kind == "gpu_count":
         if limit.limit < 1:
             return f"--max-gpus {limit.limit} allows no GPU"
-        return (f"GPU count: the smallest layout whose every GPU fits needs {limit.need} GPUs, --max-gpus allows "
-                f"{limit.limit} ({limit.shortfall} short)")
+        return (f"GPU count: the smallest layout whose every GPU fits needs {plural(limit.need, 'GPU')}, --max-gpus "
+                f"allows {limit.limit} ({limit.shortfall} short)")
     if kind == "gpu_memory":
         on = f" {gpu_name}" if gpu_name else ""
-        return (f"GPU memory of {limit.where}: {gib(limit.need)} reserved per GPU on {limit.num_gpus} GPU(s), "
+        return (f"GPU memory of {limit.where}: {gib(limit.need)} reserved per GPU on {plural(limit.num_gpus, 'GPU')}, "
                 f"the{on} GPU has {gib(limit.limit)} (short by {gib(limit.shortfall)}) at the most GPUs allowed")
     if kind == "host_ram":
         return (f"host RAM of {limit.where}: {gib(limit.need)} needed on the {limit.num_gpus}-GPU layout whose GPUs "
@@ -240,15 +258,16 @@ def plan_role_rows(est: Any) -> list[list[str]]:
 def plan_text(title: str, plan: Any) -> str:
     """One plan: layout, flags, per-role table, host RAM per node, the launch command."""
     est = plan.estimate
-    nodes = len(est.hosts)
-    lines = [f"{title}: {est.num_gpus} GPUs on {nodes} node{'s' if nodes != 1 else ''} ({est.verdict or 'no capacity'})",
+    nodes = est.num_nodes
+    lines = [f"{title}: {plural(est.num_gpus, 'GPU')} on {plural(nodes, 'node')} ({est.verdict or 'no capacity'})",
              f"  layout: {_layout_text(plan.layout)}", f"  flags:  {_flags_text(plan.flags)}", ""]
     table_text = table(["roles", "GPUs", "peak", "reserved", "capacity", "free", "verdict", "peak phase"],
                        plan_role_rows(est), "lrrrrrll")
     lines += ["  " + line for line in table_text.splitlines()]
     for h in est.hosts:
         cap = f"{_host_limit_text(h)} ({h.verdict})" if h.capacity_bytes else ""
-        lines.append(f"  host RAM {h.id}: {gib(h.peak_bytes)} at {h.peak.phase}{cap}")
+        where = h.id if h.count == 1 else f"{h.ids} (each of {h.count} nodes)"
+        lines.append(f"  host RAM {where}: {gib(h.peak_bytes)} at {h.peak.phase}{cap}")
     risk = est.placement_risk
     if risk is not None and risk.num_placements:
         node = risk.worst[risk.worst_node]
@@ -259,10 +278,26 @@ def plan_text(title: str, plan: Any) -> str:
     return "\n".join(lines)
 
 
+def host_ram_note(result: Any) -> str | None:
+    """When no ``--host-ram`` was given: host RAM did not constrain the search; what the plans need per node."""
+    if result.host_ram_bytes is not None or result.minimum is None:
+        return None
+    needs = [f"the minimum needs {gib(result.minimum.max_host_bytes)}"]
+    if result.recommended is not None:
+        needs.append(f"the recommended {gib(result.recommended.max_host_bytes)}")
+    return (f"host RAM was not constrained (no --host-ram): {' and '.join(needs)} of host RAM on its fullest "
+            "node; pass --host-ram SIZE (e.g. --host-ram 1TB) to plan within your nodes' RAM")
+
+
+def _plan_notes(result: Any) -> list[str]:
+    note = host_ram_note(result)
+    return [*result.notes, *([note] if note else [])]
+
+
 def plan_result_text(result: Any) -> str:
     """The human report of one GPU type's plan."""
     lines = [f"plan: {result.model}, {result.method} on {result.gpu.name} "
-             f"(max {result.max_gpus} GPUs{', host RAM ' + gib(result.host_ram_bytes) + '/node' if result.host_ram_bytes else ''})",
+             f"(max {plural(result.max_gpus, 'GPU')}{', host RAM ' + gib(result.host_ram_bytes) + '/node' if result.host_ram_bytes else ''})",
              ""]
     if result.minimum is None:
         lines.append("no plan: nothing fits")
@@ -273,7 +308,7 @@ def plan_result_text(result: Any) -> str:
         if result.recommended is not None:
             lines += [plan_text("recommended (>= 10% headroom)", result.recommended), ""]
     lines.append(f"candidates evaluated: {result.candidates_evaluated} in {result.seconds:.2f} s")
-    lines += [f"note: {n}" for n in result.notes]
+    lines += [f"note: {n}" for n in _plan_notes(result)]
     return "\n".join(lines)
 
 
@@ -294,11 +329,12 @@ def plan_comparison_text(results: Sequence[Any]) -> str:
             lines += [f"{r.gpu.name} minimum:", f"  {r.minimum.command}"]
     total = sum(r.candidates_evaluated for r in results)
     lines.append(f"candidates evaluated: {total} in {sum(r.seconds for r in results):.2f} s")
+    lines += [f"note: {r.gpu.name}: {note}" for r in results if (note := host_ram_note(r))]
     return "\n".join(lines)
 
 
-def plan_json(plan: Any) -> dict[str, Any] | None:
-    """One PLAN of the contract: the estimate object plus ``command`` (and the layout and flags)."""
+def plan_json(plan: Any, gpu_name: str) -> dict[str, Any] | None:
+    """One PLAN of the contract: the estimate object plus ``command`` (and the GPU type, layout and flags)."""
     from memplan.jobs.report import estimate_json
 
     if plan is None:
@@ -306,6 +342,7 @@ def plan_json(plan: Any) -> dict[str, Any] | None:
     data = estimate_json(plan.estimate)
     layout = plan.layout
     data["command"] = plan.command
+    data["gpu"] = gpu_name
     data["layout"] = {"placement": str(layout.placement), "groups": dict(layout.sizes),
                       "vllm": {"num_engines": layout.engines, "tensor_parallel_size": layout.tp,
                                "gpu_memory_utilization": layout.gmu} if layout.engines else None}
@@ -313,23 +350,60 @@ def plan_json(plan: Any) -> dict[str, Any] | None:
     return data
 
 
+#: Why a type has a minimum but no recommended plan (planner/plan.py adds the same note).
+NO_HEADROOM = "no layout with 10% headroom on every GPU and node within the limits"
+
+
+def _binding_text(result: Any) -> str | None:
+    """The binding limit of whichever plan is null: the search's limit when there is no minimum, the
+    headroom rule when there is a minimum but no recommended plan; None when both exist."""
+    if result.minimum is None:
+        limit = result.binding_limit
+        return binding_limit_text(limit, result.gpu.name) if limit else "no candidate was evaluated"
+    if result.recommended is None:
+        return f"{NO_HEADROOM} (at most {plural(result.max_gpus, 'GPU')})"
+    return None
+
+
 def plan_result_json(result: Any) -> dict[str, Any]:
     """``{"minimum", "recommended", "candidates_evaluated", "binding_limit"}`` (DESIGN.md) and context."""
     limit = result.binding_limit
-    return {"minimum": plan_json(result.minimum), "recommended": plan_json(result.recommended),
-            "candidates_evaluated": result.candidates_evaluated,
-            "binding_limit": binding_limit_text(limit, result.gpu.name) if limit else None,
+    note = host_ram_note(result)
+    needs = None if result.minimum is None else {
+        "minimum": result.minimum.max_host_bytes,
+        "recommended": result.recommended.max_host_bytes if result.recommended is not None else None}
+    return {"minimum": plan_json(result.minimum, result.gpu.name),
+            "recommended": plan_json(result.recommended, result.gpu.name),
+            "candidates_evaluated": result.candidates_evaluated, "binding_limit": _binding_text(result),
             "binding": None if limit is None else {"kind": str(limit.kind), "where": limit.where,
                                                    "num_gpus": limit.num_gpus, "need": limit.need,
                                                    "limit": limit.limit, "shortfall": limit.shortfall},
             "gpu": result.gpu.name, "max_gpus": result.max_gpus, "host_ram_bytes": result.host_ram_bytes,
-            "seconds": result.seconds, "notes": list(result.notes)}
+            "host_ram_constrained": result.host_ram_bytes is not None, "max_host_bytes_per_node": needs,
+            "seconds": result.seconds, "notes": [*result.notes, *([note] if note else [])]}
+
+
+def _best(results: Sequence[Any], kind: str) -> Any:
+    """The result whose ``kind`` plan ranks first: fewest GPUs, then least host RAM on the fullest node,
+    then the order the GPU types were given (the planner's ranking, DESIGN.md "planner/")."""
+    ranked = [(getattr(r, kind).num_gpus, getattr(r, kind).max_host_bytes, i, r)
+              for i, r in enumerate(results) if getattr(r, kind) is not None]
+    return min(ranked, key=lambda x: x[:3])[3] if ranked else None
 
 
 def plan_comparison_json(results: Sequence[Any]) -> dict[str, Any]:
-    """One object per GPU type (each as ``plan_result_json``) and the total candidates evaluated."""
-    return {"plans": [plan_result_json(r) for r in results],
-            "candidates_evaluated": sum(r.candidates_evaluated for r in results)}
+    """DESIGN.md with several GPU types: the best plan over all types at the top level (``minimum``,
+    ``recommended``, ``binding_limit``, ``candidates_evaluated``), plus one object per type under ``plans``
+    (each as ``plan_result_json``). A null top-level plan carries every type's binding limit."""
+    per_type = [plan_result_json(r) for r in results]
+    best_min, best_rec = _best(results, "minimum"), _best(results, "recommended")
+    limit = None
+    if best_min is None or best_rec is None:
+        limit = "; ".join(f"{p['gpu']}: {p['binding_limit']}" for p in per_type if p["binding_limit"])
+    return {"minimum": None if best_min is None else plan_json(best_min.minimum, best_min.gpu.name),
+            "recommended": None if best_rec is None else plan_json(best_rec.recommended, best_rec.gpu.name),
+            "candidates_evaluated": sum(r.candidates_evaluated for r in results), "binding_limit": limit,
+            "plans": per_type}
 
 
 def suggestion_effects_text(suggestion: Any) -> str:

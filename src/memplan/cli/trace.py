@@ -150,9 +150,26 @@ def _progress(quiet: bool) -> Any:
     return show
 
 
+def _check_models(request: Any) -> None:
+    """Read the config.json of every model the trace builds, before torch is imported.
+
+    Importing torch and transformers takes seconds; a misspelt model must fail at once, with the
+    loader's own message, as ``estimate`` does.
+    """
+    from memplan.tracing.config import TraceRequest, load_config_dict
+
+    if isinstance(request, TraceRequest):
+        names = [request.model, request.ref_pretrain]
+    else:
+        names = [request.role_model]
+    for name in dict.fromkeys(n for n in names if n):
+        load_config_dict(name)
+
+
 def run(args: argparse.Namespace) -> int:
-    """Resolve the request, run the engine, render the result."""
+    """Resolve the request, check its models, run the engine, render the result."""
     request = _request(args)
+    _check_models(request)
     try:
         import torch  # noqa: F401
         import transformers  # noqa: F401

@@ -11,6 +11,7 @@ unless ``--check`` is given, which exits 1 when a case leaves its tolerance with
 from __future__ import annotations
 
 import argparse
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,8 +42,9 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     parser.add_argument("--kind", action="append", metavar="KIND",
                         choices=["exact", "traced", "deepspeed-cpu", "measured", "published"],
                         help="only this kind (repeatable): exact, traced, deepspeed-cpu, measured, published")
-    parser.add_argument("--dir", default="validation", metavar="DIR",
-                        help="validation directory (default: ./validation)")
+    parser.add_argument("--dir", default=None, metavar="DIR",
+                        help="validation directory (default: validation/ of the memplan checkout this is run in, "
+                             "or the one memplan is installed from)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--check", action="store_true",
                         help="exit 1 when a case leaves its tolerance (or a known miss is stale)")
@@ -55,15 +57,42 @@ def run(args: argparse.Namespace) -> int:
     from memplan.errors import ConfigError
     from memplan.validation import compare
 
-    root = Path(args.dir)
-    if not root.is_dir():
-        raise ConfigError("--dir", f"no validation directory at {root} (run from the repository root or pass --dir)")
-    result = compare(root, args.kind)
+    if args.dir is not None:
+        root = Path(args.dir)
+        if not root.is_dir():
+            raise ConfigError("--dir", f"no validation directory at {root}")
+        result = compare(root, args.kind)
+    else:
+        checkout = find_checkout(Path.cwd())
+        if checkout is None:
+            raise ConfigError("validate", "needs a memplan source checkout (its validation/ and tests/data/ are "
+                                          "not installed with the package): run it inside one "
+                                          "(git clone the memplan repository), or pass --dir DIR")
+        root = Path("validation") if checkout == Path.cwd().resolve() else checkout / "validation"
+        with contextlib.chdir(checkout):  # cases name their model configs relative to the checkout
+            result = compare(Path("validation"), args.kind)
     if args.json:
         render.print_json(comparison_json(result, root))
     else:
         print(report_text(result))
     return 1 if args.check and not result.passed else 0
+
+
+#: What marks a memplan checkout: the validation data and the test configs its cases name.
+CHECKOUT_MARKERS = ("validation/known_misses.toml", "tests/data", "pyproject.toml")
+
+
+def find_checkout(start: Path) -> Path | None:
+    """The memplan checkout holding ``start`` (it or a parent), else the one memplan is imported from (an
+    editable install: ``src/memplan`` two levels below it), else None."""
+    import memplan
+
+    here = start.resolve()
+    package_root = Path(memplan.__file__).resolve().parents[2]
+    for candidate in (here, *here.parents, package_root):
+        if all((candidate / marker).exists() for marker in CHECKOUT_MARKERS):
+            return candidate
+    return None
 
 
 def value_text(value: int | str, unit: str) -> str:
@@ -127,6 +156,8 @@ def report_text(result: Comparison) -> str:
               f"validation/{r.known_miss_file}" for r in result.rows if str(r.status) == "STALE"]
     parts += [f"UNUSED: known_misses.toml lists {m.kind} {m.case} {m.metric}, which matches no case"
               for m in result.unused_known_misses]
+    parts.append("in-sample: these are the references memplan was built and calibrated against; they show that it "
+                 "reproduces them, not its error on a new model or cluster (docs/peers.md compares other tools)")
     parts.append("all cases within tolerance or listed as known misses" if result.passed
                  else "GATE FAILS (memplan validate --check exits 1)")
     return "\n".join(parts)

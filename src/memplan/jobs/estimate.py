@@ -15,6 +15,7 @@ from collections import defaultdict
 from dataclasses import replace
 
 from memplan.hardware.gpu import Gpu
+from memplan.jobs.ids import whole_nodes
 from memplan.jobs.job import Job
 from memplan.memory.host import HostKind, host_kind
 from memplan.memory.host_limit import physical_limit
@@ -87,7 +88,8 @@ def host_phases(memories: list[RoleMemory], ranks_per_node: dict[str, int],
 
 def estimate_job(job: Job, *, gpu: Gpu | None = None, host_ram_bytes: int | None = None,
                  phases: tuple[Phase, ...] = SINGLE_MODEL_PHASES) -> Estimate:
-    """Estimate every GPU and node of a job whose roles share one GPU group (SFT, RM, DPO, KTO, PRM, KD)."""
+    """Estimate every GPU and node of a job whose roles share one GPU group (SFT, RM, DPO, KTO, PRM, KD).
+    Every GPU of the group holds the same ranks, and every node too: one entry each, with their ranges."""
     groups = {g.name: g for g in job.groups}
     frozen = next((r for r in job.roles if not r.trained), None)
     memories = [role_memory(r, groups[r.group], job.logprob_impl, forward_phases=(Phase.FORWARD,),
@@ -100,15 +102,15 @@ def estimate_job(job: Job, *, gpu: Gpu | None = None, host_ram_bytes: int | None
     for name, mems in by_group.items():
         group = groups[name]
         usage = device_phases(mems, phases)
-        ids = tuple(f"node{n}/gpu{g}" for n in range(group.num_nodes) for g in range(group.gpus_per_node))
+        block = whole_nodes(group.num_nodes, group.gpus_per_node)
         peak = max(usage, key=lambda u: u.bytes)
-        devices.append(DeviceEstimate(id=ids[0], ids=ids, roles=tuple(str(m.role.name) for m in mems),
+        devices.append(DeviceEstimate(blocks=(block,), roles=tuple(str(m.role.name) for m in mems),
                                       phases=usage, capacity_bytes=gpu.capacity_bytes if gpu else None,
                                       reserved_bytes=reserved_for(peak)))
         ranks = {str(m.role.name): group.gpus_per_node for m in mems}
         node_usage = host_phases(mems, ranks, phases)
         limit = physical_limit(host_ram_bytes) if host_ram_bytes is not None else None
-        hosts += [HostEstimate(id=f"node{n}", phases=node_usage, capacity_bytes=host_ram_bytes, limit=limit)
-                  for n in range(group.num_nodes)]
+        hosts.append(HostEstimate(nodes=(block.nodes,), phases=node_usage, capacity_bytes=host_ram_bytes,
+                                  limit=limit))
     models = {str(m.role.name): m.info for m in memories}
     return Estimate(models=models, devices=tuple(devices), hosts=tuple(hosts), command=job.command)

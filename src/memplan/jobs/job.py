@@ -167,12 +167,11 @@ class RolloutSettings:
     """vLLM prefix cache."""
     enable_sleep: bool
     """vLLM sleep level 1 between rollouts (weights to host RAM, KV dropped)."""
-    max_len: int
-    """``max_model_len`` (prompt + generation)."""
-    prompt_len: int
-    """Longest prompt."""
-    generate_len: int
-    """Longest generation."""
+    max_model_len: int
+    """vLLM's ``max_model_len``: the longest request (prompt + generation) an engine accepts."""
+    seq_len: int
+    """Longest sequence (prompt + response) one sample reaches after OpenRLHF truncates it: the token length
+    make-experience and training micro-batches are sized for, and each replay-buffer item holds."""
     rollout_batch_size: int
     """Prompts per rollout."""
     n_samples_per_prompt: int
@@ -182,15 +181,24 @@ class RolloutSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Slot:
-    """One GPU of the cluster and what runs on it."""
+class SlotRun:
+    """Consecutive GPUs of the cluster, in node-major order, with the same roles on each.
 
-    node: int
-    """Node index."""
-    gpu: int
-    """GPU index on the node."""
+    GPU ``index`` is ``node × node_gpus + gpu`` (:attr:`RlJob.node_gpus`). Runs keep the placement
+    compact: a role group of any size is one run, never one entry per GPU.
+    """
+
+    first: int
+    """Index of the first GPU."""
+    count: int
+    """GPUs in the run."""
     roles: tuple[RoleName, ...]
-    """Roles with a rank on this GPU (``rollout`` for a vLLM engine or TP shard)."""
+    """Roles with a rank on each of these GPUs (``rollout`` for a vLLM engine or TP shard)."""
+
+
+#: Ranks per role on one node, and one whole placement as ``((ranks on a node, how many such nodes), ...)``.
+NodeRoleRanks = tuple[tuple[RoleName, int], ...]
+NodePlacement = tuple[tuple[NodeRoleRanks, int], ...]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -201,14 +209,16 @@ class RlJob:
     """Roles and groups (each role's ``group`` names its own group)."""
     rollout: RolloutSettings
     """vLLM and rollout settings."""
-    slots: tuple[Slot, ...]
-    """Every GPU with the roles placed on it."""
+    runs: tuple[SlotRun, ...]
+    """The GPUs with the roles placed on them, in node-major order."""
+    node_gpus: int
+    """GPUs per node the placement packs into."""
     deepspeed_sleep: bool
     """``--deepspeed_enable_sleep``: optimizer state, grads and fp32 master go to host RAM outside training."""
     colocate_all: bool
     """Hybrid engine (``--colocate_all_models``): vLLM weights sync through CUDA IPC clones."""
     entropy: bool
     """``--entropy_loss_coef`` set: the actor computes a softmax over its fp32 logits."""
-    ray_placements: tuple[tuple[Slot, ...], ...] = ()
-    """Every placement Ray's PACK policy may choose for the same groups (frameworks/openrlhf/ray_placement.py);
-    ``slots`` is the one estimated per GPU."""
+    ray_placements: tuple[NodePlacement, ...] = ()
+    """Every placement Ray's PACK policy may choose for the same groups (frameworks/openrlhf/ray_placement.py),
+    each as ``((ranks per role on a node, how many such nodes), ...)``; ``runs`` is the one estimated per GPU."""

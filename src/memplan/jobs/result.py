@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from memplan.jobs.ids import GpuBlock, NodeRange, ranges_text
 from memplan.memory.breakdown import Phase, Term
 from memplan.memory.host_limit import HostLimit
 
@@ -29,13 +30,21 @@ class Verdict(StrEnum):
 TIGHT_HEADROOM = 0.10
 
 
-def verdict_for(peak_bytes: int, capacity_bytes: int | None) -> Verdict | None:
-    """fits / tight / oom of ``peak_bytes`` against ``capacity_bytes`` (None when no capacity given)."""
+def verdict_for(peak_bytes: int, capacity_bytes: int | None, *, preallocated_bytes: int = 0) -> Verdict | None:
+    """fits / tight / oom of ``peak_bytes`` against ``capacity_bytes`` (None when no capacity given).
+
+    ``preallocated_bytes``: the part of the peak that an engine claims up front as a configured share of the
+    GPU (vLLM's ``gpu_memory_utilization``: weights, KV cache, profiled activations) and never grows past. It
+    is what the engine was told to take, so tightness is judged on the rest: tight when less than
+    TIGHT_HEADROOM of the memory *not* preallocated stays free.
+
+        tight  ⇔  capacity − peak < TIGHT_HEADROOM × (capacity − preallocated)
+    """
     if capacity_bytes is None:
         return None
     if peak_bytes > capacity_bytes:
         return Verdict.OOM
-    if peak_bytes > capacity_bytes * (1 - TIGHT_HEADROOM):
+    if capacity_bytes - peak_bytes < TIGHT_HEADROOM * (capacity_bytes - preallocated_bytes):
         return Verdict.TIGHT
     return Verdict.FITS
 
@@ -73,10 +82,8 @@ class PhaseUsage:
 class DeviceEstimate:
     """One GPU (or ``count`` identical GPUs)."""
 
-    id: str
-    """``node0/gpu0`` (the first of identical GPUs when ``count`` > 1)."""
-    ids: tuple[str, ...]
-    """Every GPU this entry stands for."""
+    blocks: tuple[GpuBlock, ...]
+    """The GPUs this entry stands for, as blocks of nodes × GPUs (never one entry per GPU)."""
     roles: tuple[str, ...]
     """Roles placed on the GPU."""
     phases: tuple[PhaseUsage, ...]
@@ -85,11 +92,26 @@ class DeviceEstimate:
     """Usable GPU memory, when a GPU was given."""
     reserved_bytes: int
     """Peak including the caching allocator's rounding and reserve (compare with capacity)."""
+    preallocated_bytes: int = 0
+    """Bytes of the reserved peak that a vLLM engine preallocates as its configured share of the GPU (its
+    ``rollout.*`` terms at the peak phase; 0 without an engine): see ``verdict_for``."""
+    startup_error: str | None = None
+    """Why the vLLM engine on this GPU cannot start (vLLM's own message), else None."""
+
+    @property
+    def id(self) -> str:
+        """``node0/gpu0``: the first of the GPUs."""
+        return self.blocks[0].first_id
+
+    @property
+    def ids(self) -> str:
+        """Every GPU this entry stands for, as ranges: ``node[0-511]/gpu[0-7]`` (see jobs/ids.py)."""
+        return ranges_text(self.blocks)
 
     @property
     def count(self) -> int:
         """Identical GPUs this entry stands for."""
-        return len(self.ids)
+        return sum(b.count for b in self.blocks)
 
     @property
     def peak(self) -> PhaseUsage:
@@ -103,18 +125,21 @@ class DeviceEstimate:
 
     @property
     def verdict(self) -> Verdict | None:
-        """Verdict of the reserved peak against capacity."""
-        return verdict_for(self.reserved_bytes, self.capacity_bytes)
+        """Verdict of the reserved peak against capacity; oom when a vLLM engine here cannot start or cannot
+        hold one ``max_model_len`` request in its KV cache."""
+        if self.capacity_bytes is not None and self.startup_error is not None:
+            return Verdict.OOM
+        return verdict_for(self.reserved_bytes, self.capacity_bytes, preallocated_bytes=self.preallocated_bytes)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HostEstimate:
-    """Host RAM of one node."""
+    """Host RAM of one node (or ``count`` identical nodes)."""
 
-    id: str
-    """``node0``."""
+    nodes: tuple[NodeRange, ...]
+    """The nodes this entry stands for (never one entry per node)."""
     phases: tuple[PhaseUsage, ...]
-    """Usage per phase."""
+    """Usage per phase (of each node)."""
     capacity_bytes: int | None
     """Host RAM of the node, when given."""
     limit: HostLimit | None = None
@@ -124,6 +149,21 @@ class HostEstimate:
     def judged_bytes(self) -> int | None:
         """The host RAM the node may use before a process is killed (None without a capacity)."""
         return self.limit.bytes if self.limit is not None else self.capacity_bytes
+
+    @property
+    def id(self) -> str:
+        """``node0``: the first of the nodes."""
+        return f"node{self.nodes[0].first}"
+
+    @property
+    def ids(self) -> str:
+        """Every node this entry stands for, as ranges: ``node[0-511]``."""
+        return ranges_text(self.nodes)
+
+    @property
+    def count(self) -> int:
+        """Identical nodes this entry stands for."""
+        return sum(r.count for r in self.nodes)
 
     @property
     def peak(self) -> PhaseUsage:
@@ -146,18 +186,21 @@ class PlacementRisk:
     """Host RAM under the placements Ray may choose for the same command (issue 13: the estimate's own
     placement is one assumption; Ray's PACK policy may put the groups elsewhere)."""
 
-    assumed: tuple[dict[str, int], ...]
-    """Ranks per role on each node of the estimated placement (``Estimate.hosts``)."""
+    assumed: tuple[HostEstimate, ...]
+    """The nodes of the estimated placement (``Estimate.hosts``: identical nodes grouped, Ray's head apart)."""
+    assumed_roles: tuple[dict[str, int], ...]
+    """Ranks per role on each node of ``assumed``."""
     worst: tuple[HostEstimate, ...]
-    """The nodes of the Ray placement with the largest single-node host peak."""
+    """The nodes of the Ray placement with the largest single-node host peak (identical nodes grouped;
+    numbered in the order of the placement's node kinds, node 0 the head)."""
     worst_roles: tuple[dict[str, int], ...]
-    """Ranks per role on each node of that placement."""
+    """Ranks per role on each node of ``worst``."""
     num_placements: int
     """How many distinct placements Ray may choose."""
 
     @property
     def worst_node(self) -> int:
-        """Index of the node with the largest host peak in the worst placement."""
+        """Index (in ``worst``) of the node entry with the largest host peak in the worst placement."""
         return max(range(len(self.worst)), key=lambda i: self.worst[i].peak_bytes)
 
     @property
@@ -187,7 +230,7 @@ class Estimate:
     devices: tuple[DeviceEstimate, ...]
     """GPUs, identical ones grouped."""
     hosts: tuple[HostEstimate, ...]
-    """Nodes."""
+    """Nodes, identical ones grouped."""
     command: str
     """The launch command the estimate is for."""
     notes: tuple[str, ...] = ()
@@ -199,6 +242,11 @@ class Estimate:
     def num_gpus(self) -> int:
         """GPUs in the job."""
         return sum(d.count for d in self.devices)
+
+    @property
+    def num_nodes(self) -> int:
+        """Nodes in the job."""
+        return sum(h.count for h in self.hosts)
 
     @property
     def verdict(self) -> Verdict | None:

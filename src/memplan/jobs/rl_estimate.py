@@ -14,7 +14,8 @@ from dataclasses import replace
 
 from memplan.hardware.gpu import Gpu
 from memplan.jobs.estimate import host_resident, reserved_for
-from memplan.jobs.job import Role, RoleName, RlJob, Slot
+from memplan.jobs.ids import GpuBlock, NodeRange, RanksPerNode, node_groups, run_blocks
+from memplan.jobs.job import NodePlacement, Role, RoleName, RlJob
 from memplan.jobs.result import DeviceEstimate, Estimate, HostEstimate, ModelInfo, PhaseUsage, PlacementRisk
 from memplan.jobs.roles import RoleMemory, activation_config, role_memory, role_tree
 from memplan.jobs import rollout as rollout_terms
@@ -36,6 +37,8 @@ TRAIN_SUBPHASES = (Phase.FORWARD, Phase.BACKWARD, Phase.OPTIMIZER_STEP)
 SLEEP_CATEGORIES = frozenset({Category.OPTIMIZER, Category.GRAD})
 
 _OPENRLHF = "OpenRLHF/OpenRLHF"
+#: Ranks of each role on one node, in the order the roles first appear there.
+NodeRanks = RanksPerNode[RoleName]
 
 
 def _retag(terms: list[Term] | tuple[Term, ...], phase: Phase) -> list[Term]:
@@ -106,20 +109,21 @@ def _activities(mems: dict[RoleName, RoleMemory], roles: tuple[RoleName, ...], p
     return acts
 
 
-def slot_phases(slot: Slot, mems: dict[RoleName, RoleMemory], rl: RlJob, gpu: Gpu) -> tuple[PhaseUsage, ...]:
-    """What one GPU holds in each phase of the iteration."""
+def slot_phases(roles: tuple[RoleName, ...], mems: dict[RoleName, RoleMemory], rl: RlJob,
+                gpu: Gpu) -> tuple[PhaseUsage, ...]:
+    """What one GPU holding ``roles`` holds in each phase of the iteration."""
     fixed: list[Term] = []
-    for name in slot.roles:
+    for name in roles:
         if name == RoleName.ROLLOUT:
             continue  # the engine's own terms carry its CUDA context and NCCL buffers
         fixed.append(overhead.cuda_context(f"{name}.cuda_context"))
         fixed += overhead.nccl_buffers(f"{name}.nccl", mems[name].world_size)
     usages = []
     for phase in RL_PHASES:
-        base = [t for name in slot.roles if name in mems for t in _resident(mems[name], phase, rl)]
-        if RoleName.ROLLOUT in slot.roles:
+        base = [t for name in roles if name in mems for t in _resident(mems[name], phase, rl)]
+        if RoleName.ROLLOUT in roles:
             base += rollout_terms.gpu_terms(rl, gpu, phase)
-        acts = _activities(mems, slot.roles, phase, rl)
+        acts = _activities(mems, roles, phase, rl)
         concurrent = phase == Phase.TRAINING and not rl.deepspeed_sleep
         chosen = [t for a in acts for t in a] if concurrent else max(acts, key=lambda a: sum(t.bytes for t in a),
                                                                      default=[])
@@ -127,14 +131,9 @@ def slot_phases(slot: Slot, mems: dict[RoleName, RoleMemory], rl: RlJob, gpu: Gp
     return tuple(usages)
 
 
-def _host_terms(slot_roles: list[tuple[RoleName, ...]], mems: dict[RoleName, RoleMemory], rl: RlJob,
-                phase: Phase) -> list[Term]:
-    counts: dict[RoleName, int] = defaultdict(int)
-    for roles in slot_roles:
-        for name in roles:
-            counts[name] += 1
+def _host_terms(counts: NodeRanks, mems: dict[RoleName, RoleMemory], rl: RlJob, phase: Phase) -> list[Term]:
     terms: list[Term] = []
-    for name, ranks in counts.items():
+    for name, ranks in counts:
         per_rank: list[Term] = []
         if name == RoleName.ROLLOUT:
             per_rank += rollout_terms.host_terms(rl, phase) + host_process.gpu_process(role="rollout", under_ray=True)
@@ -144,8 +143,9 @@ def _host_terms(slot_roles: list[tuple[RoleName, ...]], mems: dict[RoleName, Rol
             if rl.deepspeed_sleep and mem.role.trained and phase not in (Phase.TRAINING, Phase.LOAD):
                 per_rank += [replace(t, device=Device.CPU) for t in mem.gpu_terms
                              if t.phase is None and t.category in SLEEP_CATEGORIES]
-            if name == RoleName.ACTOR:
-                per_rank += rollout_terms.replay_buffer_terms(rl, mem.world_size)
+            if name in (RoleName.ACTOR, RoleName.CRITIC):
+                per_rank += [t for t in rollout_terms.replay_buffer_terms(rl, str(name), mem.world_size)
+                             if host_resident(t, phase)]
         for t in per_rank:
             if t.bytes:
                 terms.append(replace(t, path=f"{t.path} (×{ranks} ranks)" if ranks > 1 else t.path,
@@ -153,29 +153,65 @@ def _host_terms(slot_roles: list[tuple[RoleName, ...]], mems: dict[RoleName, Rol
     return terms
 
 
-def _node_hosts(slots: tuple[Slot, ...], mems: dict[RoleName, RoleMemory], rl: RlJob,
-                limit: HostLimit | None, capacity_bytes: int | None) -> list[HostEstimate]:
-    nodes: dict[int, list[tuple[RoleName, ...]]] = defaultdict(list)
-    for slot in slots:
-        nodes[slot.node].append(slot.roles)
-    return [HostEstimate(id=f"node{n}", capacity_bytes=capacity_bytes, limit=limit,
-                         phases=tuple(PhaseUsage(phase=p, terms=tuple(_host_terms(nodes[n], mems, rl, p)
-                                                                      + host_process.ray_node(head=n == min(nodes))))
-                                      for p in (Phase.LOAD, *RL_PHASES)))
-            for n in sorted(nodes)]
+class _NodePhases:
+    """Host RAM of a node per phase, from its ranks per role (and whether it is Ray's head), each distinct
+    node computed once: the estimated placement and every placement Ray may choose share most node kinds."""
+
+    def __init__(self, mems: dict[RoleName, RoleMemory], rl: RlJob) -> None:
+        self._mems, self._rl = mems, rl
+        self._seen: dict[tuple[NodeRanks, bool], tuple[PhaseUsage, ...]] = {}
+
+    def __call__(self, counts: NodeRanks, head: bool) -> tuple[PhaseUsage, ...]:
+        key = (counts, head)
+        if key not in self._seen:
+            self._seen[key] = tuple(
+                PhaseUsage(phase=p, terms=tuple(_host_terms(counts, self._mems, self._rl, p)
+                                                + host_process.ray_node(head=head)))
+                for p in (Phase.LOAD, *RL_PHASES))
+        return self._seen[key]
 
 
-def _roles_per_node(slots: tuple[Slot, ...]) -> tuple[dict[str, int], ...]:
-    per_node: dict[int, dict[str, int]] = defaultdict(dict)
-    for slot in slots:
-        for role in slot.roles:
-            per_node[slot.node][str(role)] = per_node[slot.node].get(str(role), 0) + 1
-    return tuple(per_node[n] for n in sorted(per_node))
+def _head_apart(groups: list[tuple[NodeRanks, tuple[NodeRange, ...]]]
+                ) -> list[tuple[NodeRanks, tuple[NodeRange, ...], bool]]:
+    """The node groups with node 0, Ray's head (its daemons and the driver, ``host_process.ray_node``), as
+    an entry of its own: ``[(ranks per role, node ranges, is the head)]`` ordered by first node."""
+    out: list[tuple[NodeRanks, tuple[NodeRange, ...], bool]] = []
+    for counts, ranges in groups:
+        if ranges[0].first == 0:
+            out.append((counts, (NodeRange(first=0, last=0),), True))
+            ranges = ((NodeRange(first=1, last=ranges[0].last),) if ranges[0].last else ()) + ranges[1:]
+        if ranges:
+            out.append((counts, ranges, False))
+    return sorted(out, key=lambda g: g[1][0].first)
 
 
-def placement_risk(rl: RlJob, mems: dict[RoleName, RoleMemory], hosts: list[HostEstimate],
+def _placement_hosts(placement: NodePlacement, node_phases: _NodePhases, limit: HostLimit | None,
+                     capacity_bytes: int | None) -> tuple[list[HostEstimate], list[NodeRanks]]:
+    """The nodes of one placement Ray may choose, identical ones grouped, numbered in the order given. The head
+    (node 0) is put on the kind of node that needs the most: Ray's ties among empty nodes include the head."""
+    fullest = max(range(len(placement)), key=lambda i: max(u.bytes for u in node_phases(placement[i][0], False)))
+    parts = [(placement[fullest][0], 1, True)] + [(counts, n - (i == fullest), False)
+                                                  for i, (counts, n) in enumerate(placement)]
+    hosts: list[HostEstimate] = []
+    roles: list[NodeRanks] = []
+    first = 0
+    for counts, n, head in parts:
+        if n:
+            hosts.append(HostEstimate(nodes=(NodeRange(first=first, last=first + n - 1),), limit=limit,
+                                      capacity_bytes=capacity_bytes, phases=node_phases(counts, head)))
+            roles.append(counts)
+            first += n
+    return hosts, roles
+
+
+def _roles_dict(counts: NodeRanks) -> dict[str, int]:
+    return {str(role): n for role, n in counts}
+
+
+def placement_risk(rl: RlJob, node_phases: _NodePhases, hosts: list[HostEstimate], assumed: list[NodeRanks],
                    limit: HostLimit | None) -> PlacementRisk | None:
-    """The placement Ray may choose (``rl.ray_placements``) whose fullest node needs the most host RAM.
+    """The placement Ray may choose (``rl.ray_placements``) whose fullest node needs the most host RAM, next to
+    the estimated one (``hosts``, with the ranks per role ``assumed`` on each).
 
     Source: frameworks/openrlhf/ray_placement.py (OpenRLHF's group order, Ray's PACK policy).
     Checked by: tests/frameworks/test_ray_placement.py::test_seed_worst_placement_puts_actor_and_critic_together
@@ -183,10 +219,11 @@ def placement_risk(rl: RlJob, mems: dict[RoleName, RoleMemory], hosts: list[Host
     if not rl.ray_placements:
         return None
     capacity = hosts[0].capacity_bytes if hosts else None
-    options = [(_node_hosts(slots, mems, rl, limit, capacity), slots) for slots in rl.ray_placements]
-    worst_hosts, worst_slots = max(options, key=lambda o: max(h.peak_bytes for h in o[0]))
-    return PlacementRisk(assumed=_roles_per_node(rl.slots), worst=tuple(worst_hosts),
-                         worst_roles=_roles_per_node(worst_slots), num_placements=len(options))
+    options = [_placement_hosts(p, node_phases, limit, capacity) for p in rl.ray_placements]
+    worst_hosts, worst_roles = max(options, key=lambda o: max(h.peak_bytes for h in o[0]))
+    return PlacementRisk(assumed=tuple(hosts), assumed_roles=tuple(_roles_dict(c) for c in assumed),
+                         worst=tuple(worst_hosts), worst_roles=tuple(_roles_dict(c) for c in worst_roles),
+                         num_placements=len(options))
 
 
 def estimate_rl(rl: RlJob, *, gpu: Gpu, host_ram_bytes: int | None) -> Estimate:
@@ -197,23 +234,28 @@ def estimate_rl(rl: RlJob, *, gpu: Gpu, host_ram_bytes: int | None) -> Estimate:
         phases = (Phase.FORWARD, Phase.MAKE_EXPERIENCE) if role.trained else (Phase.MAKE_EXPERIENCE,)
         mems[role.name] = role_memory(role, groups[role.group], rl.job.logprob_impl, forward_phases=phases,
                                       under_ray=True)
-    by_roles: dict[tuple[RoleName, ...], list[Slot]] = defaultdict(list)
-    for slot in rl.slots:
-        by_roles[slot.roles].append(slot)
+    by_roles: dict[tuple[RoleName, ...], list[GpuBlock]] = defaultdict(list)
+    for run in rl.runs:
+        by_roles[run.roles] += run_blocks(run.first, run.count, rl.node_gpus)
     devices = []
-    for roles, slots in by_roles.items():
-        usage = slot_phases(slots[0], mems, rl, gpu)
+    engine_error = rollout_terms.startup_error(rl, gpu) if rl.rollout.num_engines else None
+    for roles, blocks in by_roles.items():
+        usage = slot_phases(roles, mems, rl, gpu)
         peak = max(usage, key=lambda u: u.bytes)
-        devices.append(DeviceEstimate(id=f"node{slots[0].node}/gpu{slots[0].gpu}",
-                                      ids=tuple(f"node{s.node}/gpu{s.gpu}" for s in slots),
-                                      roles=tuple(str(r) for r in roles), phases=usage,
-                                      capacity_bytes=gpu.capacity_bytes, reserved_bytes=reserved_for(peak)))
+        devices.append(DeviceEstimate(blocks=tuple(blocks), roles=tuple(str(r) for r in roles), phases=usage,
+                                      capacity_bytes=gpu.capacity_bytes, reserved_bytes=reserved_for(peak),
+                                      preallocated_bytes=rollout_terms.preallocated_bytes(peak.terms),
+                                      startup_error=engine_error if RoleName.ROLLOUT in roles else None))
     limit = ray_limit(host_ram_bytes) if host_ram_bytes is not None else None
-    hosts = _node_hosts(rl.slots, mems, rl, limit, host_ram_bytes)
-    risk = placement_risk(rl, mems, hosts, limit)
+    node_phases = _NodePhases(mems, rl)
+    placed = _head_apart(node_groups(rl.runs, rl.node_gpus))
+    hosts = [HostEstimate(nodes=nodes, capacity_bytes=host_ram_bytes, limit=limit, phases=node_phases(counts, head))
+             for counts, nodes, head in placed]
+    risk = placement_risk(rl, node_phases, hosts, [counts for counts, _, _ in placed], limit)
     models = {str(n): m.info for n, m in mems.items()}
     if rl.rollout.num_engines:
         actor = mems[RoleName.ACTOR].info
         models["rollout"] = ModelInfo(name=actor.name, num_params=actor.num_params, trainable_params=0)
-    return Estimate(models=models, devices=tuple(devices), hosts=tuple(hosts), command=rl.job.command,
+    notes = (f"the vLLM engine cannot start on {gpu.name}: {engine_error}",) if engine_error else ()
+    return Estimate(models=models, devices=tuple(devices), hosts=tuple(hosts), command=rl.job.command, notes=notes,
                     placement_risk=risk)

@@ -17,8 +17,8 @@ from memplan.memory.breakdown import Device, Phase, Term
 from memplan.memory.logits import Head, LogProbImpl
 from memplan.memory.model_states import frozen_model_states, nf4_base_weights, trained_model_states
 from memplan.memory.transient import (
-    BackwardStage, HeadConfig, backward_moments, forward_only_terms, held_output_terms, micro_step_transients,
-    training_transients,
+    BackwardStage, HeadConfig, backward_moment_bytes, backward_moments, forward_only_terms, held_output_terms,
+    micro_step_transients, training_transients,
 )
 from memplan.memory.zero import ParamLayout, ZeroConfig, eval_zero_config, layout_from_tree, train_zero_config
 from memplan.model.params import ModuleKind, ParamModule, ParamTensor, param_tree
@@ -146,8 +146,9 @@ def _backward_with_grads(role: Role, cfg: ActivationConfig, head: HeadConfig, la
     model's moments) counts as a moment before the first hook."""
     name = str(role.name)
     moments = [*backward_moments(role.spec, cfg, head, name), (transient_peak, (BackwardStage.LOSS, 0))]
+    sizes = [*backward_moment_bytes(role.spec, cfg, head, name), sum(t.bytes for t in transient_peak)]
     order = _grad_order(role.spec, role.head, role.lora if role.trained else None)
-    return grad_timeline.backward_peak(moments, order, layout, zero, role=name,
+    return grad_timeline.backward_peak(moments, order, layout, zero, role=name, moment_bytes=sizes,
                                        end_transient=held_output_terms(role.spec, cfg, head, name, Phase.BACKWARD))
 
 

@@ -163,7 +163,7 @@ def hpz_secondary_params(layout: ParamLayout, zero: ZeroConfig, *, role: str) ->
     if z <= 1:
         return []
     n = zero.dp_degree
-    numel = sum(stage3_partition_numel(t, n) * n // z for t in layout.all_tensors())
+    numel = sum(stage3_partition_numel(numel, n) * n // z * count for numel, count in layout.tensor_histogram)
     device = Device.CPU if zero.offload_param else Device.GPU
     return [ds_term(f"{role}.deepspeed.hpz_secondary_params", numel, zero.param_dtype, Category.PARAM, device,
                   ds_source("runtime/zero/partition_parameters.py", "ds_secondary_tensor :1909-1916"))]

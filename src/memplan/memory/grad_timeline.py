@@ -31,7 +31,10 @@ scripts/probe_grad_timeline.py show each stage's buffers appear as described.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
+from itertools import accumulate
 
 from memplan.dtypes import bytes_for
 from memplan.jobs.options import ZeroStage
@@ -46,12 +49,14 @@ from memplan.model.params import ModuleKind, ParamModule
 LAYER_PREFIX = "model.layers."
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class GradOrder:
     """Trainable elements whose gradients autograd produces at each stage of backward, in backward order:
     the head (LM or value head), the final norm, the decoder layers from last to first, the embedding.
     A tied LM head shares the embedding's AccumulateGrad node, so its gradient is hooked with the
-    embedding's at the very end (``head`` is 0 and ``embedding`` holds the tensor once)."""
+    embedding's at the very end (``head`` is 0 and ``embedding`` holds the tensor once).
+    The sums over layers are computed once (``cached_property``, hence no ``slots``): backward has a
+    moment per layer, and summing the layers above each one made estimates quadratic in the layers."""
 
     head: int
     """LM head or value head (0 when tied or frozen)."""
@@ -62,14 +67,19 @@ class GradOrder:
     embedding: int
     """Token embedding (with a tied head: the shared tensor)."""
 
-    @property
+    @cached_property
     def total(self) -> int:
         """Every trainable element."""
         return self.head + self.final_norm + sum(self.layers) + self.embedding
 
+    @cached_property
+    def _layers_from(self) -> tuple[int, ...]:
+        """``sum(layers[i:])`` for every ``i`` (and 0 past the last layer)."""
+        return (*accumulate(reversed(self.layers), initial=0),)[::-1]
+
     def after_layer(self, index: int) -> int:
         """Elements hooked once layer ``index``'s backward is done (the layers above it and itself)."""
-        return self.head + self.final_norm + sum(self.layers[index:])
+        return self.head + self.final_norm + self._layers_from[index]
 
 
 def grad_order(tree: ParamModule, num_layers: int, adapters: dict[str, int] | None = None) -> GradOrder:
@@ -121,6 +131,7 @@ class _Buffers:
     def __init__(self, layout: ParamLayout, zero: ZeroConfig, role: str) -> None:
         self.layout, self.zero, self.role = layout, zero, role
         self._partition: list[Term] | None = None
+        self._flush: list[Term] | None = None
         self._module_grads: dict[int | None, list[Term]] = {}
         self.bucket = reduce_buckets(layout, zero, role=role) if zero.stage != ZeroStage.ZERO_3 else []
 
@@ -131,6 +142,13 @@ class _Buffers:
             self._module_grads[in_flight] = zero3_module_grads(self.layout, self.zero, role=self.role,
                                                                in_flight=in_flight)
         return self._module_grads[in_flight]
+
+    @property
+    def flush(self) -> list[Term]:
+        """The flat copy of one full bucket's flush (the same at every flush of a backward)."""
+        if self._flush is None:
+            self._flush = reduce_flat_copy(self.layout, self.zero, role=self.role, numel=self.zero.reduce_bucket_size)
+        return self._flush
 
     @property
     def partition(self) -> list[Term]:
@@ -150,8 +168,7 @@ def during(layout: ParamLayout, zero: ZeroConfig, *, role: str, hooked: int, hoo
     if zero.stage in (ZeroStage.ZERO_0, ZeroStage.ZERO_1):
         return _autograd_grads(layout, zero, role, hooked, Phase.BACKWARD) + buffers.bucket
     bucket = zero.reduce_bucket_size
-    flush = reduce_flat_copy(layout, zero, role=role, numel=bucket) if hooked // bucket > hooked_before // bucket \
-        else []
+    flush = buffers.flush if hooked // bucket > hooked_before // bucket else []
     if zero.stage == ZeroStage.ZERO_3:  # partition and bucket are resident; the module's gradients in flight
         return buffers.module_grads(in_flight) + flush
     terms = buffers.bucket + flush
@@ -211,19 +228,28 @@ def hooked_at(stage: Stage, order: GradOrder) -> tuple[int, int]:
     return 0, 0
 
 
-def backward_peak(moments: list[tuple[tuple[Term, ...], Stage]], order: GradOrder, layout: ParamLayout,
-                  zero: ZeroConfig, *, role: str, end_transient: tuple[Term, ...] | list[Term] = ()) -> tuple[Term, ...]:
+def backward_peak(moments: Sequence[tuple[tuple[Term, ...], Stage]], order: GradOrder, layout: ParamLayout,
+                  zero: ZeroConfig, *, role: str, end_transient: tuple[Term, ...] | list[Term] = (),
+                  moment_bytes: Sequence[int] | None = None) -> tuple[Term, ...]:
     """The worst moment of backward with the gradient buffers alive at it: each transient moment with
     :func:`during`, and the end of backward (``end_transient``: what the trainer still holds) with
-    :func:`at_end`. Returns that moment's terms (transient and gradient buffers, phase BACKWARD)."""
-    ordered = sorted(((*hooked_at(stage, order), terms) for terms, stage in moments), key=lambda m: m[0])
+    :func:`at_end`. Returns that moment's terms (transient and gradient buffers, phase BACKWARD).
+    ``moment_bytes``: each moment's transient bytes, when the caller has them (cached per model)."""
+    sizes = moment_bytes if moment_bytes is not None else [sum(t.bytes for t in terms) for terms, _ in moments]
+    hooks = [hooked_at(stage, order) for _, stage in moments]
     buffers = _Buffers(layout, zero, role)
-    candidates = []
+    best: list[Term] = []
+    best_bytes = -1
     before = 0
-    for hooked, current, terms in ordered:
-        candidates.append(list(terms) + during(layout, zero, role=role, hooked=hooked, hooked_before=before,
-                                               buffers=buffers, in_flight=current))
+    for index in sorted(range(len(moments)), key=lambda i: hooks[i][0]):
+        hooked, current = hooks[index]
+        alive = during(layout, zero, role=role, hooked=hooked, hooked_before=before, buffers=buffers,
+                       in_flight=current)
+        total = sizes[index] + sum(t.bytes for t in alive)
+        if total > best_bytes:  # the first of equal moments, as max() takes it
+            best, best_bytes = [*moments[index][0], *alive], total
         before = hooked
-    candidates.append(list(end_transient) + at_end(layout, zero, role=role, buffers=buffers))
-    best = max(candidates, key=lambda terms: sum(t.bytes for t in terms))
+    end = list(end_transient) + at_end(layout, zero, role=role, buffers=buffers)
+    if sum(t.bytes for t in end) > best_bytes:
+        best = end
     return tuple(t for t in best if t.bytes > 0)

@@ -85,8 +85,8 @@ def lp_params(layout: ParamLayout, zero: ZeroConfig, *, role: str) -> list[Term]
                       ds_source(Z12, "bit16_groups_flat padded to 2·dp :441-446; frozen params unflattened"))]
     n = zero.dp_degree
     persistent = persistent_numel(layout, zero.param_persistence_threshold)
-    persist_parts = sum(stage3_partition_numel(t, n) for t in layout.all_tensors()
-                        if layout.per_tensor and t <= zero.param_persistence_threshold)
+    persist_parts = sum(stage3_partition_numel(numel, n) * count for numel, count in layout.tensor_histogram
+                        if layout.per_tensor and numel <= zero.param_persistence_threshold)
     parts = stage3_trainable_partition_numel(layout, n) + stage3_frozen_partition_numel(layout, n)
     terms = [ds_term(f"{path}.persistent", persistent + persist_parts, lp, Category.PARAM, Device.GPU,
                    ds_source("runtime/zero/parameter_offload.py", "ds_persist when numel <= threshold :325"))]

@@ -376,10 +376,19 @@ def backward_moments(spec: ModelSpec, cfg: ActivationConfig, head: HeadConfig, r
     return tuple((tuple(terms), stage) for terms, stage in moments)
 
 
+@lru_cache(maxsize=128)
+def backward_moment_bytes(spec: ModelSpec, cfg: ActivationConfig, head: HeadConfig, role: str,
+                          phase: Phase = Phase.BACKWARD) -> tuple[int, ...]:
+    """Bytes of each of :func:`backward_moments` (cached with them: a backward has a moment per layer)."""
+    return tuple(sum(t.bytes for t in terms) for terms, _ in backward_moments(spec, cfg, head, role, phase))
+
+
 def backward_terms(spec: ModelSpec, cfg: ActivationConfig, head: HeadConfig, role: str,
                    phase: Phase = Phase.BACKWARD) -> tuple[Term, ...]:
     """Peak of a trained model's backward: loss, LM head, final norm, a layer, or the embedding."""
-    return _peak([list(terms) for terms, _ in backward_moments(spec, cfg, head, role, phase)])
+    sizes = backward_moment_bytes(spec, cfg, head, role, phase)
+    worst = max(range(len(sizes)), key=sizes.__getitem__)  # the first of equal moments, as _peak takes it
+    return tuple(t for t in backward_moments(spec, cfg, head, role, phase)[worst][0] if t.bytes > 0)
 
 
 def held_output_terms(spec: ModelSpec, cfg: ActivationConfig, head: HeadConfig, role: str,

@@ -51,6 +51,8 @@ FORWARD_MLP_COPIES = 3
 #: Peak bytes per logit of the dummy sampler run ([rows, V]: bf16 logits, fp32 copy, top-k/top-p sort values
 #: and int64 indices, probabilities): (1.26 GiB − 64 MiB hidden states) / (256 × 128256) = 39.2, from a run whose
 #: activation peak is the sampler's at both TP 1 and TP 2. Record: pr10511-llama3-8b-tp1.toml (V0 sampler).
+#: A hand count of the tensors alive inside the sampler's sort gives 38 (tests/memory/test_vllm.py
+#: ::test_sampler_peak_hand_counted_from_vllm_v0_source); the extra byte is scratch and allocator rounding.
 SAMPLER_BYTES_PER_LOGIT = 39
 #: Non-torch memory of a one-GPU engine created after the snapshot (cuBLAS/attention workspaces): 0.16 GiB in
 #: two 80 GB runs. Records: gaie-pr550-a100-80g.toml, mellea-pr416-a100-80g.toml
@@ -132,7 +134,7 @@ def sampler_peak_bytes(spec: ModelSpec, cfg: VllmConfig) -> int:
     top_p 0.9, top_k V−1: the top-k/top-p path runs); ``_dummy_run`` L571 (rows = min(tokens, max_num_reqs)).
     Assumes: logits are gathered over TP (full V on every rank); the per-logit constant was measured on the V0
     sampler and is used for V1/V2 unchanged.
-    Checked by: tests/memory/test_vllm.py::test_profile_peak_matches_pr10511
+    Checked by: tests/memory/test_vllm.py::test_sampler_peak_hand_counted_from_vllm_v0_source
     """
     rows = min(cfg.max_num_seqs, cfg.max_num_batched_tokens)
     hidden = bytes_for(cfg.max_num_batched_tokens * spec.hidden_size, cfg.weight_dtype)
@@ -144,7 +146,7 @@ def profile_peak_bytes(spec: ModelSpec, cfg: VllmConfig) -> int:
 
     Source: see :func:`forward_peak_bytes` and :func:`sampler_peak_bytes` (the sampler runs after the forward
     has freed its intermediates).
-    Checked by: tests/memory/test_vllm.py::test_profile_peak_matches_pr10511
+    Checked by: tests/memory/test_vllm.py::test_profile_peak_does_not_change_with_tp_as_pr10511_logs
     """
     return max(forward_peak_bytes(spec, cfg), sampler_peak_bytes(spec, cfg))
 

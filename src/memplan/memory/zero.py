@@ -12,10 +12,10 @@ Glossary: *dp degree* = ranks one model is partitioned over (``N``); *partition*
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Sequence
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 from memplan.dtypes import DType, bytes_for
 from memplan.errors import ConfigError
@@ -205,9 +205,14 @@ def _stage(value: int) -> ZeroStage:
 # --- the parameters as DeepSpeed's optimizer sees them --------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class ParamLayout:
-    """One model's parameter tensors (element counts), in registration order, split as DeepSpeed sees them."""
+    """One model's parameter tensors (element counts), in registration order, split as DeepSpeed sees them.
+
+    Immutable, so what is computed from the tensor lists is computed once per layout (``cached_property``,
+    hence no ``slots``): an estimate asks for the largest tensor at every backward moment, once per layer,
+    and a walk over a 512-layer model's 4,600 tensors each time made estimates grow with layers squared.
+    """
 
     trainable_groups: tuple[tuple[int, ...], ...]
     """Elements of each trainable tensor, per optimizer param group (empty groups dropped, engine.py)."""
@@ -219,12 +224,12 @@ class ParamLayout:
     """False when built from counts: entries are aggregates, so per-tensor effects (boundary overlap,
     persistence threshold, oversized bucket tensors) are not modelled."""
 
-    @property
+    @cached_property
     def trainable_params(self) -> int:
         """Trainable elements."""
         return sum(sum(g) for g in self.trainable_groups)
 
-    @property
+    @cached_property
     def frozen_params(self) -> int:
         """Frozen elements."""
         return sum(self.frozen_tensors)
@@ -234,16 +239,25 @@ class ParamLayout:
         """All distinct elements."""
         return self.trainable_params + self.frozen_params
 
-    @property
+    @cached_property
     def largest_tensor(self) -> int:
         """Largest trainable tensor (DeepSpeed's ``largest_param_numel``); 0 when built from counts."""
         if not self.per_tensor:
             return 0
         return max((t for g in self.trainable_groups for t in g), default=0)
 
+    @cached_property
+    def _all_tensors(self) -> tuple[int, ...]:
+        return tuple(t for g in self.trainable_groups for t in g) + self.frozen_tensors
+
     def all_tensors(self) -> tuple[int, ...]:
         """Every tensor, trainable then frozen."""
-        return tuple(t for g in self.trainable_groups for t in g) + self.frozen_tensors
+        return self._all_tensors
+
+    @cached_property
+    def tensor_histogram(self) -> tuple[tuple[int, int], ...]:
+        """``(numel, count)`` over every tensor: a model repeats a few shapes, so sums over it are short."""
+        return tuple(Counter(self._all_tensors).items())
 
 
 def _is_no_decay(module: ParamModule, tensor_name: str) -> bool:
@@ -297,31 +311,48 @@ def stage12_partition_numels(layout: ParamLayout, dp_degree: int) -> tuple[int, 
     return tuple(flat_group_numel(sum(g), dp_degree) // dp_degree for g in layout.trainable_groups)
 
 
+@lru_cache(maxsize=256)
 def grads_in_partition_numel(layout: ParamLayout, dp_degree: int) -> int:
     """Elements of stage 2's contiguous gradient partition on the worst rank.
 
     ``copy_grads_in_partition`` allocates the *whole* of every tensor that overlaps the rank's
     partition (stage_1_and_2.py:2184-2194, membership from ``get_partition_info`` :2579-2611), so a
-    rank pays for the tensors cut by its boundaries. Counts-only layouts have no boundaries.
+    rank pays for the tensors cut by its boundaries. Counts-only layouts have no boundaries. The ranks'
+    totals change only where a tensor starts or ends, so only those ranks are visited (not every rank).
+    Cached: it walks every tensor, and each engine's model states and backward timeline ask for it.
     """
     return sum(grads_in_partition_tensors(layout, dp_degree))
 
 
+@lru_cache(maxsize=256)
 def grads_in_partition_tensors(layout: ParamLayout, dp_degree: int) -> tuple[int, ...]:
     """The tensors (numel each) overlapping the worst rank's stage 1/2 partition (see
-    ``grads_in_partition_numel``); a counts-only layout gives its partitions, one per group."""
+    ``grads_in_partition_numel``); a counts-only layout gives its partitions, one per group. The worst
+    rank is found from the changes of the ranks' totals (only where a tensor starts or ends), then its
+    tensors are collected in a second pass, so no list is built per rank."""
     partitions = stage12_partition_numels(layout, dp_degree)
     if not layout.per_tensor:
         return partitions
-    tensors: list[list[int]] = [[] for _ in range(dp_degree)]
+    changes: dict[int, int] = defaultdict(int)  # rank -> change of the total from the rank before
+    for first, last, numel in _tensor_ranks(layout, partitions, dp_degree):
+        changes[first] += numel
+        changes[last + 1] -= numel
+    worst_rank, worst, total = 0, -1, 0
+    for rank in sorted(changes):
+        total += changes[rank]
+        if rank < dp_degree and total > worst:
+            worst_rank, worst = rank, total
+    return tuple(numel for first, last, numel in _tensor_ranks(layout, partitions, dp_degree)
+                 if first <= worst_rank <= last)
+
+
+def _tensor_ranks(layout: ParamLayout, partitions: tuple[int, ...], dp_degree: int) -> Iterator[tuple[int, int, int]]:
+    """``(first rank, last rank, numel)`` of each trainable tensor in its group's flat buffer."""
     for group, size in zip(layout.trainable_groups, partitions):
         start = 0
         for numel in group:
-            first, last = start // size, min((start + numel - 1) // size, dp_degree - 1)
-            for rank in range(first, last + 1):
-                tensors[rank].append(numel)
+            yield start // size, min((start + numel - 1) // size, dp_degree - 1), numel
             start += numel
-    return tuple(max(tensors, key=sum))
 
 
 # --- stage 3 partitions ------------------------------------------------------------------------
@@ -356,17 +387,20 @@ def persistent_numel(layout: ParamLayout, threshold: int) -> int:
     """Elements of tensors kept whole on every rank: ``numel <= threshold`` (parameter_offload.py:325)."""
     if not layout.per_tensor:
         return 0
-    return sum(t for t in layout.all_tensors() if t <= threshold)
+    return sum(numel * count for numel, count in layout.tensor_histogram if numel <= threshold)
 
 
+@lru_cache(maxsize=256)
 def largest_sub_group_numel(layout: ParamLayout, dp_degree: int, sub_group_size: int) -> int:
     """Largest ZeRO-3 optimizer sub-group (``sub_group_numels``)."""
     return max(sub_group_numels(layout, dp_degree, sub_group_size), default=0)
 
 
+@lru_cache(maxsize=256)
 def sub_group_numels(layout: ParamLayout, dp_degree: int, sub_group_size: int) -> tuple[int, ...]:
     """Each ZeRO-3 optimizer sub-group's partition numel on one rank: per parameter group, partitions
-    accumulated until ``>= sub_group_size`` (stage3.py:1210-1233, ``_create_fp16_sub_groups``)."""
+    accumulated until ``>= sub_group_size`` (stage3.py:1210-1233, ``_create_fp16_sub_groups``).
+    Cached: it walks every tensor."""
     sizes: list[int] = []
     for group in layout.trainable_groups:
         partitions = [stage3_partition_numel(t, dp_degree) for t in group]

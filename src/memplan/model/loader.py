@@ -14,15 +14,13 @@ from typing import Any
 
 from memplan.errors import ConfigError, ModelNotFoundError
 from memplan.model.families import adapt
+from memplan.model.hub import read_hub_config
 from memplan.model.presets import find_preset, preset_names
 from memplan.model.spec import ModelSpec
 
 #: Largest config.json accepted. Real ones are a few KB (DeepSeek-V3's is 1.7 KB); a bigger file is
 #: not a model config, and reading it whole would be a denial of service.
 MAX_CONFIG_BYTES = 1 << 20
-
-#: Host of the Hugging Face hub, checked by name resolution before a download is attempted.
-HUB_HOST = "huggingface.co"
 
 #: Wrapper configs whose language model sits under ``text_config`` (multimodal checkpoints).
 _TEXT_CONFIG_WRAPPERS = {"gemma3": "gemma3_text"}
@@ -71,39 +69,24 @@ def _local_config_path(text: str) -> Path | None:
         return candidate
     if path.is_file():
         return path
+    if _exists(path):
+        raise ConfigError(text, "is not a regular file (give a config.json file or its directory)")
     if text.endswith(".json") or os.sep in text and not _looks_like_hub_id(text):
         raise ConfigError(text, "no such file")
     return None
 
 
+def _exists(path: Path) -> bool:
+    """Whether something (a device, a pipe) is at ``path``; False for names the OS refuses (too long)."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
+
+
 def _looks_like_hub_id(text: str) -> bool:
     parts = text.split("/")
     return len(parts) == 2 and all(parts) and not text.startswith((".", "~"))
-
-
-def _fetch_from_hub(repo_id: str) -> Path:
-    """Download only ``config.json`` of ``repo_id`` with huggingface_hub (imported lazily)."""
-    try:
-        from huggingface_hub import hf_hub_download  # type: ignore[import-not-found]
-    except ImportError:
-        raise ModelNotFoundError(repo_id, "not a bundled preset, and huggingface_hub is not installed to fetch it; "
-                                          "pass a local config.json path or install memplan[hub]") from None
-    import logging
-    import socket
-
-    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}
-    if not offline:
-        try:  # fail fast (not after the hub client's minute of retries) when there is no network
-            socket.getaddrinfo(HUB_HOST, 443)
-        except OSError:
-            offline = True
-    try:
-        return Path(hf_hub_download(repo_id=repo_id, filename="config.json", local_files_only=offline))
-    except Exception as exc:  # noqa: BLE001 - any hub failure is reported as one line
-        reason = type(exc).__name__
-        raise ModelNotFoundError(repo_id, f"not a bundled preset and could not be fetched from the hub ({reason}); "
-                                          "offline? download its config.json and pass the path") from None
 
 
 def load_model_spec(model: str) -> ModelSpec:
@@ -117,8 +100,7 @@ def load_model_spec(model: str) -> ModelSpec:
     if preset is not None:
         return spec_from_config(preset.config(), name=preset.name, location=f"preset {preset.name}")
     if _looks_like_hub_id(model):
-        path = _fetch_from_hub(model)
-        return spec_from_config(read_config_file(path), name=model, location=f"{model}/config.json")
+        return spec_from_config(read_hub_config(model), name=model, location=f"{model}/config.json")
     close = difflib.get_close_matches(model.lower(), preset_names(), n=3, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else "; `memplan models` lists the presets"
     raise ModelNotFoundError(model, f"unknown model{hint}")

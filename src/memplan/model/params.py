@@ -215,14 +215,17 @@ def num_params(spec: ModelSpec) -> int:
     return total
 
 
+@lru_cache(maxsize=256)
 def largest_layer_params(spec: ModelSpec) -> int:
     """DeepSpeed's "largest layer": ``max(sum(p.numel() for p in m.parameters(recurse=False)))`` over
     modules (deepspeedai/DeepSpeed:deepspeed/runtime/zero/stage3.py@v0.19.8,
     ``estimate_zero3_model_states_mem_needs_all_live``). Usually the embedding or LM head; for MoE
-    models in transformers v5 the fused experts of one layer."""
+    models in transformers v5 the fused experts of one layer. Cached per spec, as ``param_tree`` is."""
     return max(m.own_params for m in param_tree(spec).walk())
 
 
+@lru_cache(maxsize=256)
 def largest_tensor_numel(spec: ModelSpec) -> int:
-    """Elements of the largest single parameter tensor (what a one-parameter-at-a-time gather holds)."""
+    """Elements of the largest single parameter tensor (what a one-parameter-at-a-time gather holds).
+    Cached per spec, as ``param_tree`` is: the planner asks for it at every RL candidate."""
     return max(t.numel for m in param_tree(spec).walk() for t in m.tensors)

@@ -101,10 +101,10 @@ def speedups(space: Space, flags: FlagSet, *, hybrid: bool) -> list[tuple[str, l
 
 
 def base_sizes(space: Space) -> tuple[int, ...]:
-    """Group sizes a role may take: 1..GPUs per node, then whole nodes; at most ``max_gpus``."""
-    gpn = space.gpus_per_node
-    sizes = [*range(1, gpn + 1), *(gpn * k for k in NODE_MULTIPLES[1:])]
-    return tuple(s for s in sizes if s <= max(space.max_gpus, 1))
+    """Group sizes a role may take: 1..GPUs per node, then whole nodes; at most ``max_gpus`` (so the
+    ladder never grows with ``--gpus-per-node`` beyond ``--max-gpus``)."""
+    gpn, limit = space.gpus_per_node, max(space.max_gpus, 1)
+    return (*range(1, min(gpn, limit) + 1), *(gpn * k for k in NODE_MULTIPLES[1:] if gpn * k <= limit))
 
 
 def _pinned_size(space: Space, role: str) -> int | None:

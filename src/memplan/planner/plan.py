@@ -1,8 +1,8 @@
 """``plan()``: the minimum and the recommended layout of a run, each with its launch command.
 
 Each plan's estimate is made from its own launch command, read back the way ``memplan check``
-reads it (``resolve_command`` then ``estimate_run``), so ``check`` on the command gives the same
-estimate.
+reads it (``resolve_command`` then ``estimate_run``, at the plan's OpenRLHF version), so ``check`` on the
+command (with ``--openrlhf-version`` when the plan was made for an older release) gives the same estimate.
 """
 
 from __future__ import annotations
@@ -114,7 +114,8 @@ class PlanResult:
 def _plan_of(space: Space, found: Found, gpu: Gpu, host_ram_bytes: int | None) -> Plan:
     layout, flags = found.candidate.layout, found.candidate.flags
     command = command_text(space, layout, flags)
-    est = estimate_run(resolve_command(command), gpu=gpu, host_ram_bytes=host_ram_bytes)
+    est = estimate_run(resolve_command(command, version=space.run.version, whole_run=False), gpu=gpu,
+                       host_ram_bytes=host_ram_bytes)
     return Plan(layout=layout, flags=flags, command=command, estimate=est)
 
 

@@ -93,8 +93,7 @@ def gpus_fit(est: Estimate, gpu: Gpu, fit: Fit) -> bool:
 
 def host_rank(est: Estimate) -> tuple[int, int]:
     """(largest node peak, total host peak): the minimum's tie-break."""
-    peaks = [h.peak_bytes for h in est.hosts]
-    return max(peaks, default=0), sum(peaks)
+    return max((h.peak_bytes for h in est.hosts), default=0), sum(h.peak_bytes * h.count for h in est.hosts)
 
 
 class BudgetExhausted(Exception):

@@ -27,8 +27,9 @@ from typing import Any
 from memplan.api import ResolvedRun, command_for, resolve_command
 from memplan.errors import ConfigError
 from memplan.frameworks.openrlhf import LauncherWorld, format_command, load_table, parse_command, resolve_values
+from memplan.frameworks.openrlhf.bounds import MAX_GPUS, MAX_GPUS_PER_NODE, check_count
 from memplan.frameworks.openrlhf.defaults import LEGACY_DERIVED_KEYS
-from memplan.frameworks.openrlhf.flags import FlagKind, tables_with
+from memplan.frameworks.openrlhf.flags import FlagKind, check_value, tables_with
 from memplan.frameworks.openrlhf.job import SCRIPT_METHOD
 from memplan.frameworks.openrlhf.rl_job import rl_roles
 from memplan.model import load_model_spec, num_params
@@ -234,7 +235,7 @@ def parse_keep(items: Sequence[str], script: str, version: str) -> dict[str, Any
             value = _number(float, text, location)
         else:
             value = text
-        pinned[key] = value
+        pinned[key] = check_value(spec, value, location)
     return pinned
 
 
@@ -265,14 +266,13 @@ def build_space(model: str, method: str, *, flags: Sequence[str] = (), keep: Seq
                 gpus_per_node: int = 8, max_gpus: int | None = None, allow_lora: bool = False,
                 version: str | None = None) -> Space:
     """Resolve the request once: OpenRLHF defaults, the user's flags, pins and the roles present."""
-    if gpus_per_node < 1:
-        raise ConfigError("--gpus-per-node", f"must be >= 1, got {gpus_per_node}")
-    if max_gpus is not None and max_gpus < 0:
-        raise ConfigError("--max-gpus", f"must be >= 0, got {max_gpus}")
+    check_count("--gpus-per-node", gpus_per_node, 1, MAX_GPUS_PER_NODE)
+    check_count("--max-gpus", max_gpus, 0, MAX_GPUS)
     spec = load_model_spec(model)
     notes: list[str] = []
     argv = command_for(model, method, list(flags))
-    run = resolve_command(argv, version=version)
+    run = resolve_command(argv, version=version, whole_run=False)
+    notes.extend(run.notes)  # the OpenRLHF version assumed, flags not read
     given = parse_command(argv).values
     rl = run.script not in SCRIPT_METHOD
     searched = RL_SEARCHED if rl else SINGLE_SEARCHED

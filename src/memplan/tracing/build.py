@@ -24,32 +24,13 @@ import torch
 from torch import nn
 
 from memplan.errors import ConfigError
-from memplan.tracing.config import Method, TraceRequest
+from memplan.tracing.config import Method, TraceRequest, load_config_dict
 
 #: ``--param_dtype`` -> torch dtype.
 PARAM_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 #: OpenRLHF's reward/critic head name (``--value_head_prefix`` default, openrlhf.md §1.1).
 VALUE_HEAD_PREFIX = "score"
-
-
-def load_config_dict(model: str) -> dict[str, Any]:
-    """The raw config.json dict of MODEL (path, preset or hub id), as memplan's loader resolves it."""
-    from memplan.model.loader import _fetch_from_hub, _local_config_path, _looks_like_hub_id, read_config_file
-    from memplan.model.presets import find_preset
-
-    local = _local_config_path(model)
-    if local is not None:
-        return read_config_file(local)
-    preset = find_preset(model)
-    if preset is not None:
-        return preset.config()
-    if _looks_like_hub_id(model):
-        return read_config_file(_fetch_from_hub(model))
-    from memplan.model import load_model_spec
-
-    load_model_spec(model)  # raises the loader's own "unknown model" error with suggestions
-    raise ConfigError(model, "unknown model")
 
 
 def hf_config(config: dict[str, Any], attn: str) -> Any:

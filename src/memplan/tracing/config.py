@@ -11,6 +11,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from memplan.errors import ConfigError
 
@@ -233,3 +234,23 @@ def request_from_dict(data: dict[str, object]) -> TraceRequest:
     fields.pop("traced_attn_implementation", None)
     fields["target_modules"] = tuple(fields["target_modules"])  # type: ignore[arg-type]
     return resolve_request(**fields)  # type: ignore[arg-type]
+
+
+def load_config_dict(model: str) -> dict[str, Any]:
+    """The raw config.json dict of MODEL (path, preset or hub id), as memplan's loader resolves it."""
+    from memplan.model.hub import read_hub_config
+    from memplan.model.loader import _local_config_path, _looks_like_hub_id, read_config_file
+    from memplan.model.presets import find_preset
+
+    local = _local_config_path(model)
+    if local is not None:
+        return read_config_file(local)
+    preset = find_preset(model)
+    if preset is not None:
+        return preset.config()
+    if _looks_like_hub_id(model):
+        return read_hub_config(model)
+    from memplan.model import load_model_spec
+
+    load_model_spec(model)  # raises the loader's own "unknown model" error with suggestions
+    raise ConfigError(model, "unknown model")

@@ -112,7 +112,7 @@ def predicted_rank_bytes(est: Estimate, phase: str, *, include_host: bool) -> in
               if t.device == Device.GPU and t.category != Category.OVERHEAD)
     if not include_host or not est.hosts:
         return gpu
-    ranks_per_node = est.num_gpus // len(est.hosts)
+    ranks_per_node = est.num_gpus // est.num_nodes
     host = max(est.hosts, key=lambda h: h.peak_bytes)
     cpu = sum(t.bytes for usage in host.phases if str(usage.phase) == phase for t in usage.terms
               if t.category != Category.OVERHEAD)

@@ -18,12 +18,14 @@ from memplan.frameworks.openrlhf.flags import (
     FlagSpec,
     FlagTable,
     load_table,
+    newest_with_script,
     normalize_version,
+    scripts_of,
 )
 from memplan.frameworks.openrlhf.launchers import HostSlots, Launcher, LauncherWorld
 
 __all__ = [
     "LATEST", "SCRIPTS", "VERSIONS", "FlagSpec", "FlagTable", "HostSlots", "Launcher", "LauncherWorld",
-    "ParsedCommand", "foreign_keys", "format_command", "load_table", "normalize_version", "parse_command",
-    "resolve_values",
+    "ParsedCommand", "foreign_keys", "format_command", "load_table", "newest_with_script", "normalize_version",
+    "parse_command", "resolve_values", "scripts_of",
 ]

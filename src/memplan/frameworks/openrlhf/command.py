@@ -7,6 +7,15 @@ reads the launcher's world size, and reads every OpenRLHF flag into canonical ke
 values. Both spellings are read: legacy flat (``--zero_stage 3``) and 0.11 dotted
 (``--ds.zero_stage 3``). Unknown flags are reported, not fatal; bad values are a ConfigError that
 names the flag.
+
+Which OpenRLHF version a command implies (``ParsedCommand.version_hint``): the latest release unless
+the script or a flag given exists only in older ones, then the newest release that has them all. A
+flat flag counts as the flag that renamed it (its canonical key): OpenRLHF v0.11.0's argparse itself
+takes only dotted spellings (``parser.add_argument("--ds.zero_stage", ...)`` at
+openrlhf/cli/train_ppo_ray.py@3c3be62 line 308, no flat alias; ``hierarchize`` in
+openrlhf/utils/config.py only nests the dotted dests), but ``--zero_stage 3`` asks for the same
+setting, so it does not mark a command as 0.9. ``--prompt_max_len`` (no 0.11 key) or
+``openrlhf.cli.train_kto`` (no 0.11 script) do.
 """
 
 from __future__ import annotations
@@ -18,7 +27,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from memplan.errors import ConfigError
-from memplan.frameworks.openrlhf.flags import SCRIPTS, VERSIONS, FlagKind, FlagSpec, FlagTable, tables_with
+from memplan.frameworks.openrlhf.flags import (
+    SCRIPTS,
+    VERSIONS,
+    FlagKind,
+    FlagSpec,
+    FlagTable,
+    check_value,
+    tables_with,
+)
 from memplan.frameworks.openrlhf.launchers import Launcher, LauncherWorld, find_launcher, parse_world
 from memplan.frameworks.openrlhf.shell import restore, split_commands, words_of
 
@@ -39,8 +56,12 @@ class ParsedCommand:
     """World size the launcher asks for (deepspeed/torchrun flags); empty for python and ray."""
     values: dict[str, Any] = field(default_factory=dict)
     """Canonical key -> typed value, for the flags given (last one wins, as in argparse)."""
+    options: dict[str, str] = field(default_factory=dict)
+    """Canonical key -> the option as the user typed it (``--ds.zero_stage``), for error messages."""
     version_hint: str | None = None
-    """``0.8``/``0.9``/``0.11`` when the spellings used narrow it down, else None."""
+    """The newest version that has the script and every flag given (module doc); None when every version has them."""
+    version_reason: str | None = None
+    """Why the hint is not the latest release (``--prompt_max_len is not a flag of OpenRLHF 0.11``), else None."""
     unknown_flags: tuple[str, ...] = ()
     """Flags (and stray words) no OpenRLHF table of this script knows, as typed."""
     ignored_flags: tuple[str, ...] = ()
@@ -56,19 +77,48 @@ class ParsedCommand:
 def parse_command(command: str | Sequence[str]) -> ParsedCommand:
     """Parse a launch command (one string, a pasted script, or an argv list)."""
     text = _as_text(command)
-    words, index, script = _find_entry(text)
+    (words, index, script), others = _find_entry(text)
     launcher, launcher_args = find_launcher(words[:index])
     world = parse_world(launcher, launcher_args)
     args = tuple(words[index + 1:])
     reader = _FlagReader(script)
     reader.read(args)
     return ParsedCommand(
-        launcher=launcher, script=script, world=world, values=reader.values,
-        version_hint=reader.version_hint(), unknown_flags=tuple(reader.unknown),
+        launcher=launcher, script=script, world=world, values=reader.values, options=reader.typed,
+        version_hint=reader.version_hint(), version_reason=reader.version_reason(),
+        unknown_flags=tuple(reader.unknown),
         ignored_flags=tuple(dict.fromkeys(reader.ignored)),
-        warnings=tuple(reader.warnings + reader.version_warnings()),
+        warnings=tuple(reader.warnings + reader.version_warnings() + _others_warning(others, launcher, script)),
         launcher_args=tuple(launcher_args), args=args,
     )
+
+
+def read_flag_value(script: str, option: str, text: str | None) -> Any:
+    """One OpenRLHF flag as a command gives it (``--zero_stage``, ``7``) -> its typed, checked value.
+
+    The same conversion and checks (``flags.check_value``: type, bounds, finiteness, choices) as a full
+    command; every bad value ends in a ConfigError whose location is ``option``. ``text`` None means the
+    flag alone (a switch); a flag of several values takes them space-separated. Made for fuzzers and
+    tests that exercise the validator one flag at a time.
+    """
+    reader = _FlagReader(script)
+    spec = reader.options.get(option)
+    if spec is None:
+        raise ConfigError(option, f"not a flag of openrlhf.cli.{script}")
+    words = [] if text is None else (text.split() if spec.nargs is not None else [text])
+    if spec.takes_value and not words:
+        raise ConfigError(option, "missing value")
+    if not spec.takes_value and words:
+        raise ConfigError(option, f"takes no value, got {text!r}")
+    return check_value(spec, _convert(spec, option, words), option)
+
+
+def _others_warning(others: int, launcher: Launcher, script: str) -> list[str]:
+    if not others:
+        return []
+    return [f"the text holds {others + 1} OpenRLHF training commands; memplan estimated only the first "
+            f"{'launched ' if launcher is not Launcher.NONE else ''}one ({launcher} openrlhf.cli.{script}): "
+            "check the others one at a time"]
 
 
 def _as_text(command: str | Sequence[str]) -> str:
@@ -83,8 +133,9 @@ def _as_text(command: str | Sequence[str]) -> str:
     return text
 
 
-def _find_entry(text: str) -> tuple[list[str], int, str]:
-    """The command's words, the index of the entry module word, and the script name."""
+def _find_entry(text: str) -> tuple[tuple[list[str], int, str], int]:
+    """The chosen command (its words, the index of the entry module word, the script name) and how many other
+    training commands the text holds: the first launched one is taken (else the first)."""
     commands, variables = split_commands(text)
     candidates = list(_entries(commands))
     if not candidates:
@@ -95,7 +146,8 @@ def _find_entry(text: str) -> tuple[list[str], int, str]:
     training = [c for c in candidates if c[2] in SCRIPTS]
     launched = [c for c in training if find_launcher(c[0][:c[1]])[0] is not Launcher.NONE]
     if launched or training:
-        return (launched or training)[0]
+        distinct = {tuple(w[i:]) for w, i, _ in training}  # a command kept in a variable, then launched, is one
+        return (launched or training)[0], len(distinct) - 1
     _, _, script = candidates[0]
     raise ConfigError(f"openrlhf.cli.{script}", "not an OpenRLHF training entry point memplan reads "
                       f"(expected one of {', '.join(SCRIPTS)})")
@@ -126,11 +178,13 @@ class _FlagReader:
     """Reads OpenRLHF's argv for one script against the union of its flag tables."""
 
     def __init__(self, script: str) -> None:
+        self.script = script
         self.tables = tables_with(script)
         self.options: dict[str, FlagSpec] = {}
         for table in reversed(self.tables):
             self.options.update(table.by_option)
         self.values: dict[str, Any] = {}
+        self.typed: dict[str, str] = {}
         self.used: list[FlagSpec] = []
         self.unknown: list[str] = []
         self.ignored: list[str] = []
@@ -156,9 +210,10 @@ class _FlagReader:
             takes_next = not has_inline and index + 1 < len(args) and not _is_option(args[index + 1])
             return index + (2 if takes_next else 1)
         words, index = self._value_words(spec, typed, args, index + 1, inline if has_inline else None)
-        value = _convert(spec, typed, words)
+        value = check_value(spec, _convert(spec, typed, words), typed)
         for key in spec.keys:
             self.values[key] = value
+            self.typed[key] = typed
         self.used.append(spec)
         if not spec.memory:
             self.ignored.append(typed)
@@ -201,28 +256,45 @@ class _FlagReader:
         candidates = self._candidate_versions()
         if not candidates:
             return "0.11" if any(s.dotted for s in self.used) else None
-        everywhere = {t.version for t in self.tables}
-        if set(candidates) == everywhere:
+        if set(candidates) == set(VERSIONS):
             return None
         return max(candidates, key=VERSIONS.index)
 
     def _candidate_versions(self) -> list[str]:
-        versions = [t.version for t in self.tables]
-        for spec in self.used:
-            versions = [v for v in versions if spec.option in self._table(v).by_option]
-        return versions
+        return [t.version for t in self.tables if all(_has_flag(t, spec) for spec in self.used)]
+
+    def version_reason(self) -> str | None:
+        """What the release after the hint lacks (the script, or the flags given), when the hint is not the latest."""
+        hint = self.version_hint()
+        if hint is None or hint == VERSIONS[-1]:
+            return None
+        newer = VERSIONS[VERSIONS.index(hint) + 1]
+        table = next((t for t in self.tables if t.version == newer), None)
+        if table is None:
+            return f"openrlhf.cli.{self.script} is not an entry script of OpenRLHF {newer}"
+        missing = list(dict.fromkeys(s.option for s in self.used if not _has_flag(table, s)))
+        what = "is not a flag" if len(missing) == 1 else "are not flags"
+        return f"{', '.join(missing)} {what} of OpenRLHF {newer}"
 
     def version_warnings(self) -> list[str]:
         hint = self.version_hint()
         if hint is None or self._candidate_versions():
             return []
         table = self._table(hint)
-        foreign = dict.fromkeys(s.option for s in self.used if s.option not in table.by_option)
+        foreign = dict.fromkeys(s.option for s in self.used if not _has_flag(table, s))
         return [f"{option} is not a flag of OpenRLHF {hint} (the command mixes spellings of different versions)"
                 for option in foreign]
 
     def _table(self, version: str) -> FlagTable:
         return next(t for t in self.tables if t.version == version)
+
+
+def _has_flag(table: FlagTable, spec: FlagSpec) -> bool:
+    """Whether ``table``'s version has the flag: the same spelling, or, for a flat flag, a flag that sets the
+    same canonical keys (the renamed 0.11 flag; see the module doc)."""
+    if spec.option in table.by_option:
+        return True
+    return not spec.dotted and all(key in table.by_key for key in spec.keys)
 
 
 def _wanted_count(spec: FlagSpec, available: int) -> int:

@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from memplan.errors import ConfigError
+from memplan.frameworks.openrlhf.bounds import MAX_TOKENS
 from memplan.frameworks.openrlhf.command import ParsedCommand
 from memplan.frameworks.openrlhf.flags import check_value, load_table, normalize_version
 
@@ -180,7 +181,11 @@ def _ppo_batches(script: str, version: str, v: Values) -> None:
 def _legacy_max_len(script: str, version: str, v: Values) -> None:
     """train_ppo_ray.py (0.8, 0.9): vLLM max_model_len = max_len or prompt_max_len + generate_max_len."""
     if script == "train_ppo_ray" and version in ("0.8", "0.9") and v["max_len"] is None:
-        v["max_len"] = v["prompt_max_len"] + v["generate_max_len"]
+        total = v["prompt_max_len"] + v["generate_max_len"]
+        if total > MAX_TOKENS:
+            raise ConfigError("prompt_max_len", f"prompt_max_len + generate_max_len = {total} tokens, more than the "
+                                                f"longest sequence memplan accepts ({MAX_TOKENS})")
+        v["max_len"] = total
 
 
 _RULES: tuple[Callable[[str, str, Values], None], ...] = (

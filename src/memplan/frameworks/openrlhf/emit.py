@@ -2,6 +2,7 @@
 
 Only values that differ from OpenRLHF's default for the script and version are written, plus a few
 essentials a reader expects to see (the model, ZeRO stage, precision, micro batch, actor layout).
+A model given by a bundled preset's short name is written as the preset's hub id, which OpenRLHF can load.
 Flags are spelled for the requested version (legacy flat for 0.8/0.9, dotted for 0.11) and come
 in the order of OpenRLHF's own ``--help``. ``parse_command`` reads the result back to the same
 values.
@@ -29,6 +30,10 @@ ESSENTIAL_KEYS: tuple[str, ...] = (
 )
 """Keys written even when equal to the default (when the version has them and a flag can say it)."""
 
+MODEL_PATH_KEYS: tuple[str, ...] = ("pretrain", "reward_pretrain", "critic_pretrain", "ref_pretrain", "teacher_model")
+"""Keys whose value OpenRLHF passes to ``from_pretrained`` (a hub id or a local path; ``reward_pretrain`` may
+list several, comma-separated: openrlhf/cli/train_ppo_ray.py@v0.11.0 ``reward_pretrain.split(",")``)."""
+
 _NEGATIVE_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$")
 _SAFE_ADDRESS = re.compile(r"^[\w@%+=:,./-]+$")
 
@@ -45,9 +50,26 @@ def format_command(script: str, values: Mapping[str, Any], *, launcher: Launcher
     table = load_table(script, version)
     chosen = Launcher(launcher) if launcher is not None else _default_launcher(script)
     groups = [_launcher_words(chosen, script, world, ray_address)]
-    groups += _flag_groups(table, _wanted(table, values))
+    groups += _flag_groups(table, _wanted(table, loadable_models(values)))
     separator = " \\\n    " if multiline else " "
     return separator.join(" ".join(_quote(w) for w in group) for group in groups if group)
+
+
+def loadable_models(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` with every bundled preset's short name (``llama-3-8b``) replaced by its hub id
+    (``meta-llama/Meta-Llama-3-8B``): OpenRLHF loads models with ``from_pretrained``, which knows hub ids and
+    paths, not memplan's short names. memplan reads the hub id back to the same preset (``find_preset``)."""
+    from memplan.model.presets import find_preset
+
+    def hub_id(name: str) -> str:
+        preset = find_preset(name)
+        return preset.hub_id if preset is not None else name
+
+    out = dict(values)
+    for key in MODEL_PATH_KEYS:
+        if isinstance(out.get(key), str) and out[key]:
+            out[key] = ",".join(hub_id(part) for part in out[key].split(","))
+    return out
 
 
 def _default_launcher(script: str) -> Launcher:

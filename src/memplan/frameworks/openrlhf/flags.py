@@ -32,6 +32,7 @@ from types import MappingProxyType
 from typing import Any
 
 from memplan.errors import ConfigError
+from memplan.frameworks.openrlhf.bounds import check_flag_value
 
 SCRIPTS: tuple[str, ...] = (
     "train_sft", "train_rm", "train_dpo", "train_kto", "train_prm", "train_kd", "train_ppo_ray",
@@ -43,6 +44,9 @@ VERSIONS: tuple[str, ...] = ("0.8", "0.9", "0.11")
 
 LATEST = "0.11"
 """The version assumed when none is given."""
+
+VERSION_OPTION = "--openrlhf-version"
+"""memplan's option that names the version (where version errors point)."""
 
 _TABLE_FILES = {"0.8": "flags_v0.8.5.toml", "0.9": "flags_v0.9.5.toml", "0.11": "flags_v0.11.0.toml"}
 
@@ -183,7 +187,9 @@ def normalize_version(text: str | None) -> str:
     if text is None:
         return LATEST
     cleaned = text.strip().lower().removeprefix("v")
-    if cleaned in ("latest", "main", ""):
+    if not cleaned:
+        raise ConfigError(VERSION_OPTION, f"empty: give one of {', '.join(VERSIONS)}, a release tag or latest")
+    if cleaned in ("latest", "main"):
         return LATEST
     if cleaned in VERSIONS:
         return cleaned
@@ -194,7 +200,7 @@ def version_of_tag(tag: str) -> str:
     """The table version of an exact release tag (``0.9.5``, ``0.8.9.post1``)."""
     match = re.fullmatch(r"(\d+)\.(\d+)\.(\d+)(?:\.post(\d+))?", tag)
     if match is None:
-        raise ConfigError("openrlhf_version", f"expected one of {', '.join(VERSIONS)} or a release tag, "
+        raise ConfigError(VERSION_OPTION, f"expected one of {', '.join(VERSIONS)} or a release tag, "
                           f"got {tag!r}")
     number = tuple(int(g) for g in match.groups() if g is not None)
     for low, high, version in _TAG_RANGES:
@@ -202,13 +208,18 @@ def version_of_tag(tag: str) -> str:
             return version
     for (low, high), reason in _BETWEEN.items():
         if low <= number <= high:
-            raise ConfigError("openrlhf_version", f"v{tag} {reason}; pass 0.8, 0.9 or 0.11 instead")
-    raise ConfigError("openrlhf_version", f"no flag table for OpenRLHF v{tag} (tables: v0.8.5, v0.9.5, v0.11.0)")
+            raise ConfigError(VERSION_OPTION, f"v{tag} {reason}; pass 0.8, 0.9 or 0.11 instead")
+    raise ConfigError(VERSION_OPTION, f"no flag table for OpenRLHF v{tag} (tables: v0.8.5, v0.9.5, v0.11.0)")
 
 
 def scripts_of(version: str) -> tuple[str, ...]:
     """Entry scripts present in ``version`` (0.11 removed train_kto, train_prm, train_kd)."""
     return tuple(s for s in SCRIPTS if s in _raw_table(version))
+
+
+def newest_with_script(script: str) -> str | None:
+    """The newest version that has ``script`` (``0.9`` for train_kto, train_prm and train_kd), else None."""
+    return next((v for v in reversed(VERSIONS) if script in _raw_table(v)), None)
 
 
 def load_table(script: str, version: str) -> FlagTable:
@@ -233,8 +244,10 @@ def _load_table(script: str, version: str) -> FlagTable:
     raw = _raw_table(version)
     if script not in raw or script not in SCRIPTS:
         present = ", ".join(scripts_of(version))
+        newest = newest_with_script(script) if script in SCRIPTS else None
+        where = f"; OpenRLHF {newest} has it (--openrlhf-version {newest})" if newest else ""
         raise ConfigError("script", f"openrlhf.cli.{script} is not an entry script of OpenRLHF {version} "
-                          f"(it has {present})")
+                          f"(it has {present}){where}")
     flags = tuple(_flag_spec(entry, version) for entry in raw[script]["flags"])
     by_key: dict[str, tuple[FlagSpec, ...]] = {}
     for spec in flags:
@@ -262,34 +275,43 @@ def _raw_table(version: str) -> dict[str, Any]:
     return tomllib.loads(text)
 
 
-def check_value(spec: FlagSpec, value: Any) -> Any:
-    """``value`` if it fits ``spec`` (lists become tuples), else ConfigError naming the key."""
+def check_value(spec: FlagSpec, value: Any, location: str | None = None) -> Any:
+    """``value`` if it fits ``spec`` and the key's bounds (lists become tuples), else ConfigError.
+
+    The error names ``location`` (the flag as typed), or the canonical key when None. Bounds, finiteness
+    and allowed spellings come from ``bounds.BOUNDS``: this is the one check every value passes.
+    """
+    where = location or spec.key
     if value is None or spec.kind in (FlagKind.STORE_TRUE, FlagKind.STORE_FALSE):
         if value is not None and not isinstance(value, bool):
-            raise ConfigError(spec.key, f"expected true or false, got {value!r}")
+            raise ConfigError(where, f"expected true or false, got {value!r}")
         return value
     if spec.nargs is None:
-        return _check_scalar(spec, value)
-    if isinstance(value, str) and spec.nargs == "*":
-        return value
-    if not isinstance(value, (list, tuple)):
-        raise ConfigError(spec.key, f"expected a list of values, got {value!r}")
-    if isinstance(spec.nargs, int) and len(value) != spec.nargs:
-        raise ConfigError(spec.key, f"expected {spec.nargs} values, got {len(value)}")
-    return tuple(_check_scalar(spec, item) for item in value)
+        checked = _check_scalar(spec, value, where)
+    elif isinstance(value, str) and spec.nargs == "*":
+        checked = value
+    elif not isinstance(value, (list, tuple)):
+        raise ConfigError(where, f"expected a list of values, got {value!r}")
+    elif isinstance(spec.nargs, int) and len(value) != spec.nargs:
+        raise ConfigError(where, f"expected {spec.nargs} values, got {len(value)}")
+    else:
+        checked = tuple(_check_scalar(spec, item, where) for item in value)
+    for key in spec.keys:
+        check_flag_value(key, checked, where)
+    return checked
 
 
-def _check_scalar(spec: FlagSpec, value: Any) -> Any:
+def _check_scalar(spec: FlagSpec, value: Any, where: str) -> Any:
     if spec.kind is FlagKind.INT:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(spec.key, f"expected an integer, got {value!r}")
+            raise ConfigError(where, f"expected an integer, got {value!r}")
         return value
     if spec.kind is FlagKind.FLOAT:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(spec.key, f"expected a number, got {value!r}")
+            raise ConfigError(where, f"expected a number, got {value!r}")
         return float(value)
     if not isinstance(value, str):
-        raise ConfigError(spec.key, f"expected a string, got {value!r}")
+        raise ConfigError(where, f"expected a string, got {value!r}")
     if spec.kind is FlagKind.CHOICE and value not in spec.choices:
-        raise ConfigError(spec.key, f"expected one of {', '.join(spec.choices)}, got {value!r}")
+        raise ConfigError(where, f"expected one of {', '.join(spec.choices)}, got {value!r}")
     return value

@@ -147,3 +147,25 @@ def build_single_model_job(script: str, values: Mapping[str, Any], *, group: Gpu
     job = Job(method=method, roles=tuple(roles), groups=(group,), logprob_impl=logprob_impl,
               framework_version=version, command=command)
     return job, tuple(notes)
+
+
+MODEL_KEYS: tuple[str, ...] = ("pretrain", "ref_pretrain", "reward_pretrain", "critic_pretrain", "teacher_model")
+"""Flags whose value names a model checkpoint (train_*.py argparse; the reward flag may list several)."""
+
+
+def flag_naming_loader(load: Callable[[str], ModelSpec], values: Mapping[str, Any]) -> Callable[[str], ModelSpec]:
+    """``load`` whose errors name the flag that gave the model (``--reward_pretrain: 'x': unknown model``).
+
+    A bad checkpoint name is a bad value of a flag; the loader itself only knows the name.
+    """
+    def named_load(name: str) -> ModelSpec:
+        try:
+            return load(name)
+        except ConfigError as exc:
+            key = next((k for k in MODEL_KEYS if name in str(values.get(k) or "").split(",")), None)
+            if key is None:
+                raise
+            detail = exc.message if exc.location in (name, "") else f"{exc.location}: {exc.message}"
+            raise type(exc)(f"--{key}", f"{name!r}: {detail}") from None
+
+    return named_load

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from memplan.errors import ConfigError
+from memplan.frameworks.openrlhf.bounds import MAX_GPUS, MAX_GPUS_PER_NODE, check_count
 
 _PYTHON = re.compile(r"^python(?:\d+(?:\.\d+)*)?$")
 _DEEPSPEED_SWITCHES = frozenset({
@@ -23,6 +24,8 @@ _DEEPSPEED_SWITCHES = frozenset({
 _TORCHRUN_SWITCHES = frozenset({"--standalone", "-m", "--module", "--no_python", "--run_path",
                                 "--virtual_local_rank"})
 _TORCHRUN_AUTO = frozenset({"gpu", "auto", "cpu", "xpu"})
+_LAUNCHER_OF = {"--num_gpus": "deepspeed ", "--num_accelerators": "deepspeed ", "--num_nodes": "deepspeed ",
+                "--nproc_per_node": "torchrun ", "--nnodes": "torchrun "}
 _NODE_SPEC = re.compile(r"^([^:@\s]+)(?::(\d+(?:,\d+)*))?$")
 
 
@@ -120,13 +123,13 @@ def _python_launcher(words: Sequence[str], index: int) -> tuple[Launcher, list[s
 def parse_world(launcher: Launcher, args: Sequence[str]) -> LauncherWorld:
     """The world size stated by a launcher's own flags."""
     if launcher is Launcher.DEEPSPEED:
-        return _deepspeed_world(_options(args, _DEEPSPEED_SWITCHES, dashes=False))
+        return _deepspeed_world(_options(args, _DEEPSPEED_SWITCHES, dashes=False, launcher="deepspeed"))
     if launcher is Launcher.TORCHRUN:
-        return _torchrun_world(_options(args, _TORCHRUN_SWITCHES, dashes=True))
+        return _torchrun_world(_options(args, _TORCHRUN_SWITCHES, dashes=True, launcher="torchrun"))
     return LauncherWorld()
 
 
-def _options(args: Sequence[str], switches: frozenset[str], *, dashes: bool) -> dict[str, str]:
+def _options(args: Sequence[str], switches: frozenset[str], *, dashes: bool, launcher: str) -> dict[str, str]:
     """Launcher flags as {--name: value} (switches map to ''); stops at the first non-flag word."""
     found: dict[str, str] = {}
     index = 0
@@ -139,21 +142,27 @@ def _options(args: Sequence[str], switches: frozenset[str], *, dashes: bool) -> 
             index += 1
             continue
         if index + 1 >= len(args):
-            raise ConfigError(name, "missing value")
+            raise ConfigError(f"{launcher} {name}", "missing value")
         found[name] = args[index + 1]
         index += 2
     return found
 
 
 def _deepspeed_world(options: dict[str, str]) -> LauncherWorld:
+    """DeepSpeed's world flags; -1 is their argparse default ("every GPU", "every host": runner.py@0.19.8
+    L84-95, used only when > 0 at L392 and L400), any other value below 1 is refused."""
     num_gpus = _optional_int(options, "--num_gpus", "--num_accelerators")
     num_nodes = _optional_int(options, "--num_nodes")
+    gpus_flag = "--num_gpus" if "--num_gpus" in options else "--num_accelerators"
+    for name, value, high in ((gpus_flag, num_gpus, MAX_GPUS_PER_NODE), ("--num_nodes", num_nodes, MAX_GPUS)):
+        if value != -1:
+            check_count(f"deepspeed {name}", value, 1, high, "or -1, the default: all")
     include = options.get("--include", options.get("-i", ""))
     exclude = options.get("--exclude", options.get("-e", ""))
     return LauncherWorld(
         num_gpus=None if num_gpus is None or num_gpus < 0 else num_gpus,
         num_nodes=None if num_nodes is None or num_nodes < 0 else num_nodes,
-        include=parse_host_spec("--include", include), exclude=parse_host_spec("--exclude", exclude),
+        include=parse_host_spec("deepspeed --include", include), exclude=parse_host_spec("deepspeed --exclude", exclude),
         hostfile=options.get("--hostfile", options.get("-H")),
     )
 
@@ -161,10 +170,16 @@ def _deepspeed_world(options: dict[str, str]) -> LauncherWorld:
 def _torchrun_world(options: dict[str, str]) -> LauncherWorld:
     nproc = options.get("--nproc_per_node")
     nproc_per_node = None if nproc is None or nproc in _TORCHRUN_AUTO else _as_int("--nproc_per_node", nproc)
+    check_count("torchrun --nproc_per_node", nproc_per_node, 1, MAX_GPUS_PER_NODE)
     nnodes = options.get("--nnodes")
     num_nodes = 1 if nnodes is None and "--standalone" in options else None
     if nnodes is not None:
-        num_nodes = max(_as_int("--nnodes", part) for part in nnodes.split(":"))
+        parts = [_as_int("--nnodes", part) for part in nnodes.split(":")]
+        for part in parts:
+            check_count("torchrun --nnodes", part, 1, MAX_GPUS)
+        if len(parts) > 2 or parts != sorted(parts):
+            raise ConfigError("torchrun --nnodes", f"expected N or MIN:MAX with MIN <= MAX, got {nnodes!r}")
+        num_nodes = max(parts)
     return LauncherWorld(nproc_per_node=nproc_per_node, num_nodes=num_nodes)
 
 
@@ -179,7 +194,7 @@ def _as_int(name: str, text: str) -> int:
     try:
         return int(text)
     except ValueError:
-        raise ConfigError(name, f"expected an integer, got {text!r}") from None
+        raise ConfigError(f"{_LAUNCHER_OF.get(name, '')}{name}", f"expected an integer, got {text!r}") from None
 
 
 def parse_host_spec(flag: str, text: str) -> tuple[HostSlots, ...]:
@@ -196,6 +211,10 @@ def parse_host_spec(flag: str, text: str) -> tuple[HostSlots, ...]:
             hosts[host] = None
         elif host not in hosts or hosts[host] is not None:
             hosts[host] = sorted(set((hosts.get(host) or []) + [int(s) for s in slots.split(",")]))
+    check_count(flag, len(hosts), 1, MAX_GPUS, "hosts")
+    for host, host_slots in hosts.items():
+        if host_slots is not None:
+            check_count(f"{flag} {host}", len(host_slots), 1, MAX_GPUS_PER_NODE, "GPUs of one node")
     return tuple(HostSlots(host=h, slots=None if s is None else tuple(s)) for h, s in hosts.items())
 
 

@@ -12,11 +12,13 @@ from typing import Any
 
 from memplan.dtypes import DType
 from memplan.errors import ConfigError
+from memplan.frameworks.openrlhf.bounds import check_flag_value
 from memplan.frameworks.openrlhf.job import _attn, _lora, _param_dtype, _positive, grad_accum_steps
 from memplan.frameworks.openrlhf.ray_placement import Group, ray_placements
-from memplan.jobs.job import GpuGroup, Job, Role, RoleName, RolloutSettings, RlJob, Slot
+from memplan.jobs.job import GpuGroup, Job, Role, RoleName, RolloutSettings, RlJob, SlotRun
 from memplan.jobs.options import Method, ZeroStage
 from memplan.memory.logits import Head, LogProbImpl
+from memplan.memory.vllm import OPENRLHF_GPU_MEMORY_UTILIZATION
 from memplan.model.spec import ModelSpec
 
 #: Physical GPUs per node when no group asks for more (OpenRLHF's ``--*_num_gpus_per_node`` default).
@@ -43,21 +45,52 @@ def _group(values: Mapping[str, Any], prefix: str) -> GpuGroup:
     return GpuGroup(name=prefix, num_nodes=nodes, gpus_per_node=per_node)
 
 
-def rollout_settings(values: Mapping[str, Any]) -> RolloutSettings:
-    """vLLM and rollout flags, with ``max_len`` = prompt + generation when not given (legacy)."""
-    prompt = int(values.get("prompt_max_len") or 1024)
-    generate = values.get("generate_max_len")
-    max_len = values.get("max_len") or (prompt + int(generate or 1024))
-    generate = int(generate) if generate else max(int(max_len) - prompt, 1)
-    util = float(values.get("vllm_gpu_memory_utilization") or 0.95)
-    if not 0 < util <= 1:
-        raise ConfigError("--vllm_gpu_memory_utilization", f"must be in (0, 1], got {util}")
+def _given(values: Mapping[str, Any], key: str, default: Any) -> Any:
+    """``values[key]``, or ``default`` only when the key is unset (a 0 stays 0 and is refused by its bound)."""
+    value = values.get(key)
+    return default if value is None else value
+
+
+#: Versions whose ``train_ppo_ray`` sizes sequences as ``--prompt_max_len`` + ``--generate_max_len``.
+LEGACY_LENGTH_VERSIONS = ("0.8", "0.9")
+
+
+def sequence_lengths(values: Mapping[str, Any], version: str) -> tuple[int, int]:
+    """(longest sequence, vLLM ``max_model_len``) of a ``train_ppo_ray`` run, the way ``version`` sizes them.
+
+    0.11 (OpenRLHF/OpenRLHF@3c3be62): ``--data.max_len`` (default 2048) caps prompt + response. It is vLLM's
+    ``max_model_len`` (openrlhf/cli/train_ppo_ray.py lines 53 and 74) and the truncation length of every
+    sample (trainer/ppo_utils/samples_generator.py lines 212 and 249-267: ``sequences[:max_len]``); the
+    executor cuts a long prompt so that prompt + ``max_tokens`` fits, and without ``--rollout.max_new_tokens``
+    generates ``max_len - prompt_len`` tokens (utils/agent.py lines 215-233). The longest sequence is
+    ``max_len`` whatever ``--rollout.max_new_tokens`` says.
+
+    0.8/0.9 (@c0e2ee2 v0.9.5; @5974dfe v0.8.5 the same): every sample is cut at ``prompt_max_len +
+    generate_max_len`` (trainer/ppo_utils/experience_maker.py@c0e2ee2 lines 374 and 406-424); vLLM's
+    ``max_model_len`` is ``--max_len`` or, unset, that same sum (cli/train_ppo_ray.py@c0e2ee2 line 44,
+    defaults.py ``_legacy_max_len``). A ``--max_len`` below the sum caps the sequence too: vLLM ends a request
+    at ``max_model_len`` tokens (vllm/v1/core/sched/utils.py ``check_stop``).
+    """
+    if version in LEGACY_LENGTH_VERSIONS:
+        legacy = _positive(values, "prompt_max_len") + _positive(values, "generate_max_len")
+        model_len = int(values.get("max_len") or legacy)
+        return min(legacy, model_len), model_len
+    max_len = _positive(values, "max_len")
+    return max_len, max_len
+
+
+def rollout_settings(values: Mapping[str, Any], version: str) -> RolloutSettings:
+    """vLLM and rollout flags, with sequence lengths as ``version`` sizes them (``sequence_lengths``)."""
+    seq_len, max_model_len = sequence_lengths(values, version)
+    util = float(_given(values, "vllm_gpu_memory_utilization", OPENRLHF_GPU_MEMORY_UTILIZATION))
+    check_flag_value("vllm_gpu_memory_utilization", util, "--vllm_gpu_memory_utilization")
+    tp = int(_given(values, "vllm_tensor_parallel_size", 1))
+    check_flag_value("vllm_tensor_parallel_size", tp, "--vllm_tensor_parallel_size")
     return RolloutSettings(
-        num_engines=int(values.get("vllm_num_engines") or 0), tensor_parallel_size=int(values.get(
-            "vllm_tensor_parallel_size") or 1), gpu_memory_utilization=util,
+        num_engines=int(values.get("vllm_num_engines") or 0), tensor_parallel_size=tp, gpu_memory_utilization=util,
         enforce_eager=bool(values.get("enforce_eager")), enable_prefix_caching=bool(values.get("enable_prefix_caching")),
         enable_sleep=bool(values.get("vllm_enable_sleep")) and bool(values.get("colocate_all_models")),
-        max_len=int(max_len), prompt_len=prompt, generate_len=generate,
+        max_model_len=max_model_len, seq_len=seq_len,
         rollout_batch_size=_positive(values, "rollout_batch_size"),
         n_samples_per_prompt=_positive(values, "n_samples_per_prompt"),
         micro_rollout_batch_size=_positive(values, "micro_rollout_batch_size"))
@@ -99,22 +132,26 @@ def _units(values: Mapping[str, Any], groups: dict[RoleName, GpuGroup], rollout:
     return units
 
 
-def pack_slots(units: list[_Unit], node_gpus: int) -> tuple[Slot, ...]:
-    """Ray PACK placement: each group's bundles fill the current node, then the next.
+def pack_slots(units: list[_Unit]) -> tuple[SlotRun, ...]:
+    """Ray PACK placement: each group's bundles fill the current node, then the next, so the cluster's
+    GPUs in node-major order are the groups' bundles one after another. Bundle ``b`` of a group holds
+    the roles with more than ``b`` ranks in it; a group is at most one run per distinct rank count.
 
-    Assumes: groups are placed in creation order on nodes of ``node_gpus`` GPUs (Ray may place
+    Assumes: groups are placed in creation order on nodes of ``RlJob.node_gpus`` GPUs (Ray may place
     differently on a busy cluster; host RAM per node depends on it).
     """
-    slots: list[Slot] = []
-    node, used = 0, 0
+    runs: list[SlotRun] = []
+    start = 0
     for unit in units:
-        for bundle in range(unit.bundles):
-            if used == node_gpus:
-                node, used = node + 1, 0
-            roles = tuple(r for r in unit.roles if bundle < unit.ranks[r])
-            slots.append(Slot(node=node, gpu=used, roles=roles))
-            used += 1
-    return tuple(slots)
+        cuts = sorted({0, unit.bundles} | {min(unit.ranks[r], unit.bundles) for r in unit.roles})
+        for low, high in zip(cuts, cuts[1:]):
+            roles = tuple(r for r in unit.roles if low < unit.ranks[r])
+            if runs and runs[-1].roles == roles and runs[-1].first + runs[-1].count == start + low:
+                runs[-1] = SlotRun(first=runs[-1].first, count=runs[-1].count + high - low, roles=roles)
+            else:
+                runs.append(SlotRun(first=start + low, count=high - low, roles=roles))
+        start += unit.bundles
+    return tuple(runs)
 
 
 def _check_asserts(values: Mapping[str, Any], groups: dict[RoleName, GpuGroup], rollout: RolloutSettings) -> None:
@@ -159,7 +196,11 @@ def build_rl_job(values: Mapping[str, Any], *, version: str, load: Callable[[str
     notes: list[str] = []
     if not values.get("pretrain"):
         raise ConfigError("--pretrain", "required: the actor model")
-    rollout = rollout_settings(values)
+    rollout = rollout_settings(values, version)
+    new_tokens = values.get("generate_max_len")
+    if version not in LEGACY_LENGTH_VERSIONS and isinstance(new_tokens, int) and new_tokens >= rollout.seq_len:
+        notes.append(f"--rollout.max_new_tokens {new_tokens} leaves no room for a prompt within --data.max_len "
+                     f"{rollout.seq_len}: OpenRLHF {version} cuts every sequence at {rollout.seq_len} tokens")
     estimator = str(values.get("advantage_estimator") or "gae")
     present = rl_roles(values)
     if RoleName.REWARD in present and not values.get("reward_pretrain"):
@@ -174,9 +215,8 @@ def build_rl_job(values: Mapping[str, Any], *, version: str, load: Callable[[str
     stage = int(values.get("zero_stage", 2))
     if stage not in (0, 1, 2, 3):
         raise ConfigError("--zero_stage", f"must be 0, 1, 2 or 3, got {stage}")
-    seq = rollout.prompt_len + rollout.generate_len
     common = dict(param_dtype=dtype, zero_stage=ZeroStage(stage), zpg=int(values.get("zpg") or 1),
-                  attn_impl=_attn(values), seq_len=seq, sequences_per_sample=1,
+                  attn_impl=_attn(values), seq_len=rollout.seq_len, sequences_per_sample=1,
                   packing=bool(values.get("packing_samples")), ring_attn_size=int(values.get("ring_attn_size") or 1),
                   ds_tp_size=int(values.get("ds_tensor_parallel_size") or 1), overlap_comm=bool(values.get("overlap_comm")),
                   load_in_4bit=bool(values.get("load_in_4bit")), grad_accum_dtype=DType.from_name(
@@ -206,14 +246,14 @@ def build_rl_job(values: Mapping[str, Any], *, version: str, load: Callable[[str
                           **{**common, "load_in_4bit": False}, **frozen))
     node_gpus = max([NODE_GPUS] + [g.gpus_per_node for name, g in groups.items() if name != RoleName.ROLLOUT])
     units = _units(values, groups, rollout)
-    slots = pack_slots(units, node_gpus)
+    runs = pack_slots(units)
     alternatives = ray_placements([Group(bundles=u.bundles, roles=u.roles, ranks=u.ranks) for u in units],
-                                  node_gpus=node_gpus, num_nodes=max(s.node for s in slots) + 1)
+                                  node_gpus=node_gpus, num_nodes=-(-sum(u.bundles for u in units) // node_gpus))
     method = next((m for m, e in METHOD_ESTIMATOR.items() if e == estimator), Method.PPO)
     job = Job(method=method, roles=tuple(roles), groups=tuple(groups.values()), logprob_impl=logprob_impl,
               framework_version=version, command=command)
     ds_sleep = bool(values.get("deepspeed_enable_sleep")) and not values.get("adam_offload")
-    rl = RlJob(job=job, rollout=rollout, slots=slots, deepspeed_sleep=ds_sleep,
+    rl = RlJob(job=job, rollout=rollout, runs=runs, node_gpus=node_gpus, deepspeed_sleep=ds_sleep,
                colocate_all=bool(values.get("colocate_all_models")) and not values.get("async_train"),
                entropy=values.get("entropy_loss_coef") is not None, ray_placements=alternatives)
     return rl, tuple(notes)

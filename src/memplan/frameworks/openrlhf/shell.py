@@ -10,8 +10,9 @@ redirections, ``NAME=value`` assignments and environment prefixes, and the hered
     EOF
     deepspeed --module $training_commands
 
-Words are split with :mod:`shlex` (POSIX mode). A ``$NAME`` word whose variable was assigned in the
-text is replaced by the words of its value; unknown variables are left as typed.
+Words are split as POSIX :mod:`shlex` splits them (one linear pass, see ``_words``). A ``$NAME`` word
+whose variable was assigned in the text is replaced by the words of its value; unknown variables are
+left as typed.
 """
 
 from __future__ import annotations
@@ -34,6 +35,26 @@ _WHOLE_VARIABLE = re.compile(f"^{_VARIABLE}$")
 _ANY_VARIABLE = re.compile(_VARIABLE)
 _ARRAY_START = re.compile(r"(?:^|\s)[A-Za-z_][A-Za-z0-9_]*\+?=$")
 _ARRAY_ASSIGNMENT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\+?=\($")
+_WHITESPACE = " \t\r\n"
+"""The characters ``shlex`` splits words at (``shlex.shlex.whitespace``)."""
+_DOUBLE_QUOTED_BODY = r'[^"\\]*(?:\\.[^"\\]*)*'
+_RAW_WORD = re.compile(rf"""(?:[^ \t\r\n'"\\]+|'[^']*'|"{_DOUBLE_QUOTED_BODY}"|\\.)+""", re.DOTALL)
+_PIECE = re.compile(rf"""'([^']*)'|"({_DOUBLE_QUOTED_BODY})"|\\(.)|([^'"\\]+)""", re.DOTALL)
+_QUOTING = re.compile(r"['\"\\]")
+_DOUBLE_QUOTED_ESCAPE = re.compile(r'\\([\\"])')
+_ORDINARY = re.compile(r"(?:[^\\'\"`$#<>;&|()\n]+|\$(?![('])|(?<![ \t])#)+")
+"""Characters the scanner copies as they are: none its other branches act on (a ``#`` that starts a
+word, ``$'``, ``$(``, quotes, operators, newlines, backslashes)."""
+_BLANK = re.compile(r"[ \t\n]*")
+"""Blank lines and indentation after a line's end, skipped at once: they add nothing to a line."""
+_DOUBLE_QUOTE_END = re.compile(f'{_DOUBLE_QUOTED_BODY}"', re.DOTALL)
+#: Most characters variable expansion may add to a script (a word counts one more, its separator):
+#: as much as the largest script ``check`` reads (cli/check.py ``MAX_SCRIPT_BYTES``, 1 MiB; a launch
+#: script is a few KB).
+MAX_EXPANDED_CHARS = 1 << 20
+#: Deepest nesting of variables whose values name other variables (``$a`` → ``$b`` → ...); launch
+#: scripts nest one or two levels (a heredoc naming ``$MODEL``).
+MAX_EXPANSION_DEPTH = 64
 _HEREDOC_START = re.compile(r"<<(-?)[ \t]*(?:'([^'\n]*)'|\"([^\"\n]*)\"|\\?([^\s;&|()<>]+))")
 
 
@@ -79,11 +100,21 @@ class _Scanner:
             elif char == "\n":
                 self.pos += 1
                 self._end_line()
+                self.pos = _BLANK.match(self.source, self.pos).end()  # type: ignore[union-attr]
             else:
-                self.current.append(char)
-                self.pos += 1
+                self._ordinary()
         self._end_line()
         return self.lines
+
+    def _ordinary(self) -> None:
+        """The character at ``pos`` (``run`` found no other meaning for it) and the ordinary run after it.
+
+        Taken in one step so that a long word costs one regex match, not one loop turn per character.
+        """
+        match = _ORDINARY.match(self.source, self.pos + 1)
+        end = match.end() if match else self.pos + 1
+        self.current.append(self.source[self.pos: end])
+        self.pos = end
 
     def _backslash(self) -> None:
         nxt = self.source[self.pos + 1: self.pos + 2]
@@ -152,15 +183,10 @@ class _Scanner:
         return -1
 
     def _closing_quote(self, quote: str, index: int) -> int:
-        while index < len(self.source):
-            char = self.source[index]
-            if char == "\\" and quote == '"':
-                index += 2
-                continue
-            if char == quote:
-                return index
-            index += 1
-        return -1
+        if quote == "'":
+            return self.source.find("'", index)
+        match = _DOUBLE_QUOTE_END.match(self.source, index)
+        return -1 if match is None else match.end() - 1
 
     def _at_word_start(self) -> bool:
         return not self.current or self.current[-1][-1] in " \t;&|()"
@@ -223,13 +249,50 @@ class _Scanner:
 
 
 def _words(text: str) -> list[str]:
-    lexer = shlex.shlex(text, posix=True)
-    lexer.whitespace_split = True
-    lexer.commenters = ""
-    try:
-        return list(lexer)
-    except ValueError as error:
-        raise ConfigError("command", f"cannot split into words: {error}") from None
+    """Split one logical line into words as POSIX ``shlex`` does with ``whitespace_split``.
+
+    Same rules as ``shlex.shlex(text, posix=True)`` with ``whitespace_split = True`` and no
+    commenters (CPython 3.11 ``Lib/shlex.py``, ``read_token``): words break at space, tab, CR and LF;
+    ``'...'`` is literal; inside ``"..."`` a backslash escapes only ``"`` and ``\\``; outside quotes
+    it escapes any character; an empty quoted word is a word. Written as regex passes because
+    ``shlex`` grows each token one character at a time (``self.token += nextchar``), which is
+    quadratic in the token's length: a 1 MiB word took 15-20 s.
+    """
+    words: list[str] = []
+    pos = 0
+    for match in _RAW_WORD.finditer(text):
+        _check_gap(text, pos, match.start())
+        raw = match.group()
+        words.append(_unquote(raw) if _QUOTING.search(raw) else raw)
+        pos = match.end()
+    _check_gap(text, pos, len(text))
+    return words
+
+
+def _check_gap(text: str, start: int, end: int) -> None:
+    """Between two words only whitespace may stand; anything else is an unclosed quote or escape."""
+    gap = text[start: end].lstrip(_WHITESPACE)
+    if not gap:
+        return
+    if gap[0] == "'":
+        raise _split_error("No closing quotation")
+    trailing_backslashes = len(text) - len(text.rstrip("\\"))
+    raise _split_error("No escaped character" if trailing_backslashes % 2 else "No closing quotation")
+
+
+def _unquote(raw: str) -> str:
+    """One word's value: quotes removed, escapes applied (a raw word matched by ``_RAW_WORD``)."""
+    pieces: list[str] = []
+    for single, double, escaped, plain in _PIECE.findall(raw):
+        if double:
+            pieces.append(_DOUBLE_QUOTED_ESCAPE.sub(r"\1", double))
+        else:
+            pieces.append(single or escaped or plain)
+    return "".join(pieces)
+
+
+def _split_error(reason: str) -> ConfigError:
+    return ConfigError("command", f"cannot split into words: {reason}")
 
 
 def _simple_commands(words: list[str]) -> list[list[str]]:
@@ -250,29 +313,56 @@ def _simple_commands(words: list[str]) -> list[list[str]]:
     return [c for c in commands if c]
 
 
-def _lookup(match: re.Match[str], variables: dict[str, str]) -> str | None:
-    """The value of one ``$NAME``/``${NAME}``/``${NAME:-default}`` reference, or None if unknown."""
+def _lookup(match: re.Match[str], variables: dict[str, str], expanding: frozenset[str]) -> str | None:
+    """The value of one ``$NAME``/``${NAME}``/``${NAME:-default}`` reference, or None if unknown.
+    A variable being expanded (``expanding``) is unknown inside its own value."""
     name = match.group("plain") or match.group("braced")
-    if name in variables:
+    if name in variables and name not in expanding:
         return variables[name]
     return match.group("default")
 
 
-def _expand(word: str, variables: dict[str, str]) -> list[str]:
+@dataclass(slots=True)
+class _Budget:
+    """Characters variable expansion may still produce: a few lines can double a value each
+    (``b="$a $a"``, ``c="$b $b"``...), so expansion is bounded, not the lines. ``known`` holds the
+    words of each variable expansion of the command being expanded (the same reference repeats)."""
+
+    left: int = MAX_EXPANDED_CHARS
+    known: dict[tuple[str, frozenset[str]], list[str]] = field(default_factory=dict)
+
+    def spend(self, words: list[str], typed: str = "") -> list[str]:
+        """``words`` made from the word ``typed``: the characters added (and a separator per word)."""
+        self.left -= sum(len(w) + 1 for w in words) - len(typed) - 1
+        if self.left < 0:
+            raise ConfigError("command", f"its variables expand to more than {MAX_EXPANDED_CHARS:,} characters; "
+                                         "not a launch script")
+        return words
+
+
+def _expand(word: str, variables: dict[str, str], budget: _Budget,
+            expanding: frozenset[str] = frozenset()) -> list[str]:
+    if "$" not in word:
+        return [word]
     whole = _WHOLE_VARIABLE.match(word)
     if whole:
-        value = _lookup(whole, variables)
+        value = _lookup(whole, variables, expanding)
         if value is None:
             return [word]
-        name = whole.group("plain") or whole.group("braced")
-        inner = {k: v for k, v in variables.items() if k != name}
-        return [w for part in words_of(value) for w in _expand(part, inner)]
+        key = (word, expanding)
+        if len(expanding) >= MAX_EXPANSION_DEPTH:
+            raise ConfigError("command", f"variables nest more than {MAX_EXPANSION_DEPTH} deep ({word}); "
+                                         "not a launch script")
+        if key not in budget.known:
+            inner = expanding | {whole.group("plain") or whole.group("braced")}
+            budget.known[key] = [w for part in words_of(value) for w in _expand(part, variables, budget, inner)]
+        return budget.spend(budget.known[key], word)
 
     def substitute(match: re.Match[str]) -> str:
-        value = _lookup(match, variables)
+        value = _lookup(match, variables, expanding)
         return match.group(0) if value is None else value
 
-    return [_ANY_VARIABLE.sub(substitute, word)]
+    return budget.spend([_ANY_VARIABLE.sub(substitute, word)], word)
 
 
 def _read_target(command: list[str]) -> str | None:
@@ -327,11 +417,13 @@ def split_commands(text: str) -> tuple[list[list[str]], dict[str, str]]:
     """The simple commands of a pasted script (expanded) and the variables it assigns."""
     variables: dict[str, str] = {}
     commands: list[list[str]] = []
+    budget = _Budget()
     clean = text.replace("\r\n", "\n").replace(_MARK, "").replace(_LITERAL_DOLLAR, "")
     for line in _Scanner(clean).run():
         heredocs = list(line.heredocs)
         for command in _simple_commands(_words(line.text)):
-            expanded = [w for word in command for w in _expand(word, variables)]
+            budget.known.clear()  # assignments since the last command change what a reference means
+            expanded = [w for word in command for w in _expand(word, variables, budget)]
             target = _read_target(expanded)
             if target is not None and heredocs:
                 variables[target] = heredocs.pop(0)
