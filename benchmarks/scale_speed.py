@@ -4,7 +4,7 @@ Prints, with the issue's target next to each figure:
 
 - the estimate of a Llama-2-7B-shaped model at 32 and 512 layers, 16 GPUs, ZeRO-2 and ZeRO-3,
   in-process (median ms; target: 512 layers < 5 ms);
-- ``memplan estimate llama-2-7b --method sft --gpus N --json`` end to end for N = 64 and 4096
+- ``memplan estimate llama-2-7b --method sft --gpus N --train_batch_size 8N --json`` end to end for N = 64 and 4096
   (seconds, bytes of JSON, device and host entries; target < 1 s, and the size independent of N);
 - a plan whose minimum needs 1,024 GPUs, end to end (target < 1 s);
 - ``memplan check -`` on 1 MiB of text: one token, and a script of many lines (target < 1 s).
@@ -82,7 +82,9 @@ def wide_estimates() -> None:
     print("estimate llama-2-7b --method sft --json, end to end (target < 1 s, size independent of the GPUs)")
     for gpus in E2E_GPUS:
         for world in (["--gpus", str(gpus)], ["--nodes", str(gpus // 8), "--gpus-per-node", "8"]):
-            seconds, out, code = cli(["estimate", "llama-2-7b", "--method", "sft", *world, "--json"])
+            # DeepSpeed asserts train_batch_size = micro batch (8) x accumulation x GPUs: one micro-batch per step
+            batch = ["--train_batch_size", str(8 * gpus)]
+            seconds, out, code = cli(["estimate", "llama-2-7b", "--method", "sft", *world, *batch, "--json"])
             data = json.loads(out) if code == 0 else {}
             print(f"  {' '.join(world):<28}: {seconds}, exit {code}, {len(out):>8} bytes JSON, "
                   f"{len(data.get('devices', []))} device and {len(data.get('hosts', []))} host entries")

@@ -177,3 +177,8 @@ def test_valid_batches_still_estimate(capsys, argv: list[str]) -> None:
 def test_unknown_checkpoint_names_its_flag(capsys, argv: list[str], start: str) -> None:
     """A checkpoint no preset, path or hub id matches is a bad value of the flag that gave it (found by the fuzzer)."""
     _refused(capsys, argv, start)
+
+
+def test_tilde_of_an_unknown_user_is_no_such_file(capsys) -> None:
+    """``~0`` is the home of a user named 0; pathlib raises RuntimeError for it (found by the fuzzer)."""
+    _refused(capsys, ["estimate", "~no-such-user-xyz/config.json", "--method", "sft"], "~no-such-user-xyz/config.json: no such file")

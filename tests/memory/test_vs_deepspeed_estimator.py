@@ -126,7 +126,13 @@ def test_zero3_gpu_agreement(gpus: int) -> None:
     gathered = gpu_bytes(terms, "actor.deepspeed.gathered_params", phase=Phase.BACKWARD)
     assert states == ds["gpu_bytes"] - ds["largest_layer_memory"]
     assert module_grads == ds["largest_layer_memory"] // 2
-    assert gathered >= ds["largest_layer_memory"] // 2
+    if gpus == 1:
+        # DeepSpeed's estimator charges a gathered layer at one GPU too; DeepSpeed itself does not gather a
+        # partition of one rank (partition_parameters.py:1559-1560, _no_gather_coalesced), as the H200
+        # measurements of ZeRO-3 at world size 1 show (validation/measured, allocated within 0.5 %).
+        assert gathered == 0
+    else:
+        assert gathered >= ds["largest_layer_memory"] // 2
 
 
 def test_zero3_openrlhf_default_keeps_bf16_grads() -> None:

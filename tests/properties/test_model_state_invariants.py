@@ -47,6 +47,12 @@ dp_pairs = st.tuples(st.integers(1, 256), st.integers(1, 256)).map(sorted)
 def test_more_gpus_never_raise_per_gpu_peak(pair: list[int], k: int, stage: int, offload: bool, fp32_accum: bool,
                                             lora_fraction: int) -> None:
     small, large = pair
+    if stage == 3 and small == 1:
+        # ZeRO-3 gathers parameters only once there is a partition to gather: at one rank DeepSpeed points each
+        # parameter at its own full copy (partition_parameters.py:1559, _no_gather_coalesced), so 1 -> 2 GPUs
+        # adds the gather buffers, which can outweigh what sharding saves on a small model.
+        small = 2
+        large = max(large, 2)
     unit = 2 * small * large                 # no flat padding at either degree
     num_params = k * unit * 10
     trainable = num_params if lora_fraction == 0 else max(unit, num_params // lora_fraction // unit * unit)

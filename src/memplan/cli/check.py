@@ -83,7 +83,9 @@ def run(args: argparse.Namespace) -> int:
     """Estimate the command."""
     from memplan.api import estimate_run, resolve_capacity, resolve_command
     from memplan.cli.estimate import report
+    from memplan.cli.figures import check_output_args
 
+    check_output_args(args)
     run_ = resolve_command(_command_text(args.command), version=args.openrlhf_version)
     args._capacity = resolve_capacity(args.gpu, args.host_ram)
     est = estimate_run(run_, gpu=args._capacity[0], host_ram_bytes=args._capacity[1])

@@ -25,6 +25,9 @@ def add_capacity_args(parser: argparse.ArgumentParser) -> None:
                              "method (script) or a flag exists only in an older one)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--explain", action="store_true", help="list every term with its source")
+    from memplan.cli.figures import add_output_args
+
+    add_output_args(parser)
 
 
 def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -46,35 +49,62 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     parser.set_defaults(func=run, accepts_extra=True)
 
 
-def report(run_: object, est: object, args: argparse.Namespace) -> int:
-    """Print an estimate (and suggestions when it does not fit); shared with ``check``."""
-    from memplan.advice import suggest
-    from memplan.cli import render
+def json_report(run_: object, est: object, gpu: object, host_bytes: int | None) -> dict:
+    """The ``--json`` object of an estimate: the JSON contract plus the suggestions when it does not fit
+    comfortably (shared with ``check`` and the web API, so all three answer alike)."""
     from memplan.jobs.report import estimate_json
+
+    data = estimate_json(est)  # type: ignore[arg-type]
+    data["suggestions"] = [{"change": s.change, "saving_bytes": s.saving_bytes,
+                            "effects": [{"change": c, "saving_bytes": b} for c, b in getattr(s, "effects", ())],
+                            "max_reserved_bytes": s.max_reserved_bytes,
+                            "verdict": str(s.estimate.verdict) if s.estimate.verdict else None}
+                           for s in _suggestions(run_, est, gpu, host_bytes)]
+    return data
+
+
+def _suggestions(run_: object, est: object, gpu: object, host_bytes: int | None) -> list:
+    from memplan.advice import suggest
     from memplan.jobs.result import Verdict
 
+    if gpu is None or est.verdict not in (Verdict.OOM, Verdict.TIGHT):  # type: ignore[attr-defined]
+        return []
+    return suggest(run_, est, gpu=gpu, host_ram_bytes=host_bytes)  # type: ignore[arg-type]
+
+
+def report(run_: object, est: object, args: argparse.Namespace) -> int:
+    """Print an estimate (and suggestions when it does not fit); shared with ``check``."""
+    from memplan.cli import render
+
     gpu, host_bytes = args._capacity
-    suggestions = []
-    if est.verdict in (Verdict.OOM, Verdict.TIGHT) or (gpu is None and not args.json):  # type: ignore[attr-defined]
-        suggestions = suggest(run_, est, gpu=gpu, host_ram_bytes=host_bytes) if gpu is not None else []  # type: ignore[arg-type]
     if args.json:
-        data = estimate_json(est)  # type: ignore[arg-type]
-        data["suggestions"] = [{"change": s.change, "saving_bytes": s.saving_bytes,
-                                "effects": [{"change": c, "saving_bytes": b} for c, b in getattr(s, "effects", ())],
-                                "max_reserved_bytes": s.max_reserved_bytes,
-                                "verdict": str(s.estimate.verdict) if s.estimate.verdict else None}
-                               for s in suggestions]
-        render.print_json(data)
+        render.print_json(json_report(run_, est, gpu, host_bytes))
     else:
-        print(render.estimate_text(est, suggestions, explain=args.explain))
+        print(render.estimate_text(est, _suggestions(run_, est, gpu, host_bytes), explain=args.explain))
+    if getattr(args, "plot", None) or getattr(args, "report", None):
+        _write_figures(run_, est, args)
     return 0
+
+
+def _write_figures(run_: object, est: object, args: argparse.Namespace) -> None:
+    from memplan.charts import estimate_chart
+    from memplan.cli import render
+    from memplan.cli.figures import estimate_sections, write_outputs
+
+    gpu, host_bytes = args._capacity
+    data = json_report(run_, est, gpu, host_bytes)
+    text = render.estimate_text(est, _suggestions(run_, est, gpu, host_bytes))
+    write_outputs(args, estimate_chart(est), title=f"memplan: {text.splitlines()[0][:120]}", text=text,
+                  commands=[data["command"]], details=estimate_sections(data))
 
 
 def run(args: argparse.Namespace) -> int:
     """Estimate MODEL with METHOD and the extra OpenRLHF flags."""
     from memplan.api import estimate_run, resolve_capacity, resolve_model_run
+    from memplan.cli.figures import check_output_args
     from memplan.model import load_model_spec
 
+    check_output_args(args)
     load_model_spec(args.model)
     run_ = resolve_model_run(args.model, args.method, args.extra, gpus=args.gpus, nodes=args.nodes,
                              gpus_per_node=args.gpus_per_node, version=args.openrlhf_version)

@@ -15,7 +15,7 @@ from memplan import __version__
 from memplan.errors import MemplanError
 
 #: Command modules, in the order ``--help`` lists them.
-COMMAND_MODULES = ("estimate", "check", "plan", "models", "gpus", "trace", "validate")
+COMMAND_MODULES = ("estimate", "check", "plan", "models", "gpus", "serve", "trace", "validate")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -26,8 +26,8 @@ def run(args: argparse.Namespace) -> int:
     return _show(args.model, args.json, args.depth)
 
 
-def _list(as_json: bool) -> int:
-    from memplan.cli import render
+def preset_rows() -> list[dict[str, Any]]:
+    """Each bundled preset: name, hub id, model type and exact parameter count (``models --json``)."""
     from memplan.model import num_params, spec_from_config
     from memplan.model.presets import load_presets
 
@@ -36,6 +36,13 @@ def _list(as_json: bool) -> int:
         spec = spec_from_config(preset.config(), name=preset.name, location=f"preset {preset.name}")
         rows.append({"name": preset.name, "hub_id": preset.hub_id, "model_type": spec.model_type,
                      "num_params": num_params(spec)})
+    return rows
+
+
+def _list(as_json: bool) -> int:
+    from memplan.cli import render
+
+    rows = preset_rows()
     if as_json:
         render.print_json({"models": rows})
         return 0

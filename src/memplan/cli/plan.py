@@ -39,26 +39,59 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
                         help="OpenRLHF version of the commands: 0.8, 0.9 or 0.11 (default: the latest, 0.11, unless the "
                              "method or a flag exists only in an older one)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    from memplan.cli.figures import add_output_args
+
+    add_output_args(parser)
     parser.set_defaults(func=run, accepts_extra=True)
+
+
+def plan_results(model: str, method: str, gpu: str, *, host_ram: str | None = None, gpus_per_node: int = 8,
+                 max_gpus: int | None = None, flags: list[str] | tuple[str, ...] = (), keep: list[str] | tuple[str, ...] = (),
+                 allow_lora: bool = False, version: str | None = None) -> list:
+    """The plan for each GPU type of the comma-separated ``gpu`` (shared with the web API)."""
+    from memplan.errors import ConfigError
+    from memplan.planner import plan_gpus
+
+    gpus = [g.strip() for g in gpu.split(",") if g.strip()]
+    if not gpus:
+        raise ConfigError("--gpu", "give at least one GPU type")
+    return plan_gpus(model, method, gpus=gpus, host_ram=host_ram, gpus_per_node=gpus_per_node, max_gpus=max_gpus,
+                     flags=list(flags), keep=list(keep), allow_lora=allow_lora, version=version)
+
+
+def json_report(results: list) -> dict:
+    """The ``--json`` object: one plan result, or the comparison of several GPU types."""
+    from memplan.cli import render
+
+    return render.plan_result_json(results[0]) if len(results) == 1 else render.plan_comparison_json(results)
 
 
 def run(args: argparse.Namespace) -> int:
     """Plan, then print the plans (exit 0 also when nothing fits: the answer says why)."""
     from memplan.cli import render
-    from memplan.errors import ConfigError
-    from memplan.planner import plan_gpus
+    from memplan.cli.figures import check_output_args
 
-    gpus = [g.strip() for g in args.gpu.split(",") if g.strip()]
-    if not gpus:
-        raise ConfigError("--gpu", "give at least one GPU type")
-    results = plan_gpus(args.model, args.method, gpus=gpus, host_ram=args.host_ram,
-                        gpus_per_node=args.gpus_per_node, max_gpus=args.max_gpus, flags=args.extra,
-                        keep=args.keep, allow_lora=args.allow_lora, version=args.openrlhf_version)
+    check_output_args(args)
+    results = plan_results(args.model, args.method, args.gpu, host_ram=args.host_ram,
+                           gpus_per_node=args.gpus_per_node, max_gpus=args.max_gpus, flags=args.extra,
+                           keep=args.keep, allow_lora=args.allow_lora, version=args.openrlhf_version)
     if args.json:
-        render.print_json(render.plan_result_json(results[0]) if len(results) == 1
-                          else render.plan_comparison_json(results))
+        render.print_json(json_report(results))
     elif len(results) == 1:
         print(render.plan_result_text(results[0]))
     else:
         print(render.plan_comparison_text(results))
+    if args.plot or args.report:
+        _write_figures(results, args)
     return 0
+
+
+def _write_figures(results: list, args: argparse.Namespace) -> None:
+    from memplan.charts import plan_chart
+    from memplan.cli import render
+    from memplan.cli.figures import write_outputs
+
+    text = render.plan_result_text(results[0]) if len(results) == 1 else render.plan_comparison_text(results)
+    commands = [p.command for r in results for p in (r.minimum, r.recommended) if p is not None]
+    write_outputs(args, plan_chart(results), title=f"memplan plan: {results[0].model} {results[0].method}",
+                  text=text, commands=commands)

@@ -61,7 +61,10 @@ def spec_from_config(config: dict[str, Any], *, name: str, location: str = "conf
 
 
 def _local_config_path(text: str) -> Path | None:
-    path = Path(text).expanduser()
+    try:
+        path = Path(text).expanduser()
+    except RuntimeError:  # "~name" of a user this machine does not have (pathlib cannot expand it)
+        raise ConfigError(text, "no such file (no user of that name to expand ~ for)") from None
     if path.is_dir():
         candidate = path / "config.json"
         if not candidate.is_file():
@@ -93,6 +96,10 @@ def load_model_spec(model: str) -> ModelSpec:
     """Resolve ``model`` (preset name, hub id, config.json path or directory) to a ModelSpec."""
     if not isinstance(model, str) or not model.strip():
         raise ConfigError("MODEL", "must name a preset, a hub id or a config.json path")
+    from memplan.model.sandbox import active_sandbox  # serving web requests: no paths (model/sandbox.py)
+
+    if (sandbox := active_sandbox()) is not None:
+        return sandbox.load(model)
     local = _local_config_path(model)
     if local is not None:
         return spec_from_config(read_config_file(local), name=model, location=str(local))
