@@ -81,7 +81,7 @@ def deficit_bytes(est: Estimate) -> int:
     """How far a run is from fitting: bytes over capacity per GPU, summed over the kinds of GPU (role
     sets) and the nodes (a group on more GPUs does not count as further from fitting)."""
     gpus = sum(max(d.reserved_bytes - d.capacity_bytes, 0) for d in est.devices if d.capacity_bytes)
-    hosts = sum(max(h.peak_bytes - h.capacity_bytes, 0) * h.count for h in est.hosts if h.capacity_bytes)
+    hosts = sum(max(h.peak_bytes - h.judged_bytes, 0) * h.count for h in est.hosts if h.judged_bytes)
     return gpus + hosts
 
 

@@ -198,6 +198,8 @@ def test_adam_offload_zero2_host_and_gpu(llama7b: ParamLayout) -> None:
     terms = trained_model_states(llama7b, zero, role="actor")
     ps = P7 // 8
     largest = 131_072_000            # embed_tokens / lm_head
+    # the allocator's rounding of these pinned buffers: tests/memory/test_host_alloc.py
+    terms = [t for t in terms if not t.path.endswith(".pinned_rounding")]
     assert by_path(terms) == {
         "actor.params": 2 * P7,
         "actor.deepspeed.offload_grad_staging": 2 * largest,
@@ -224,6 +226,7 @@ def test_frozen_reference_models(llama7b: ParamLayout) -> None:
     offloaded = frozen_model_states(llama7b, eval_zero_config(zero_stage=3, dp_degree=8, ranks_per_node=8,
                                                               offload=True), role="ref")
     on_cpu = {t.path: t.bytes for t in offloaded if t.device == Device.CPU}
+    assert on_cpu.pop("ref.params.partition.pinned_rounding") > 0  # one pinned block per tensor (test_host_alloc)
     assert on_cpu == {"ref.params.partition": 2 * (P7 // 8 - NORMS7 // 8)}
     assert by_path(offloaded, Phase.FORWARD) == {"ref.deepspeed.gathered_params": 2 * (131_072_000 + 50_000_000)}
 
@@ -248,13 +251,13 @@ def test_host_model_loading(llama7b: ParamLayout) -> None:
     assert (load2.bytes, load2.phase, load2.device) == (2 * P7, Phase.LOAD, Device.CPU)  # bf16 copy per rank
     z3 = train_zero_config(zero_stage=3, dp_degree=8, ranks_per_node=8)
     assert host.model_loading(llama7b, z3, role="actor")[0].bytes == 2 * 131_072_000  # one module at a time
-    assert host.process_runtime(role="actor").bytes == host.PROCESS_RUNTIME_BASELINE_BYTES
 
 
 def test_zero3_adam_offload_keeps_bf16_grad_partition_pinned() -> None:
     layout = layout_from_counts(num_params=8_000_000, trainable_params=8_000_000)
     zero = train_zero_config(zero_stage=3, dp_degree=4, ranks_per_node=4, adam_offload=True)
-    cpu = {t.path: t.bytes for t in trained_model_states(layout, zero, role="actor") if t.device == Device.CPU}
+    cpu = {t.path: t.bytes for t in trained_model_states(layout, zero, role="actor")
+           if t.device == Device.CPU and t.phase is None and not t.path.endswith(".pinned_rounding")}
     p3 = 2_000_000
     assert cpu == {"actor.grads": 2 * p3, "actor.optimizer.master_params": 4 * p3,
                    "actor.optimizer.exp_avg": 4 * p3, "actor.optimizer.exp_avg_sq": 4 * p3,

@@ -533,7 +533,8 @@ def test_engine_host_terms() -> None:
     spec = load_model_spec("llama-3-70b")
     assert vb.engine_host_terms(spec, openrlhf_vllm_config(max_len=2048, tensor_parallel_size=4)) == []
     cfg = openrlhf_vllm_config(max_len=2048, tensor_parallel_size=4, enable_sleep=True)
-    (term,) = vb.engine_host_terms(spec, cfg)
+    term, rounding = vb.engine_host_terms(spec, cfg)  # rounding: tests/memory/test_host_alloc.py
+    assert rounding.path == "rollout.sleeping_weights.pinned_rounding"
     assert term.device == Device.CPU and term.phase is None
     assert term.bytes == weight_bytes_per_rank(spec, 4)
 

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from memplan.dtypes import DType
-from memplan.memory import host
+from memplan.memory import host, host_process
 from memplan.memory.breakdown import Device, Phase, Term
 from memplan.memory.model_states import frozen_model_states, trained_model_states
 from memplan.memory.zero import (
@@ -105,7 +105,7 @@ def test_breakdown_sums_and_sources(num_params: int, n: int, stage: int, offload
     else:
         zero = eval_zero_config(zero_stage=stage, dp_degree=n, ranks_per_node=min(n, 8), offload=offload)
         terms = frozen_model_states(layout, zero, role="actor")
-    terms += host.model_loading(layout, zero, role="actor") + [host.process_runtime(role="actor")]
+    terms += host.model_loading(layout, zero, role="actor") + host_process.gpu_process(role="actor", under_ray=False)
     gpu = [t for t in terms if t.device == Device.GPU]
     cpu = host.host_terms(terms)
     assert sum(t.bytes for t in gpu) + sum(t.bytes for t in cpu) == sum(t.bytes for t in terms)

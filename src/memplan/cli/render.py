@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from memplan.units import GB, GiB, KiB, MiB, TiB
+from memplan.memory.host import by_kind
 
 
 def gib(num_bytes: int, digits: int = 2) -> str:
@@ -92,6 +93,47 @@ def _verdict_text(verdict: Any, need: int, capacity: int | None) -> str:
     return f"{verdict} ({gib(capacity - need)} free)"
 
 
+def _roles_text(roles: dict[str, int]) -> str:
+    return "{" + ", ".join(f"{r}×{n}" for r, n in roles.items()) + "}"
+
+
+def _placement_lines(risk: Any) -> list[str]:
+    """Which placement the host lines assume, and the worst one Ray may choose instead (identical nodes grouped)."""
+    assumed = ", ".join(f"{_nodes_text(h)} {_roles_text(r)}" for h, r in zip(risk.assumed, risk.assumed_roles))
+    node = risk.worst[risk.worst_node]
+    worst = (f"{_nodes_text(node)} {_roles_text(risk.worst_roles[risk.worst_node])} {gib(node.peak_bytes)}"
+             f"{_host_limit_text(node)} → {_verdict_text(node.verdict, node.peak_bytes, node.judged_bytes)}")
+    return [f"placement: as estimated {assumed} (groups filled in creation order)",
+            f"  Ray's PACK policy may choose {risk.num_placements} placement(s); the fullest node of the worst: {worst}"]
+
+
+def _nodes_text(h: Any) -> str:
+    """``node0``, or ``node[0-63] (each)`` for identical nodes."""
+    return h.id if h.count == 1 else f"{h.ids} (each)"
+
+
+def _host_timeline_lines(phases: Sequence[Any]) -> list[str]:
+    """One line per run of consecutive phases with the same host RAM by kind: ``rollout, training: X = ...``."""
+    runs: list[tuple[list[str], int, dict]] = []
+    for p in phases:
+        kinds = by_kind(p.terms)
+        if runs and runs[-1][2] == kinds:
+            runs[-1][0].append(str(p.phase))
+        else:
+            runs.append(([str(p.phase)], p.bytes, kinds))
+    return [f"    {', '.join(names)}: {gib(total)} = " + " + ".join(f"{k} {gib(b)}" for k, b in kinds.items())
+            for names, total, kinds in runs]
+
+
+def _host_limit_text(h: Any) -> str:
+    """`` of 1490.12 GiB`` or, under Ray, `` against 1415.61 GiB (Ray memory_usage_threshold 0.95 of 1600 GB)``."""
+    if not h.capacity_bytes:
+        return ""
+    if h.limit is None or h.limit.bytes == h.capacity_bytes:
+        return f" of {gib(h.capacity_bytes)}"
+    return f" against {gib(h.limit.bytes)} ({h.limit.rule})"
+
+
 def _terms_lines(terms: Sequence[Any], limit: int | None, explain: bool) -> list[str]:
     ordered = sorted(terms, key=lambda t: -t.bytes)
     shown = ordered if limit is None else ordered[:limit]
@@ -125,17 +167,21 @@ def estimate_text(est: Any, suggestions: Sequence[Any] = (), *, explain: bool = 
         lines += _terms_lines(peak.terms, None if explain else TOP_TERMS, explain)
     lines.append("")
     for h in est.hosts:
-        cap = f" of {gib(h.capacity_bytes)}" if h.capacity_bytes else ""
-        lines.append(f"{host_label(h)}: {gib(h.peak_bytes)} RAM peak in {h.peak.phase}{cap} → "
-                     f"{_verdict_text(h.verdict, h.peak_bytes, h.capacity_bytes)}")
+        lines.append(f"{host_label(h)}: {gib(h.peak_bytes)} RAM peak in {h.peak.phase}{_host_limit_text(h)} → "
+                     f"{_verdict_text(h.verdict, h.peak_bytes, h.judged_bytes)}")
+        lines += _host_timeline_lines(h.phases)
         if explain:
             lines += _terms_lines(h.peak.terms, None, explain)
     total_gpu = sum(d.peak_bytes * d.count for d in est.devices)
     total_host = sum(h.peak_bytes * h.count for h in est.hosts)
     lines.append(f"cluster: {plural(est.num_gpus, 'GPU')}, {gib(total_gpu)} GPU memory (sum of per-GPU peaks); "
                  f"{plural(est.num_nodes, 'node')}, {gib(total_host)} host RAM (sum of per-node peaks)")
+    if est.placement_risk is not None:
+        lines += _placement_lines(est.placement_risk)
     verdict = est.verdict
-    lines.append(f"verdict: {verdict if verdict else 'no --gpu/--host-ram given: sizes only'}")
+    risk = est.placement_risk.verdict if est.placement_risk is not None else None
+    tail = f" as placed; {risk} under the worst placement Ray may choose" if risk and risk != verdict else ""
+    lines.append(f"verdict: {verdict if verdict else 'no --gpu/--host-ram given: sizes only'}{tail}")
     if suggestions:
         lines += ["", "what would help (largest per-GPU reserved peak after the change):"]
         for s in suggestions:
@@ -219,9 +265,15 @@ def plan_text(title: str, plan: Any) -> str:
                        plan_role_rows(est), "lrrrrrll")
     lines += ["  " + line for line in table_text.splitlines()]
     for h in est.hosts:
-        cap = f" of {gib(h.capacity_bytes)} ({h.verdict})" if h.capacity_bytes else ""
+        cap = f"{_host_limit_text(h)} ({h.verdict})" if h.capacity_bytes else ""
         where = h.id if h.count == 1 else f"{h.ids} (each of {h.count} nodes)"
         lines.append(f"  host RAM {where}: {gib(h.peak_bytes)} at {h.peak.phase}{cap}")
+    risk = est.placement_risk
+    if risk is not None and risk.num_placements:
+        node = risk.worst[risk.worst_node]
+        lines.append(f"  host RAM under the worst of {risk.num_placements} placement(s) Ray may choose: "
+                     f"{_roles_text(risk.worst_roles[risk.worst_node])} {gib(node.peak_bytes)}"
+                     f"{f' ({node.verdict})' if node.verdict else ''}")
     lines += ["  command:", f"    {plan.command}"]
     return "\n".join(lines)
 

@@ -17,6 +17,8 @@ from dataclasses import replace
 from memplan.hardware.gpu import Gpu
 from memplan.jobs.ids import whole_nodes
 from memplan.jobs.job import Job
+from memplan.memory.host import HostKind, host_kind
+from memplan.memory.host_limit import physical_limit
 from memplan.jobs.result import DeviceEstimate, Estimate, HostEstimate, PhaseUsage
 from memplan.jobs.roles import RoleMemory, role_memory
 from memplan.memory import overhead
@@ -65,7 +67,7 @@ def host_resident(term: Term, phase: Phase) -> bool:
     holds only the load terms and the processes' runtime."""
     if term.phase is not None:
         return term.phase == phase
-    return phase != Phase.LOAD or term.category == Category.OVERHEAD
+    return phase != Phase.LOAD or host_kind(term) == HostKind.PROCESSES
 
 
 def host_phases(memories: list[RoleMemory], ranks_per_node: dict[str, int],
@@ -107,6 +109,8 @@ def estimate_job(job: Job, *, gpu: Gpu | None = None, host_ram_bytes: int | None
                                       reserved_bytes=reserved_for(peak)))
         ranks = {str(m.role.name): group.gpus_per_node for m in mems}
         node_usage = host_phases(mems, ranks, phases)
-        hosts.append(HostEstimate(nodes=(block.nodes,), phases=node_usage, capacity_bytes=host_ram_bytes))
+        limit = physical_limit(host_ram_bytes) if host_ram_bytes is not None else None
+        hosts.append(HostEstimate(nodes=(block.nodes,), phases=node_usage, capacity_bytes=host_ram_bytes,
+                                  limit=limit))
     models = {str(m.role.name): m.info for m in memories}
     return Estimate(models=models, devices=tuple(devices), hosts=tuple(hosts), command=job.command)

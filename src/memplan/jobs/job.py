@@ -196,6 +196,11 @@ class SlotRun:
     """Roles with a rank on each of these GPUs (``rollout`` for a vLLM engine or TP shard)."""
 
 
+#: Ranks per role on one node, and one whole placement as ``((ranks on a node, how many such nodes), ...)``.
+NodeRoleRanks = tuple[tuple[RoleName, int], ...]
+NodePlacement = tuple[tuple[NodeRoleRanks, int], ...]
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RlJob:
     """A resolved ``train_ppo_ray`` run: roles, their GPU placement, and the rollout."""
@@ -214,3 +219,6 @@ class RlJob:
     """Hybrid engine (``--colocate_all_models``): vLLM weights sync through CUDA IPC clones."""
     entropy: bool
     """``--entropy_loss_coef`` set: the actor computes a softmax over its fp32 logits."""
+    ray_placements: tuple[NodePlacement, ...] = ()
+    """Every placement Ray's PACK policy may choose for the same groups (frameworks/openrlhf/ray_placement.py),
+    each as ``((ranks per role on a node, how many such nodes), ...)``; ``runs`` is the one estimated per GPU."""

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from memplan import __version__
-from memplan.jobs.result import DeviceEstimate, Estimate, HostEstimate, PhaseUsage
+from memplan.memory.host import by_kind
+from memplan.jobs.result import DeviceEstimate, Estimate, HostEstimate, PhaseUsage, PlacementRisk
 from memplan.memory.breakdown import Term
 
 
@@ -42,14 +43,19 @@ def device_json(device: DeviceEstimate) -> dict[str, Any]:
 
 def host_json(host: HostEstimate) -> dict[str, Any]:
     """One node's host RAM (identical nodes grouped with ``count`` and ``ids``, ranges such as ``node[0-511]``).
-    ``judged_against_bytes`` is what the verdict compares ``peak_bytes`` with (the node's RAM as given;
-    DESIGN.md: each host carries what its verdict is judged against)."""
+    ``judged_against_bytes`` is what the verdict compares ``peak_bytes`` with (DESIGN.md: each host carries
+    what its verdict is judged against): Ray's kill threshold for Ray runs, else the node's RAM as given;
+    ``judged_against`` says the same with its rule and source (``judged_against.bytes`` is the same number)."""
     peak = host.peak
     return {"id": host.id, "count": host.count, "ids": host.ids, "peak_bytes": peak.bytes,
             "peak_phase": str(peak.phase),
             "phases": _phases_json(host.phases), "capacity_bytes": host.capacity_bytes,
-            "judged_against_bytes": host.capacity_bytes,
+            "judged_against_bytes": host.judged_bytes,
+            "judged_against": ({"bytes": host.limit.bytes, "rule": host.limit.rule, "source": str(host.limit.source)}
+                               if host.limit is not None else None),
             "verdict": str(host.verdict) if host.verdict else None,
+            "timeline": [{"phase": str(p.phase), "bytes": p.bytes,
+                          "by_kind": {str(k): b for k, b in by_kind(p.terms).items()}} for p in host.phases],
             "breakdown": [_term_json(t, str(peak.phase)) for t in peak.terms]}
 
 
@@ -77,6 +83,23 @@ def estimate_json(est: Estimate) -> dict[str, Any]:
             "verdict": str(est.verdict) if est.verdict else None,
             "gpu_verdict": str(gpu_verdict) if gpu_verdict else None,
             "host_verdict": str(host_verdict) if host_verdict else None,
+            "host_verdict_worst_placement": (str(est.placement_risk.verdict)
+                                             if est.placement_risk and est.placement_risk.verdict else None),
         },
+        "placement": placement_json(est.placement_risk) if est.placement_risk else None,
         "notes": list(est.notes),
     }
+
+
+def placement_json(risk: PlacementRisk) -> dict[str, Any]:
+    """The estimated placement, how many Ray may choose, and the worst of them, identical nodes grouped
+    (``count``, ``ids`` as in ``hosts``)."""
+    return {"assumed": [{"node": h.id, "count": h.count, "ids": h.ids, "roles": roles}
+                        for h, roles in zip(risk.assumed, risk.assumed_roles)],
+            "rule": "memplan fills nodes in group creation order; Ray PACK puts each group on the emptiest node",
+            "ray_choices": risk.num_placements,
+            "worst": {"verdict": str(risk.verdict) if risk.verdict else None,
+                      "nodes": [{"node": h.id, "count": h.count, "ids": h.ids, "roles": roles,
+                                 "peak_bytes": h.peak_bytes, "judged_against_bytes": h.judged_bytes,
+                                 "verdict": str(h.verdict) if h.verdict else None}
+                                for h, roles in zip(risk.worst, risk.worst_roles)]}}

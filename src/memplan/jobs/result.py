@@ -10,6 +10,7 @@ from enum import StrEnum
 
 from memplan.jobs.ids import GpuBlock, NodeRange, ranges_text
 from memplan.memory.breakdown import Phase, Term
+from memplan.memory.host_limit import HostLimit
 
 
 class Verdict(StrEnum):
@@ -141,6 +142,13 @@ class HostEstimate:
     """Usage per phase (of each node)."""
     capacity_bytes: int | None
     """Host RAM of the node, when given."""
+    limit: HostLimit | None = None
+    """What the verdict is judged against (Ray's kill threshold for Ray runs); the physical RAM when None."""
+
+    @property
+    def judged_bytes(self) -> int | None:
+        """The host RAM the node may use before a process is killed (None without a capacity)."""
+        return self.limit.bytes if self.limit is not None else self.capacity_bytes
 
     @property
     def id(self) -> str:
@@ -169,8 +177,36 @@ class HostEstimate:
 
     @property
     def verdict(self) -> Verdict | None:
-        """Verdict against the node's RAM."""
-        return verdict_for(self.peak_bytes, self.capacity_bytes)
+        """Verdict against ``judged_bytes`` (Ray's threshold or the node's RAM)."""
+        return verdict_for(self.peak_bytes, self.judged_bytes)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlacementRisk:
+    """Host RAM under the placements Ray may choose for the same command (issue 13: the estimate's own
+    placement is one assumption; Ray's PACK policy may put the groups elsewhere)."""
+
+    assumed: tuple[HostEstimate, ...]
+    """The nodes of the estimated placement (``Estimate.hosts``: identical nodes grouped, Ray's head apart)."""
+    assumed_roles: tuple[dict[str, int], ...]
+    """Ranks per role on each node of ``assumed``."""
+    worst: tuple[HostEstimate, ...]
+    """The nodes of the Ray placement with the largest single-node host peak (identical nodes grouped;
+    numbered in the order of the placement's node kinds, node 0 the head)."""
+    worst_roles: tuple[dict[str, int], ...]
+    """Ranks per role on each node of ``worst``."""
+    num_placements: int
+    """How many distinct placements Ray may choose."""
+
+    @property
+    def worst_node(self) -> int:
+        """Index (in ``worst``) of the node entry with the largest host peak in the worst placement."""
+        return max(range(len(self.worst)), key=lambda i: self.worst[i].peak_bytes)
+
+    @property
+    def verdict(self) -> Verdict | None:
+        """The worst node verdict of the worst placement."""
+        return worst([h.verdict for h in self.worst])
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -199,6 +235,8 @@ class Estimate:
     """The launch command the estimate is for."""
     notes: tuple[str, ...] = ()
     """Assumptions and warnings worth showing (ignored flags, version defaults)."""
+    placement_risk: PlacementRisk | None = None
+    """RL runs: host RAM under the worst placement Ray may choose (None for single-model runs)."""
 
     @property
     def num_gpus(self) -> int:

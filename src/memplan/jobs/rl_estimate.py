@@ -14,12 +14,13 @@ from dataclasses import replace
 
 from memplan.hardware.gpu import Gpu
 from memplan.jobs.estimate import host_resident, reserved_for
-from memplan.jobs.ids import GpuBlock, RanksPerNode, node_groups, run_blocks
-from memplan.jobs.job import Role, RoleName, RlJob
-from memplan.jobs.result import DeviceEstimate, Estimate, HostEstimate, ModelInfo, PhaseUsage
+from memplan.jobs.ids import GpuBlock, NodeRange, RanksPerNode, node_groups, run_blocks
+from memplan.jobs.job import NodePlacement, Role, RoleName, RlJob
+from memplan.jobs.result import DeviceEstimate, Estimate, HostEstimate, ModelInfo, PhaseUsage, PlacementRisk
 from memplan.jobs.roles import RoleMemory, activation_config, role_memory, role_tree
 from memplan.jobs import rollout as rollout_terms
-from memplan.memory import host, overhead
+from memplan.memory import host_process, overhead
+from memplan.memory.host_limit import HostLimit, ray_limit
 from memplan.memory.breakdown import Category, Device, Phase, Term
 from memplan.memory.transient import HeadConfig, forward_only_terms
 from memplan.model.params import largest_tensor_numel
@@ -135,7 +136,7 @@ def _host_terms(counts: NodeRanks, mems: dict[RoleName, RoleMemory], rl: RlJob, 
     for name, ranks in counts:
         per_rank: list[Term] = []
         if name == RoleName.ROLLOUT:
-            per_rank += rollout_terms.host_terms(rl, phase) + [host.process_runtime(role="rollout")]
+            per_rank += rollout_terms.host_terms(rl, phase) + host_process.gpu_process(role="rollout", under_ray=True)
         else:
             mem = mems[name]
             per_rank += [t for t in mem.cpu_terms if host_resident(t, phase)]
@@ -152,13 +153,87 @@ def _host_terms(counts: NodeRanks, mems: dict[RoleName, RoleMemory], rl: RlJob, 
     return terms
 
 
+class _NodePhases:
+    """Host RAM of a node per phase, from its ranks per role (and whether it is Ray's head), each distinct
+    node computed once: the estimated placement and every placement Ray may choose share most node kinds."""
+
+    def __init__(self, mems: dict[RoleName, RoleMemory], rl: RlJob) -> None:
+        self._mems, self._rl = mems, rl
+        self._seen: dict[tuple[NodeRanks, bool], tuple[PhaseUsage, ...]] = {}
+
+    def __call__(self, counts: NodeRanks, head: bool) -> tuple[PhaseUsage, ...]:
+        key = (counts, head)
+        if key not in self._seen:
+            self._seen[key] = tuple(
+                PhaseUsage(phase=p, terms=tuple(_host_terms(counts, self._mems, self._rl, p)
+                                                + host_process.ray_node(head=head)))
+                for p in (Phase.LOAD, *RL_PHASES))
+        return self._seen[key]
+
+
+def _head_apart(groups: list[tuple[NodeRanks, tuple[NodeRange, ...]]]
+                ) -> list[tuple[NodeRanks, tuple[NodeRange, ...], bool]]:
+    """The node groups with node 0, Ray's head (its daemons and the driver, ``host_process.ray_node``), as
+    an entry of its own: ``[(ranks per role, node ranges, is the head)]`` ordered by first node."""
+    out: list[tuple[NodeRanks, tuple[NodeRange, ...], bool]] = []
+    for counts, ranges in groups:
+        if ranges[0].first == 0:
+            out.append((counts, (NodeRange(first=0, last=0),), True))
+            ranges = ((NodeRange(first=1, last=ranges[0].last),) if ranges[0].last else ()) + ranges[1:]
+        if ranges:
+            out.append((counts, ranges, False))
+    return sorted(out, key=lambda g: g[1][0].first)
+
+
+def _placement_hosts(placement: NodePlacement, node_phases: _NodePhases, limit: HostLimit | None,
+                     capacity_bytes: int | None) -> tuple[list[HostEstimate], list[NodeRanks]]:
+    """The nodes of one placement Ray may choose, identical ones grouped, numbered in the order given. The head
+    (node 0) is put on the kind of node that needs the most: Ray's ties among empty nodes include the head."""
+    fullest = max(range(len(placement)), key=lambda i: max(u.bytes for u in node_phases(placement[i][0], False)))
+    parts = [(placement[fullest][0], 1, True)] + [(counts, n - (i == fullest), False)
+                                                  for i, (counts, n) in enumerate(placement)]
+    hosts: list[HostEstimate] = []
+    roles: list[NodeRanks] = []
+    first = 0
+    for counts, n, head in parts:
+        if n:
+            hosts.append(HostEstimate(nodes=(NodeRange(first=first, last=first + n - 1),), limit=limit,
+                                      capacity_bytes=capacity_bytes, phases=node_phases(counts, head)))
+            roles.append(counts)
+            first += n
+    return hosts, roles
+
+
+def _roles_dict(counts: NodeRanks) -> dict[str, int]:
+    return {str(role): n for role, n in counts}
+
+
+def placement_risk(rl: RlJob, node_phases: _NodePhases, hosts: list[HostEstimate], assumed: list[NodeRanks],
+                   limit: HostLimit | None) -> PlacementRisk | None:
+    """The placement Ray may choose (``rl.ray_placements``) whose fullest node needs the most host RAM, next to
+    the estimated one (``hosts``, with the ranks per role ``assumed`` on each).
+
+    Source: frameworks/openrlhf/ray_placement.py (OpenRLHF's group order, Ray's PACK policy).
+    Checked by: tests/frameworks/test_ray_placement.py::test_seed_worst_placement_puts_actor_and_critic_together
+    """
+    if not rl.ray_placements:
+        return None
+    capacity = hosts[0].capacity_bytes if hosts else None
+    options = [_placement_hosts(p, node_phases, limit, capacity) for p in rl.ray_placements]
+    worst_hosts, worst_roles = max(options, key=lambda o: max(h.peak_bytes for h in o[0]))
+    return PlacementRisk(assumed=tuple(hosts), assumed_roles=tuple(_roles_dict(c) for c in assumed),
+                         worst=tuple(worst_hosts), worst_roles=tuple(_roles_dict(c) for c in worst_roles),
+                         num_placements=len(options))
+
+
 def estimate_rl(rl: RlJob, *, gpu: Gpu, host_ram_bytes: int | None) -> Estimate:
     """Estimate every GPU (grouped by role set) and every node of an RL job."""
     groups = {g.name: g for g in rl.job.groups}
     mems: dict[RoleName, RoleMemory] = {}
     for role in rl.job.roles:
         phases = (Phase.FORWARD, Phase.MAKE_EXPERIENCE) if role.trained else (Phase.MAKE_EXPERIENCE,)
-        mems[role.name] = role_memory(role, groups[role.group], rl.job.logprob_impl, forward_phases=phases)
+        mems[role.name] = role_memory(role, groups[role.group], rl.job.logprob_impl, forward_phases=phases,
+                                      under_ray=True)
     by_roles: dict[tuple[RoleName, ...], list[GpuBlock]] = defaultdict(list)
     for run in rl.runs:
         by_roles[run.roles] += run_blocks(run.first, run.count, rl.node_gpus)
@@ -171,13 +246,16 @@ def estimate_rl(rl: RlJob, *, gpu: Gpu, host_ram_bytes: int | None) -> Estimate:
                                       capacity_bytes=gpu.capacity_bytes, reserved_bytes=reserved_for(peak),
                                       preallocated_bytes=rollout_terms.preallocated_bytes(peak.terms),
                                       startup_error=engine_error if RoleName.ROLLOUT in roles else None))
-    hosts = [HostEstimate(nodes=nodes, capacity_bytes=host_ram_bytes,
-                          phases=tuple(PhaseUsage(phase=p, terms=tuple(_host_terms(counts, mems, rl, p)))
-                                       for p in (Phase.LOAD, *RL_PHASES)))
-             for counts, nodes in node_groups(rl.runs, rl.node_gpus)]
+    limit = ray_limit(host_ram_bytes) if host_ram_bytes is not None else None
+    node_phases = _NodePhases(mems, rl)
+    placed = _head_apart(node_groups(rl.runs, rl.node_gpus))
+    hosts = [HostEstimate(nodes=nodes, capacity_bytes=host_ram_bytes, limit=limit, phases=node_phases(counts, head))
+             for counts, nodes, head in placed]
+    risk = placement_risk(rl, node_phases, hosts, [counts for counts, _, _ in placed], limit)
     models = {str(n): m.info for n, m in mems.items()}
     if rl.rollout.num_engines:
         actor = mems[RoleName.ACTOR].info
         models["rollout"] = ModelInfo(name=actor.name, num_params=actor.num_params, trainable_params=0)
     notes = (f"the vLLM engine cannot start on {gpu.name}: {engine_error}",) if engine_error else ()
-    return Estimate(models=models, devices=tuple(devices), hosts=tuple(hosts), command=rl.job.command, notes=notes)
+    return Estimate(models=models, devices=tuple(devices), hosts=tuple(hosts), command=rl.job.command, notes=notes,
+                    placement_risk=risk)

@@ -11,7 +11,7 @@ from functools import lru_cache
 from memplan.dtypes import DType
 from memplan.jobs.job import GpuGroup, LoraOptions, Role, RoleName
 from memplan.jobs.result import ModelInfo
-from memplan.memory import grad_timeline, host, lora
+from memplan.memory import grad_timeline, host, host_process, lora
 from memplan.memory.activations import ActivationConfig
 from memplan.memory.breakdown import Device, Phase, Term
 from memplan.memory.logits import Head, LogProbImpl
@@ -153,11 +153,13 @@ def _backward_with_grads(role: Role, cfg: ActivationConfig, head: HeadConfig, la
 
 
 def role_memory(role: Role, group: GpuGroup, logprob_impl: LogProbImpl,
-                forward_phases: tuple[Phase, ...] = (Phase.FORWARD,), partner: Role | None = None) -> RoleMemory:
+                forward_phases: tuple[Phase, ...] = (Phase.FORWARD,), partner: Role | None = None,
+                under_ray: bool = False) -> RoleMemory:
     """Model states, host terms and per-phase transient activity of one rank of ``role``.
 
     ``partner`` is the frozen model a trained role's trainer runs between its forward and backward
     (DPO/KTO reference, KD teacher): its forward rides on the policy's forward-end tensors.
+    ``under_ray``: the rank is a Ray actor (``train_ppo_ray``), so its process also imports ray.
     """
     tree = role_tree(role)
     layout, total = _layout(role.spec, role.head, role.lora if role.trained else None)
@@ -166,7 +168,8 @@ def role_memory(role: Role, group: GpuGroup, logprob_impl: LogProbImpl,
     timeline = role.trained and grad_timeline.applies(zero, states)
     terms = _state_terms(role, tree, states, zero, forward_phases, timeline)
     cpu = [t for t in terms if t.device == Device.CPU]
-    cpu += host.model_loading(layout, zero, role=str(role.name)) + [host.process_runtime(role=str(role.name))]
+    cpu += host.model_loading(layout, zero, role=str(role.name)) + host_process.gpu_process(role=str(role.name),
+                                                                                       under_ray=under_ray)
     cfg = activation_config(role, tree)
     head = HeadConfig(head=role.head, logprob_impl=logprob_impl, holds_output=role.holds_output,
                       kd=role.kd_student, output_until_step=role.keeps_output_to_step, entropy=role.entropy,

@@ -271,7 +271,7 @@ def trained_model_states(layout: ParamLayout, zero: ZeroConfig, *, role: str,
                                     training=True),
              *hpz_secondary_params(layout, zero, role=role),
              *offload_gpu_buffers(layout, zero, role=role)]
-    return terms + host.offloaded_optimizer_buffers(layout, zero, role=role)
+    return terms + host.offloaded_optimizer_buffers(layout, zero, role=role) + host.pinned_overheads(layout, zero, role=role)
 
 
 def frozen_model_states(layout: ParamLayout, zero: ZeroConfig, *, role: str,
@@ -288,7 +288,8 @@ def frozen_model_states(layout: ParamLayout, zero: ZeroConfig, *, role: str,
     frozen = ParamLayout(trainable_groups=(), frozen_tensors=layout.all_tensors(),
                          largest_layer_params=layout.largest_layer_params, per_tensor=layout.per_tensor)
     return [*lp_params(frozen, zero, role=role), *hpz_secondary_params(frozen, zero, role=role),
-            *zero3_gathered_params(frozen, zero, role=role, phases=forward_phases, training=False)]
+            *zero3_gathered_params(frozen, zero, role=role, phases=forward_phases, training=False),
+            *host.pinned_overheads(frozen, zero, role=role)]
 
 
 # --- QLoRA: bitsandbytes NF4 base weights --------------------------------------------------------

@@ -363,6 +363,35 @@ def weight_bytes_per_rank(spec: ModelSpec, tp: int, dtype: DType = DType.BF16) -
     return bytes_for(numel, dtype)
 
 
+#: HF tensors vLLM fuses into one parameter per layer (QKVParallelLinear, MergedColumnParallelLinear).
+_FUSED = {"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj", "gate_proj": "gate_up_proj",
+          "up_proj": "gate_up_proj"}
+
+
+def weight_allocations_per_rank(spec: ModelSpec, tp: int, dtype: DType = DType.BF16) -> tuple[int, ...]:
+    """Bytes of each separate weight tensor one TP rank allocates (vLLM's parameters, in load order):
+    q/k/v fused into ``qkv_proj``, gate/up into ``gate_up_proj``, every other tensor on its own, plus the
+    rotary cache. They sum to :func:`weight_bytes_per_rank`.
+
+    Source: vllm/model_executor/models/llama.py@v0.27.1 (``QKVParallelLinear``, ``MergedColumnParallelLinear``,
+    ``stacked_params_mapping``); the shards of :func:`weight_bytes_per_rank`.
+    Checked by: tests/memory/test_host_alloc.py::test_vllm_sleeping_weights_rounded_per_tensor
+    """
+    sizes: dict[tuple[int, str, str], int] = {}
+    container = 0
+    for index, module in enumerate(param_tree(spec).walk()):
+        if module.kind == ModuleKind.CONTAINER:
+            container = index
+        for tensor in module.tensors:
+            if tensor.tied:
+                continue
+            fused = _FUSED.get(module.name)
+            key = (container, fused, tensor.name) if fused else (index, module.name, tensor.name)
+            sizes[key] = sizes.get(key, 0) + _shard_numel(spec, module.name, module.kind, tensor.name,
+                                                          tensor.shape, tp)
+    return tuple(bytes_for(n, dtype) for n in (*sizes.values(), rotary_cache_numel(spec)) if n)
+
+
 # --------------------------------------------------------------------------- KV layout
 
 

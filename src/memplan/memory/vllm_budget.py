@@ -30,9 +30,10 @@ from enum import StrEnum
 
 from memplan.dtypes import bytes_for
 from memplan.memory.breakdown import Category, Device, Phase, Term
+from memplan.memory.host_alloc import ALLOCATOR_SOURCE, pinned_block_bytes
 from memplan.memory.vllm import (
     OPENRLHF_ENGINE, VllmConfig, VllmRunner, blocks_per_request, kv_layout, page_size_bytes, runner_for,
-    vllm_source, weight_bytes_per_rank,
+    vllm_source, weight_allocations_per_rank, weight_bytes_per_rank,
 )
 from memplan.model.spec import ModelSpec
 from memplan.sources import Source, code, measurement
@@ -573,13 +574,15 @@ def sleep_released_bytes(spec: ModelSpec, cfg: VllmConfig, total_gpu_bytes: int)
 
 
 def engine_host_terms(spec: ModelSpec, cfg: VllmConfig, *, path: str = "rollout") -> list[Term]:
-    """Host RAM of one engine rank beyond its process baseline (memory/host.py ``process_runtime``).
+    """Host RAM of one engine rank beyond its process (memory/host_process.py ``gpu_process``).
 
     Sleep level 1 copies the "weights" pool into pinned host tensors (``pin_memory=PIN_MEMORY``). ``wake_up``
     drops the tensors, but PyTorch's caching host allocator keeps freed pinned blocks for reuse, and OpenRLHF
     puts the engines to sleep right after creating them, so the shard is counted in every phase.
 
         bytes = weight_bytes_per_rank (bf16 shard incl. rotary cache)
+        pinned_rounding = Σ_handles pinned_block_bytes(handle) − bytes   (one pinned backup per CuMem handle,
+                          each rounded to a power of two by the caching host allocator, memory/host_alloc.py)
 
     Source: vllm/device_allocator/cumem.py@v0.27.1 L251-265 (cpu_backup_tensor, pinned), L302-310;
     OpenRLHF vllm_engine.py@3c3be62 L310-311 (sleep after creation).
@@ -589,7 +592,37 @@ def engine_host_terms(spec: ModelSpec, cfg: VllmConfig, *, path: str = "rollout"
     if cfg.sleep_level != 1:
         return []
     src = code(f"{OPENRLHF_ENGINE}", "create_vllm_engines: enable_sleep_mode, sleep() after creation")
-    return [Term(path=f"{path}.sleeping_weights", bytes=weight_bytes_per_rank(spec, cfg.tensor_parallel_size,
-                                                                              cfg.weight_dtype),
-                 category=Category.PARAM, device=Device.CPU, source=src)]
+    terms = [Term(path=f"{path}.sleeping_weights", bytes=weight_bytes_per_rank(spec, cfg.tensor_parallel_size,
+                                                                               cfg.weight_dtype),
+                  category=Category.PARAM, device=Device.CPU, source=src)]
+    tensors = weight_allocations_per_rank(spec, cfg.tensor_parallel_size, cfg.weight_dtype)
+    segments = cuda_segment_bytes(tensors)
+    extra = sum(pinned_block_bytes(b) for b in segments) - sum(tensors)
+    if extra > 0:
+        terms.append(Term(path=f"{path}.sleeping_weights.pinned_rounding", bytes=extra, category=Category.OVERHEAD,
+                          device=Device.CPU, source=code(ALLOCATOR_SOURCE.ref, (
+                              f"{ALLOCATOR_SOURCE.detail}; one pinned backup per CuMem handle (cumem.py sleep: "
+                              f"torch.empty(handle size, pin_memory=True)), {len(segments)} handles"))))
+    return terms
+
+
+#: PyTorch's CUDA caching allocator, whose segments become vLLM's CuMem handles: requests of at most
+#: ``kSmallSize`` share ``kSmallBuffer`` segments, requests under ``kMinLargeAlloc`` share ``kLargeBuffer``
+#: segments, larger ones get their own segment rounded up to ``kRoundLarge``.
+#: Source: c10/core/AllocatorConfig.h@v2.13.0 :17-25; kLargeBuffer in c10/cuda/CUDACachingAllocator.cpp.
+K_SMALL_SIZE, K_SMALL_BUFFER = 1 * MiB, 2 * MiB
+K_MIN_LARGE_ALLOC, K_LARGE_BUFFER, K_ROUND_LARGE = 10 * MiB, 20 * MiB, 2 * MiB
+
+
+def cuda_segment_bytes(tensor_bytes: tuple[int, ...]) -> tuple[int, ...]:
+    """The segments (one CuMem handle each) the caching allocator maps for these tensors, in a fresh pool.
+
+    Assumes: small and medium tensors pack their segments fully (no fragmentation between them).
+    Checked by: tests/memory/test_host_alloc.py::test_vllm_sleeping_weights_rounded_per_tensor
+    """
+    small = sum(b for b in tensor_bytes if b <= K_SMALL_SIZE)
+    medium = sum(b for b in tensor_bytes if K_SMALL_SIZE < b < K_MIN_LARGE_ALLOC)
+    large = tuple(-(-b // K_ROUND_LARGE) * K_ROUND_LARGE for b in tensor_bytes if b >= K_MIN_LARGE_ALLOC)
+    return ((K_SMALL_BUFFER,) * -(-small // K_SMALL_BUFFER) + (K_LARGE_BUFFER,) * -(-medium // K_LARGE_BUFFER)
+            + large)
 

@@ -13,7 +13,7 @@ Glossary: *dp degree* = ranks one model is partitioned over (``N``); *partition*
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
@@ -321,23 +321,38 @@ def grads_in_partition_numel(layout: ParamLayout, dp_degree: int) -> int:
     totals change only where a tensor starts or ends, so only those ranks are visited (not every rank).
     Cached: it walks every tensor, and each engine's model states and backward timeline ask for it.
     """
+    return sum(grads_in_partition_tensors(layout, dp_degree))
+
+
+@lru_cache(maxsize=256)
+def grads_in_partition_tensors(layout: ParamLayout, dp_degree: int) -> tuple[int, ...]:
+    """The tensors (numel each) overlapping the worst rank's stage 1/2 partition (see
+    ``grads_in_partition_numel``); a counts-only layout gives its partitions, one per group. The worst
+    rank is found from the changes of the ranks' totals (only where a tensor starts or ends), then its
+    tensors are collected in a second pass, so no list is built per rank."""
     partitions = stage12_partition_numels(layout, dp_degree)
     if not layout.per_tensor:
-        return sum(partitions)
+        return partitions
     changes: dict[int, int] = defaultdict(int)  # rank -> change of the total from the rank before
+    for first, last, numel in _tensor_ranks(layout, partitions, dp_degree):
+        changes[first] += numel
+        changes[last + 1] -= numel
+    worst_rank, worst, total = 0, -1, 0
+    for rank in sorted(changes):
+        total += changes[rank]
+        if rank < dp_degree and total > worst:
+            worst_rank, worst = rank, total
+    return tuple(numel for first, last, numel in _tensor_ranks(layout, partitions, dp_degree)
+                 if first <= worst_rank <= last)
+
+
+def _tensor_ranks(layout: ParamLayout, partitions: tuple[int, ...], dp_degree: int) -> Iterator[tuple[int, int, int]]:
+    """``(first rank, last rank, numel)`` of each trainable tensor in its group's flat buffer."""
     for group, size in zip(layout.trainable_groups, partitions):
         start = 0
         for numel in group:
-            first, last = start // size, min((start + numel - 1) // size, dp_degree - 1)
-            changes[first] += numel
-            changes[last + 1] -= numel
+            yield start // size, min((start + numel - 1) // size, dp_degree - 1), numel
             start += numel
-    worst = total = 0
-    for rank in sorted(changes):
-        total += changes[rank]
-        if rank < dp_degree:
-            worst = max(worst, total)
-    return worst
 
 
 # --- stage 3 partitions ------------------------------------------------------------------------
@@ -377,18 +392,27 @@ def persistent_numel(layout: ParamLayout, threshold: int) -> int:
 
 @lru_cache(maxsize=256)
 def largest_sub_group_numel(layout: ParamLayout, dp_degree: int, sub_group_size: int) -> int:
-    """Largest ZeRO-3 optimizer sub-group: partitions accumulated until ``>= sub_group_size``
-    (stage3.py:1210-1233, ``_create_fp16_sub_groups``). Cached: it walks every tensor."""
-    largest = 0
+    """Largest ZeRO-3 optimizer sub-group (``sub_group_numels``)."""
+    return max(sub_group_numels(layout, dp_degree, sub_group_size), default=0)
+
+
+@lru_cache(maxsize=256)
+def sub_group_numels(layout: ParamLayout, dp_degree: int, sub_group_size: int) -> tuple[int, ...]:
+    """Each ZeRO-3 optimizer sub-group's partition numel on one rank: per parameter group, partitions
+    accumulated until ``>= sub_group_size`` (stage3.py:1210-1233, ``_create_fp16_sub_groups``).
+    Cached: it walks every tensor."""
+    sizes: list[int] = []
     for group in layout.trainable_groups:
         partitions = [stage3_partition_numel(t, dp_degree) for t in group]
         if sum(partitions) <= sub_group_size:
-            largest = max(largest, sum(partitions))
+            sizes.append(sum(partitions))
             continue
         current = 0
         for numel in partitions:
             current += numel
             if current >= sub_group_size:
-                largest, current = max(largest, current), 0
-        largest = max(largest, current)
-    return largest
+                sizes.append(current)
+                current = 0
+        if current:
+            sizes.append(current)
+    return tuple(s for s in sizes if s)

@@ -124,10 +124,10 @@ def _binding(space: Space, gpu: Gpu, trace: Trace, last_error: str | None) -> Bi
         return BindingLimit(kind=LimitKind.GPU_COUNT, where="cluster", num_gpus=1, need=1, limit=space.max_gpus)
     if trace.host:
         worst = min(trace.host, key=lambda f: f.rank)
-        node = max((h for h in worst.estimate.hosts if h.capacity_bytes is not None),
-                   key=lambda h: h.peak_bytes - (h.capacity_bytes or 0))
+        node = max((h for h in worst.estimate.hosts if h.judged_bytes is not None),
+                   key=lambda h: h.peak_bytes - (h.judged_bytes or 0))
         return BindingLimit(kind=LimitKind.HOST_RAM, where=node.id, num_gpus=worst.candidate.layout.num_gpus,
-                            need=node.peak_bytes, limit=node.capacity_bytes or 0)
+                            need=node.peak_bytes, limit=node.judged_bytes or 0)
     if trace.need_gpus:
         return BindingLimit(kind=LimitKind.GPU_COUNT, where="cluster", num_gpus=min(trace.need_gpus),
                             need=min(trace.need_gpus), limit=space.max_gpus)

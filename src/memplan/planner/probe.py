@@ -72,12 +72,15 @@ def gpu_key(gpu: Gpu) -> tuple[str, int, int]:
 
 
 def estimate_fits(est: Estimate, gpu: Gpu, fit: Fit) -> bool:
-    """Every GPU (with the KV floor on vLLM GPUs) and every node with a known capacity fits."""
+    """Every GPU (with the KV floor on vLLM GPUs) and every node with a known capacity fits, under every
+    placement Ray may choose (``Estimate.placement_risk``), so a plan never depends on Ray's tie-breaks."""
     for device in est.devices:
         kv = kv_cache_bytes(device)
         if not UnitObs(reserved_bytes=device.reserved_bytes, kv_cache_bytes=kv).fits(gpu, fit):
             return False
     verdicts = [h.verdict for h in est.hosts]
+    if est.placement_risk is not None:
+        verdicts.append(est.placement_risk.verdict)
     allowed = {Verdict.FITS, None} if fit == Fit.HEADROOM else {Verdict.FITS, Verdict.TIGHT, None}
     return all(v in allowed for v in verdicts)
 

@@ -130,10 +130,10 @@ def host_repair(ev: Evaluator, space: Space, gpu: Gpu, candidate: Candidate, est
 
 def heaviest_host_role(est: Estimate) -> str | None:
     """The role holding the most host RAM on the node with the least room."""
-    nodes = [h for h in est.hosts if h.capacity_bytes is not None]
+    nodes = [h for h in est.hosts if h.judged_bytes is not None]
     if not nodes:
         return None
-    worst = max(nodes, key=lambda h: h.peak_bytes - (h.capacity_bytes or 0))
+    worst = max(nodes, key=lambda h: h.peak_bytes - (h.judged_bytes or 0))
     totals: dict[str, int] = {}
     for term in worst.peak.terms:
         role = term.path.split(".", 1)[0]

@@ -14,6 +14,7 @@ from memplan.dtypes import DType
 from memplan.errors import ConfigError
 from memplan.frameworks.openrlhf.bounds import check_flag_value
 from memplan.frameworks.openrlhf.job import _attn, _lora, _param_dtype, _positive, grad_accum_steps
+from memplan.frameworks.openrlhf.ray_placement import Group, ray_placements
 from memplan.jobs.job import GpuGroup, Job, Role, RoleName, RolloutSettings, RlJob, SlotRun
 from memplan.jobs.options import Method, ZeroStage
 from memplan.memory.logits import Head, LogProbImpl
@@ -244,14 +245,17 @@ def build_rl_job(values: Mapping[str, Any], *, version: str, load: Callable[[str
                           trained=False, group="reward", offload_params=bool(values.get("reward_offload")),
                           **{**common, "load_in_4bit": False}, **frozen))
     node_gpus = max([NODE_GPUS] + [g.gpus_per_node for name, g in groups.items() if name != RoleName.ROLLOUT])
-    runs = pack_slots(_units(values, groups, rollout))
+    units = _units(values, groups, rollout)
+    runs = pack_slots(units)
+    alternatives = ray_placements([Group(bundles=u.bundles, roles=u.roles, ranks=u.ranks) for u in units],
+                                  node_gpus=node_gpus, num_nodes=-(-sum(u.bundles for u in units) // node_gpus))
     method = next((m for m, e in METHOD_ESTIMATOR.items() if e == estimator), Method.PPO)
     job = Job(method=method, roles=tuple(roles), groups=tuple(groups.values()), logprob_impl=logprob_impl,
               framework_version=version, command=command)
     ds_sleep = bool(values.get("deepspeed_enable_sleep")) and not values.get("adam_offload")
     rl = RlJob(job=job, rollout=rollout, runs=runs, node_gpus=node_gpus, deepspeed_sleep=ds_sleep,
                colocate_all=bool(values.get("colocate_all_models")) and not values.get("async_train"),
-               entropy=values.get("entropy_loss_coef") is not None)
+               entropy=values.get("entropy_loss_coef") is not None, ray_placements=alternatives)
     return rl, tuple(notes)
 
 
