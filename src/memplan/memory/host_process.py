@@ -6,11 +6,18 @@
     Ray daemons per node:  raylet, dashboard agent, runtime-env agent, log monitor on every node;
                            GCS, dashboard and its modules, autoscaler monitor, client server on the head
 
-Measured here (CPU build, no GPU; ``python scripts/measure_process_rss.py --ray-python
-/tmp/rayvenv/bin/python --ray-daemons``): validation/published/host_process/measured-cpu-build.toml.
-The CUDA side (driver, CUDA runtime, cuBLAS/cuDNN/NCCL modules the first CUDA call maps) cannot be
-measured without a GPU; it is taken from pytorch/pytorch issue 113326:
-validation/published/host_process/pytorch-issue113326-cuda-init-rss.toml.
+Measured on an H200 (``python3 validation/gpu/host_probe.py``, torch 2.11.0+cu130, CUDA 13.0):
+validation/measured_host/host-probe-20261204T155455Z.json, the RSS of a trainer process after each
+import step, the CUDA context (first tensor) and cuBLAS (first bf16 matmul) included. peft and Ray were
+not on that machine; their import sizes and Ray's daemons were measured on the development machine
+(CPU build, ``python scripts/measure_process_rss.py --ray-python /tmp/rayvenv/bin/python
+--ray-daemons``): validation/published/host_process/measured-cpu-build.toml.
+
+An older published figure, pytorch/pytorch issue 113326 (torch 2.2 + CUDA 11.8, maximum RSS, +1.73 GB
+at the first CUDA use; validation/published/host_process/pytorch-issue113326-cuda-init-rss.toml), is
+6.4 times the 0.27 GB measured on the H200 with torch 2.11 + CUDA 13.0: CUDA's lazy module loading and
+the current libraries map far less. memplan uses the measurement of the newer stack; runs on old CUDA
+may hold about 1.5 GB more per GPU process.
 """
 
 from __future__ import annotations
@@ -20,17 +27,21 @@ from memplan.sources import measurement
 
 _KB = 1024
 _MEASURED = "validation/published/host_process/measured-cpu-build.toml"
-_CUDA = "validation/published/host_process/pytorch-issue113326-cuda-init-rss.toml"
+_GPU_PROBE = "validation/measured_host/host-probe-20261204T155455Z.json"
 
-#: VmRSS of a fresh interpreter after ``import torch, deepspeed, transformers, peft`` (torch 2.13.0+cpu,
-#: deepspeed 0.19.8, transformers 5.25.0, peft 0.21.2): 383,856 kB.
-TRAINER_IMPORTS_BYTES = 383_856 * _KB
+#: H200 probe: VmRSS after ``import torch`` (CUDA build), ``transformers`` and ``deepspeed``, without the
+#: CUDA steps: 516,108,288 (import torch) + (813,432,832 − 785,063,936) (transformers) + (847,536,128 −
+#: 813,432,832) (deepspeed) bytes.
+CUDA_BUILD_IMPORTS_BYTES = 516_108_288 + (813_432_832 - 785_063_936) + (847_536_128 - 813_432_832)
+#: ``import peft`` on top of torch + deepspeed + transformers (CPU build): 383,856 − 275,996 kB.
+PEFT_IMPORT_BYTES = (383_856 - 275_996) * _KB
+#: What a trainer rank imports: OpenRLHF's models import peft at module level.
+TRAINER_IMPORTS_BYTES = CUDA_BUILD_IMPORTS_BYTES + PEFT_IMPORT_BYTES
 #: ``import ray`` (2.55.0) above the bare interpreter: 64,444 − 9,956 kB.
 RAY_IMPORT_BYTES = (64_444 - 9_956) * _KB
-#: Host RSS the first CUDA use adds to a torch process: 2,056,600 − 322,040 kB (``/usr/bin/time -v``
-#: maximum RSS, torch 2.2 + CUDA 11.8, ``CUDA_MODULE_LOADING=LAZY``, pytorch/pytorch issue 113326);
-#: issue 106511 saw +1,203.5 MiB on its first CUDA call.
-CUDA_CONTEXT_HOST_BYTES = (2_056_600 - 322_040) * _KB
+#: H200 probe: host RSS the CUDA context (first tensor) and cuBLAS (first bf16 matmul) add:
+#: 785,063,936 − 516,108,288 bytes (torch 2.11.0+cu130, CUDA 13.0, lazy module loading by default).
+CUDA_CONTEXT_HOST_BYTES = 785_063_936 - 516_108_288
 #: PSS of the daemons ``ray start`` runs on every node (raylet 26,779, dashboard agent 77,148,
 #: runtime-env agent 50,222, log monitor 47,029 kB; Ray 2.55.0).
 RAY_NODE_DAEMONS_BYTES = (26_779 + 77_148 + 50_222 + 47_029) * _KB
@@ -53,10 +64,10 @@ def gpu_process(*, role: str, under_ray: bool) -> list[Term]:
     Checked by: tests/memory/test_host_process.py::test_process_terms_match_the_records
     """
     imports = TRAINER_IMPORTS_BYTES + (RAY_IMPORT_BYTES if under_ray else 0)
-    what = "torch+deepspeed+transformers+peft" + (" + ray" if under_ray else "")
-    return [_term(f"{role}.runtime.imports", imports, _MEASURED, f"VmRSS after import {what}, CPU build"),
-            _term(f"{role}.runtime.cuda_context", CUDA_CONTEXT_HOST_BYTES, _CUDA,
-                  "host RSS added by the first CUDA use (torch 2.2, CUDA 11.8, lazy loading)")]
+    what = "torch+transformers+deepspeed (H200, CUDA build) + peft" + (" + ray" if under_ray else "")
+    return [_term(f"{role}.runtime.imports", imports, _GPU_PROBE, f"VmRSS after import {what}"),
+            _term(f"{role}.runtime.cuda_context", CUDA_CONTEXT_HOST_BYTES, _GPU_PROBE,
+                  "host RSS added by the first CUDA tensor and cuBLAS (torch 2.11, CUDA 13.0, H200)")]
 
 
 def ray_node(*, head: bool) -> list[Term]:
@@ -73,6 +84,6 @@ def ray_node(*, head: bool) -> list[Term]:
     if head:
         terms += [_term("ray.head_daemons", RAY_HEAD_DAEMONS_BYTES, _MEASURED,
                         "PSS of GCS, dashboard + modules, autoscaler monitor, client server (Ray 2.55.0)"),
-                  _term("ray.driver", TRAINER_IMPORTS_BYTES + RAY_IMPORT_BYTES, _MEASURED,
+                  _term("ray.driver", TRAINER_IMPORTS_BYTES + RAY_IMPORT_BYTES, _GPU_PROBE,
                         "train_ppo_ray's main process: VmRSS after its imports, no CUDA context")]
     return terms
