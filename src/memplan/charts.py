@@ -106,11 +106,17 @@ def _phase_rows(phases: Sequence[Any]) -> list[dict[str, Any]]:
             for category, num_bytes in _category_rows(usage.terms).items()]
 
 
+def _host_title(host: Any) -> str:
+    """``node0``, or ``4 × node[1-4]`` for identical nodes reported once."""
+    return f"{host.count} × {host.ids}" if host.count > 1 else host.id
+
+
 def estimate_panels(est: Any) -> list[dict[str, Any]]:
     """One panel per GPU role set, then one per node's host RAM."""
     panels = [_panel(role_set_title(d), "phase", _phase_rows(d.phases), d.capacity_bytes, "usable")
               for d in est.devices]
-    panels += [_panel(f"host RAM {h.id}", "phase", _phase_rows(h.phases), h.capacity_bytes, "host RAM")
+    panels += [_panel(f"host RAM {_host_title(h)}", "phase", _phase_rows(h.phases), h.judged_bytes,
+                      "Ray kill threshold" if h.limit is not None else "host RAM")
                for h in est.hosts]
     return panels
 

@@ -104,7 +104,8 @@ def _placement_lines(risk: Any) -> list[str]:
     worst = (f"{_nodes_text(node)} {_roles_text(risk.worst_roles[risk.worst_node])} {gib(node.peak_bytes)}"
              f"{_host_limit_text(node)} → {_verdict_text(node.verdict, node.peak_bytes, node.judged_bytes)}")
     return [f"placement: as estimated {assumed} (groups filled in creation order)",
-            f"  Ray's PACK policy may choose {risk.num_placements} placement(s); the fullest node of the worst: {worst}"]
+            f"  Ray's PACK policy may choose {plural(risk.num_placements, 'placement')}; the fullest node of the worst: "
+             f"{worst}"]
 
 
 def _nodes_text(h: Any) -> str:
@@ -180,7 +181,11 @@ def estimate_text(est: Any, suggestions: Sequence[Any] = (), *, explain: bool = 
         lines += _placement_lines(est.placement_risk)
     verdict = est.verdict
     risk = est.placement_risk.verdict if est.placement_risk is not None else None
-    tail = f" as placed; {risk} under the worst placement Ray may choose" if risk and risk != verdict else ""
+    from memplan.jobs.result import worst
+
+    host_verdict = worst([h.verdict for h in est.hosts])
+    tail = (f"; host RAM {host_verdict} as placed, {risk} under the worst placement Ray may choose"
+            if risk and host_verdict and risk != host_verdict else "")
     lines.append(f"verdict: {verdict if verdict else 'no --gpu/--host-ram given: sizes only'}{tail}")
     if suggestions:
         lines += ["", "what would help (largest per-GPU reserved peak after the change):"]
@@ -271,7 +276,7 @@ def plan_text(title: str, plan: Any) -> str:
     risk = est.placement_risk
     if risk is not None and risk.num_placements:
         node = risk.worst[risk.worst_node]
-        lines.append(f"  host RAM under the worst of {risk.num_placements} placement(s) Ray may choose: "
+        lines.append(f"  host RAM under the worst of {plural(risk.num_placements, 'placement')} Ray may choose: "
                      f"{_roles_text(risk.worst_roles[risk.worst_node])} {gib(node.peak_bytes)}"
                      f"{f' ({node.verdict})' if node.verdict else ''}")
     lines += ["  command:", f"    {plan.command}"]

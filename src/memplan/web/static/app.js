@@ -23,6 +23,8 @@ let timer = null;
 let seq = 0;
 
 const gib = (b) => (b / GIB).toFixed(2) + " GiB";
+const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+const hostName = (h) => (h.count > 1 ? `${h.count} × ${h.ids}` : h.id);
 const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;",
                                                          "'": "&#39;"}[c]));
 const isRL = () => RL.includes(form.method.value);
@@ -210,7 +212,7 @@ function worstEntry(data) {
   const entries = [
     ...data.devices.map((d) => ({name: roleSet(d), need: d.reserved_bytes, cap: d.capacity_bytes, v: d.verdict,
                                  phase: d.peak_phase, entry: d})),
-    ...data.hosts.map((h) => ({name: `host RAM ${h.id}`, need: h.peak_bytes, cap: h.capacity_bytes, v: h.verdict,
+    ...data.hosts.map((h) => ({name: `host RAM ${hostName(h)}`, need: h.peak_bytes, cap: h.judged_against_bytes ?? h.capacity_bytes, v: h.verdict,
                                phase: h.peak_phase, entry: h}))];
   const rank = {oom: 3, tight: 2, fits: 1};
   entries.sort((a, b) => (rank[b.v] || 0) - (rank[a.v] || 0) || (b.cap ? b.need / b.cap : 0) - (a.cap ? a.need / a.cap : 0));
@@ -225,7 +227,7 @@ function verdictHtml(data) {
   }
   const margin = w.cap - w.need;
   const by = margin >= 0 ? `${gib(margin)} free` : `short by ${gib(-margin)}`;
-  return {cls: verdict, html: `<span class="word">${esc(verdict)}</span> — ${esc(w.name)}: ${gib(w.need)} of ${gib(w.cap)} in ${esc(w.phase)} (${by}) · ${data.summary.num_gpus} GPUs, ${data.summary.num_nodes} node(s)`};
+  return {cls: verdict, html: `<span class="word">${esc(verdict)}</span> — ${esc(w.name)}: ${gib(w.need)} of ${gib(w.cap)} in ${esc(w.phase)} (${by}) · ${plural(data.summary.num_gpus, "GPU")}, ${plural(data.summary.num_nodes, "node")}`};
 }
 
 async function showEstimate(data, spec) {
@@ -234,7 +236,7 @@ async function showEstimate(data, spec) {
   await vegaEmbed("#chart", spec, {renderer: "svg", actions: false});
   $("#devices").innerHTML = "<tr><th>where</th><th>peak</th><th>in phase</th><th>reserved</th><th>capacity</th><th>verdict</th></tr>" +
     data.devices.map((d) => `<tr><td>${esc(roleSet(d))}</td><td class="num">${gib(d.peak_bytes)}</td><td>${esc(d.peak_phase)}</td><td class="num">${gib(d.reserved_bytes)}</td><td class="num">${d.capacity_bytes ? gib(d.capacity_bytes) : "–"}</td><td>${esc(d.verdict || "–")}</td></tr>`).join("") +
-    data.hosts.map((h) => `<tr><td>host RAM ${esc(h.id)}</td><td class="num">${gib(h.peak_bytes)}</td><td>${esc(h.peak_phase)}</td><td class="num">–</td><td class="num">${h.capacity_bytes ? gib(h.capacity_bytes) : "–"}</td><td>${esc(h.verdict || "–")}</td></tr>`).join("");
+    data.hosts.map((h) => `<tr><td>host RAM ${esc(hostName(h))}</td><td class="num">${gib(h.peak_bytes)}</td><td>${esc(h.peak_phase)}</td><td class="num">–</td><td class="num">${h.judged_against_bytes ? gib(h.judged_against_bytes) : "–"}${h.judged_against && h.judged_against.rule ? ` <span class="muted" title="${esc(h.judged_against.rule)}">(Ray)</span>` : ""}</td><td>${esc(h.verdict || "–")}</td></tr>`).join("");
   const w = worstEntry(data);
   const terms = [...w.entry.breakdown].sort((a, b) => b.bytes - a.bytes).slice(0, 8);
   $("#terms-where").textContent = `on ${w.name} at ${w.phase}`;
