@@ -186,6 +186,10 @@ def estimate_text(est: Any, suggestions: Sequence[Any] = (), *, explain: bool = 
     host_verdict = worst([h.verdict for h in est.hosts])
     tail = (f"; host RAM {host_verdict} as placed, {risk} under the worst placement Ray may choose"
             if risk and host_verdict and risk != host_verdict else "")
+    saves = [h for h in est.hosts if h.failing_save is not None]
+    if saves:
+        tail += (f"; host RAM {saves[0].training_verdict} while training, {saves[0].verdict} at its first "
+                 f"{saves[0].failing_save.phase} ({saves[0].id}: see note)")
     lines.append(f"verdict: {verdict if verdict else 'no --gpu/--host-ram given: sizes only'}{tail}")
     if suggestions:
         lines += ["", "what would help (largest per-GPU reserved peak after the change):"]

@@ -13,10 +13,11 @@ from collections import defaultdict
 from dataclasses import replace
 
 from memplan.hardware.gpu import Gpu
-from memplan.jobs.estimate import host_resident, reserved_for
+from memplan.jobs.estimate import host_resident, rank0_terms, reserved_for, save_phases
 from memplan.jobs.ids import GpuBlock, NodeRange, RanksPerNode, node_groups, run_blocks
 from memplan.jobs.job import NodePlacement, Role, RoleName, RlJob
 from memplan.jobs.result import DeviceEstimate, Estimate, HostEstimate, ModelInfo, PhaseUsage, PlacementRisk
+from memplan.jobs.saving import save_notes
 from memplan.jobs.roles import RoleMemory, activation_config, role_memory, role_tree
 from memplan.jobs import rollout as rollout_terms
 from memplan.memory import host_process, overhead
@@ -150,6 +151,8 @@ def _host_terms(counts: NodeRanks, mems: dict[RoleName, RoleMemory], rl: RlJob, 
             if t.bytes:
                 terms.append(replace(t, path=f"{t.path} (×{ranks} ranks)" if ranks > 1 else t.path,
                                      bytes=t.bytes * ranks))
+        if name in mems:
+            terms += rank0_terms(mems[name], ranks, phase)
     return terms
 
 
@@ -167,7 +170,7 @@ class _NodePhases:
             self._seen[key] = tuple(
                 PhaseUsage(phase=p, terms=tuple(_host_terms(counts, self._mems, self._rl, p)
                                                 + host_process.ray_node(head=head)))
-                for p in (Phase.LOAD, *RL_PHASES))
+                for p in (Phase.LOAD, *RL_PHASES, *save_phases(self._rl.job)))
         return self._seen[key]
 
 
@@ -257,5 +260,6 @@ def estimate_rl(rl: RlJob, *, gpu: Gpu, host_ram_bytes: int | None) -> Estimate:
         actor = mems[RoleName.ACTOR].info
         models["rollout"] = ModelInfo(name=actor.name, num_params=actor.num_params, trainable_params=0)
     notes = (f"the vLLM engine cannot start on {gpu.name}: {engine_error}",) if engine_error else ()
+    notes += save_notes(rl.job, hosts)
     return Estimate(models=models, devices=tuple(devices), hosts=tuple(hosts), command=rl.job.command, notes=notes,
                     placement_risk=risk)
