@@ -9,7 +9,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from memplan.api import estimate_command
+from memplan.errors import ConfigError
 from memplan.charts import estimate_chart
 from memplan.cli.render import estimate_text
 from memplan.memory.breakdown import Phase
@@ -106,3 +109,11 @@ def test_runs_without_saves_during_training_have_no_checkpoint_phase_and_the_sav
     assert all(p.phase != Phase.CHECKPOINT for h in est.hosts for p in h.phases)
     bars = {r["x"] for panel in estimate_chart(est)["concat"] for r in panel["data"]["values"]}
     assert "save" in bars
+
+
+@pytest.mark.parametrize(("version", "flag"), [("0.9", "--save_steps"), ("0.11", "--ckpt.save_steps")])
+def test_save_steps_zero_is_refused_as_typed(version: str, flag: str) -> None:
+    # OpenRLHF tests `global_step % save_steps == 0`: 0 raises ZeroDivisionError at the first step
+    with pytest.raises(ConfigError) as caught:
+        estimate_command(f"{SFT_7B} {flag} 0", gpu="a100-80g", version=version)
+    assert caught.value.location == flag

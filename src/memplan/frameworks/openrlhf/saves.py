@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from memplan.errors import ConfigError
 from memplan.frameworks.openrlhf.flags import load_table
 from memplan.jobs.job import SaveSchedule
 
@@ -33,11 +34,16 @@ def _spellings(script: str, version: str) -> tuple[tuple[str, str], ...]:
 def save_schedule(script: str, values: Mapping[str, Any], version: str) -> SaveSchedule:
     """The run's saves from its flags (OpenRLHF's defaults: ``save_steps -1``, no HF checkpoints, DS
     checkpoints on)."""
-    steps = int(values.get("save_steps") or -1)
+    flags = _spellings(script, version)
+    raw = values.get("save_steps")
+    steps = -1 if raw is None else int(raw)
+    if steps == 0:
+        raise ConfigError(dict(flags).get("save_steps", "--save_steps"),
+                          "0 makes OpenRLHF divide by zero (global_step % save_steps); -1 saves only at the end")
     during = steps > 0
     return SaveSchedule(save_steps=steps if during else None, hf_every_steps=during and bool(values.get("save_hf_ckpt")),
                         ds_every_steps=during and not values.get("disable_ds_ckpt"),
-                        flags=_spellings(script, version))
+                        flags=flags)
 
 
 def saves_critic(values: Mapping[str, Any]) -> bool:
