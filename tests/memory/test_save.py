@@ -117,3 +117,17 @@ def test_save_steps_zero_is_refused_as_typed(version: str, flag: str) -> None:
     with pytest.raises(ConfigError) as caught:
         estimate_command(f"{SFT_7B} {flag} 0", gpu="a100-80g", version=version)
     assert caught.value.location == flag
+
+
+def test_rank0_state_dict_is_on_the_node_of_the_first_bundle_as_placed() -> None:
+    # actor 8 split 6 + 2 over node0 and node1 (groups filled in creation order): rank 0 is bundle 0, on node0
+    # (openrlhf/trainer/ray/launcher.py@v0.11.0 :259); Ray's other placements may put it on any of the group's nodes
+    command = ("python3 -m openrlhf.cli.train_ppo_ray --pretrain llama-2-70b --reward_pretrain llama-2-70b "
+               "--ref_num_gpus_per_node 1 --reward_num_gpus_per_node 1 --actor_num_gpus_per_node 8 "
+               "--critic_num_gpus_per_node 8 --vllm_num_engines 1 --vllm_tensor_parallel_size 2 --zero_stage 3 --bf16 "
+               "--adam_offload --ref_offload --reward_offload --gradient_checkpointing")
+    est = estimate_command(command, gpu="a800-80g", host_ram="1600GB", version="0.9")
+    saved = [_term(_phase(h, Phase.SAVE), "actor.save.state_dict") for h in est.hosts]
+    assert saved[0] == BF16 * 68_976_648_192 and saved[1:] == [0] * (len(saved) - 1)
+    worst = est.placement_risk.worst[est.placement_risk.worst_node]
+    assert _term(_phase(worst, Phase.SAVE), "actor.save.state_dict") == BF16 * 68_976_648_192
