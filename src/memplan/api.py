@@ -192,7 +192,7 @@ def _estimate_run(run: ResolvedRun, *, gpu: Gpu | None, host_ram_bytes: int | No
                                         load=flag_naming_loader(load_model_spec, run.values), command=run.command,
                                         logprob_impl=logprob_impl)
     est = estimate_job(job, gpu=gpu, host_ram_bytes=host_ram_bytes)
-    return replace(est, notes=run.notes + notes)
+    return replace(est, notes=run.notes + notes + est.notes)
 
 
 def resolve_capacity(gpu: str | None, host_ram: str | int | None) -> tuple[Gpu | None, int | None]:

@@ -62,7 +62,8 @@ def test_seed_worst_placement_puts_actor_and_critic_together() -> None:
     node = risk.worst[risk.worst_node]
     # OpenRLHF issue 198 (public-cases row 13): "1680 GB if both are on one node"
     assert node.peak_bytes >= 1_680_000_000_000
-    assert str(risk.verdict) == "oom" and str(est.verdict) != "oom"
+    # as placed the iteration holds; the end-of-training HF save is what kills node0 (tests/memory/test_save.py)
+    assert str(risk.verdict) == "oom" and all(str(h.training_verdict) != "oom" for h in est.hosts)
 
 
 def test_plan_recommends_only_layouts_safe_under_every_placement() -> None:

@@ -6,6 +6,7 @@ import tomllib
 from pathlib import Path
 
 from memplan.api import estimate_command
+from memplan.memory.breakdown import SAVE_PHASES
 
 HOST = Path(__file__).resolve().parents[2] / "validation" / "published" / "openrlhf_host"
 
@@ -17,7 +18,8 @@ def _case(name: str) -> dict:
 def _role_bytes_on_node(est, node: str, role: str, allocated_later: tuple[str, ...] = ()) -> int:
     """A role's host bytes at the node's peak, without buffers allocated after the measured moment."""
     host = next(h for h in est.hosts if h.id == node)
-    return sum(t.bytes for t in host.peak.terms
+    iteration = max((p for p in host.phases if p.phase not in SAVE_PHASES), key=lambda p: p.bytes)  # before any save
+    return sum(t.bytes for t in iteration.terms
                if t.path.startswith(f"{role}.") and not t.path.startswith(allocated_later))
 
 

@@ -101,7 +101,7 @@ def _placement_lines(risk: Any) -> list[str]:
     """Which placement the host lines assume, and the worst one Ray may choose instead (identical nodes grouped)."""
     assumed = ", ".join(f"{_nodes_text(h)} {_roles_text(r)}" for h, r in zip(risk.assumed, risk.assumed_roles))
     node = risk.worst[risk.worst_node]
-    worst = (f"{_nodes_text(node)} {_roles_text(risk.worst_roles[risk.worst_node])} {gib(node.peak_bytes)}"
+    worst = (f"{_nodes_text(node)} {_roles_text(risk.worst_roles[risk.worst_node])} {gib(node.peak_bytes)} in {node.peak.phase}"
              f"{_host_limit_text(node)} → {_verdict_text(node.verdict, node.peak_bytes, node.judged_bytes)}")
     return [f"placement: as estimated {assumed} (groups filled in creation order)",
             f"  Ray's PACK policy may choose {plural(risk.num_placements, 'placement')}; the fullest node of the worst: "
@@ -186,6 +186,10 @@ def estimate_text(est: Any, suggestions: Sequence[Any] = (), *, explain: bool = 
     host_verdict = worst([h.verdict for h in est.hosts])
     tail = (f"; host RAM {host_verdict} as placed, {risk} under the worst placement Ray may choose"
             if risk and host_verdict and risk != host_verdict else "")
+    saves = [h for h in est.hosts if h.failing_save is not None]
+    if saves:
+        tail += (f"; host RAM {saves[0].training_verdict} while training, {saves[0].verdict} at its first "
+                 f"{saves[0].failing_save.phase} ({saves[0].id}: see note)")
     lines.append(f"verdict: {verdict if verdict else 'no --gpu/--host-ram given: sizes only'}{tail}")
     if suggestions:
         lines += ["", "what would help (largest per-GPU reserved peak after the change):"]

@@ -21,6 +21,7 @@ from memplan.memory.host import HostKind, host_kind
 from memplan.memory.host_limit import physical_limit
 from memplan.jobs.result import DeviceEstimate, Estimate, HostEstimate, PhaseUsage
 from memplan.jobs.roles import RoleMemory, role_memory
+from memplan.jobs.saving import save_notes
 from memplan.memory import overhead
 from memplan.memory.breakdown import Category, Phase, Term
 
@@ -70,6 +71,18 @@ def host_resident(term: Term, phase: Phase) -> bool:
     return phase != Phase.LOAD or host_kind(term) == HostKind.PROCESSES
 
 
+def rank0_terms(mem: RoleMemory, ranks: int, phase: Phase) -> list[Term]:
+    """The terms only the role's rank 0 holds, charged once on a node with ranks of the role: rank 0's node.
+    Identical nodes are reported as one entry whose figures are its fullest node's, so such an entry shows
+    rank 0's node (a conservative figure for the others)."""
+    return [t for t in mem.rank0_cpu_terms if ranks and t.phase == phase]
+
+
+def save_phases(job: Job) -> tuple[Phase, ...]:
+    """The host timeline's save phases of the job (none when saving is not modelled)."""
+    return job.saves.phases if job.saves is not None else ()
+
+
 def host_phases(memories: list[RoleMemory], ranks_per_node: dict[str, int],
                 phases: tuple[Phase, ...]) -> tuple[PhaseUsage, ...]:
     """Host RAM of one node per phase: every rank's host terms times the ranks of that role on the node."""
@@ -82,6 +95,7 @@ def host_phases(memories: list[RoleMemory], ranks_per_node: dict[str, int],
                 if host_resident(t, phase):
                     label = f"{t.path} (×{ranks} ranks)" if ranks > 1 else t.path
                     terms.append(replace(t, path=label, bytes=t.bytes * ranks))
+            terms += rank0_terms(m, ranks, phase)
         usages.append(PhaseUsage(phase=phase, terms=tuple(t for t in terms if t.bytes)))
     return tuple(usages)
 
@@ -108,9 +122,10 @@ def estimate_job(job: Job, *, gpu: Gpu | None = None, host_ram_bytes: int | None
                                       phases=usage, capacity_bytes=gpu.capacity_bytes if gpu else None,
                                       reserved_bytes=reserved_for(peak)))
         ranks = {str(m.role.name): group.gpus_per_node for m in mems}
-        node_usage = host_phases(mems, ranks, phases)
+        node_usage = host_phases(mems, ranks, phases + save_phases(job))
         limit = physical_limit(host_ram_bytes) if host_ram_bytes is not None else None
         hosts.append(HostEstimate(nodes=(block.nodes,), phases=node_usage, capacity_bytes=host_ram_bytes,
                                   limit=limit))
     models = {str(m.role.name): m.info for m in memories}
-    return Estimate(models=models, devices=tuple(devices), hosts=tuple(hosts), command=job.command)
+    return Estimate(models=models, devices=tuple(devices), hosts=tuple(hosts), command=job.command,
+                    notes=save_notes(job, hosts))

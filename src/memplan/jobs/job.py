@@ -11,6 +11,7 @@ from enum import StrEnum
 
 from memplan.dtypes import DType
 from memplan.jobs.options import AttnImpl, Method, ZeroStage
+from memplan.memory.breakdown import Phase
 from memplan.memory.logits import Head, LogProbImpl
 from memplan.model.spec import ModelSpec
 
@@ -106,6 +107,10 @@ class Role:
     """``--entropy_loss_coef`` given: the actor's forward computes the entropy (a softmax over its fp32 logits)."""
     entropy_in_loss: bool = False
     """The entropy coefficient is non-zero, so the entropy is backwarded."""
+    saves_hf_model: bool = False
+    """The role's ``save_model`` runs (Phase.SAVE): the trained model at the end of training."""
+    saves_ds_checkpoint: bool = False
+    """The role writes DeepSpeed checkpoints during training (Phase.CHECKPOINT)."""
     grad_accum_steps: int = 1
     """Micro-batches per optimizer step of a trained role: ``train_batch_size × ring × ds_tp /
     (micro_train_batch_size × world)`` (OpenRLHF's DeepSpeed config, reference/openrlhf.md §1.1). With more
@@ -130,6 +135,31 @@ class GpuGroup:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SaveSchedule:
+    """When a run saves: the HF model at the end, and every ``save_steps`` a DeepSpeed checkpoint and/or the
+    HF model. The roles that save are marked on each Role (``saves_hf_model``, ``saves_ds_checkpoint``)."""
+
+    save_steps: int | None
+    """Global steps between saves during training; None when it never saves during training."""
+    hf_every_steps: bool
+    """The HF model is also saved every ``save_steps``."""
+    ds_every_steps: bool
+    """A DeepSpeed checkpoint is written every ``save_steps``."""
+    flags: tuple[tuple[str, str], ...]
+    """The version's spelling of each save flag: ``(canonical key, option)``, e.g.
+    ``("disable_ds_ckpt", "--ckpt.disable_ds")``."""
+
+    def flag(self, key: str) -> str:
+        """The option the user would type for canonical ``key``."""
+        return dict(self.flags).get(key, f"--{key}")
+
+    @property
+    def phases(self) -> tuple[Phase, ...]:
+        """The save phases of the host timeline, in the order they first happen."""
+        return ((Phase.CHECKPOINT,) if self.ds_every_steps else ()) + (Phase.SAVE,)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Job:
     """A fully resolved run."""
 
@@ -145,6 +175,8 @@ class Job:
     """OpenRLHF version whose defaults were applied."""
     command: str
     """The launch command this job corresponds to."""
+    saves: SaveSchedule | None = None
+    """When the run saves (None: saving not modelled)."""
 
     def role(self, name: RoleName) -> Role | None:
         """The role called ``name``, if the job has it."""

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from memplan.jobs.ids import GpuBlock, NodeRange, ranges_text
-from memplan.memory.breakdown import Phase, Term
+from memplan.memory.breakdown import SAVE_PHASES, Phase, Term
 from memplan.memory.host_limit import HostLimit
 
 
@@ -179,6 +179,22 @@ class HostEstimate:
     def verdict(self) -> Verdict | None:
         """Verdict against ``judged_bytes`` (Ray's threshold or the node's RAM)."""
         return verdict_for(self.peak_bytes, self.judged_bytes)
+
+    @property
+    def training_verdict(self) -> Verdict | None:
+        """Verdict of the phases before any save (loading and the training iteration)."""
+        return verdict_for(max((p.bytes for p in self.phases if p.phase not in SAVE_PHASES), default=0),
+                           self.judged_bytes)
+
+    @property
+    def failing_save(self) -> PhaseUsage | None:
+        """The first save phase (in the timeline's order) whose verdict is worse than training's: the run holds
+        while it trains and is killed when it saves. None when no save is worse."""
+        if self.judged_bytes is None:
+            return None
+        before = self.training_verdict
+        return next((p for p in self.phases if p.phase in SAVE_PHASES
+                     and worst([verdict_for(p.bytes, self.judged_bytes), before]) != before), None)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

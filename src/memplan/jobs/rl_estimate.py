@@ -13,10 +13,11 @@ from collections import defaultdict
 from dataclasses import replace
 
 from memplan.hardware.gpu import Gpu
-from memplan.jobs.estimate import host_resident, reserved_for
+from memplan.jobs.estimate import host_resident, rank0_terms, reserved_for, save_phases
 from memplan.jobs.ids import GpuBlock, NodeRange, RanksPerNode, node_groups, run_blocks
 from memplan.jobs.job import NodePlacement, Role, RoleName, RlJob
 from memplan.jobs.result import DeviceEstimate, Estimate, HostEstimate, ModelInfo, PhaseUsage, PlacementRisk
+from memplan.jobs.saving import save_notes
 from memplan.jobs.roles import RoleMemory, activation_config, role_memory, role_tree
 from memplan.jobs import rollout as rollout_terms
 from memplan.memory import host_process, overhead
@@ -131,7 +132,10 @@ def slot_phases(roles: tuple[RoleName, ...], mems: dict[RoleName, RoleMemory], r
     return tuple(usages)
 
 
-def _host_terms(counts: NodeRanks, mems: dict[RoleName, RoleMemory], rl: RlJob, phase: Phase) -> list[Term]:
+def _host_terms(counts: NodeRanks, mems: dict[RoleName, RoleMemory], rl: RlJob, phase: Phase,
+                rank0: frozenset[RoleName] | None = None) -> list[Term]:
+    """Host terms of one node's ranks in ``phase``; rank 0's own terms for the roles in ``rank0`` (every role on
+    the node when None: a placement Ray may choose can put a group's first bundle on any of its nodes)."""
     terms: list[Term] = []
     for name, ranks in counts:
         per_rank: list[Term] = []
@@ -150,6 +154,8 @@ def _host_terms(counts: NodeRanks, mems: dict[RoleName, RoleMemory], rl: RlJob, 
             if t.bytes:
                 terms.append(replace(t, path=f"{t.path} (×{ranks} ranks)" if ranks > 1 else t.path,
                                      bytes=t.bytes * ranks))
+        if name in mems and (rank0 is None or name in rank0):
+            terms += rank0_terms(mems[name], ranks, phase)
     return terms
 
 
@@ -161,13 +167,14 @@ class _NodePhases:
         self._mems, self._rl = mems, rl
         self._seen: dict[tuple[NodeRanks, bool], tuple[PhaseUsage, ...]] = {}
 
-    def __call__(self, counts: NodeRanks, head: bool) -> tuple[PhaseUsage, ...]:
-        key = (counts, head)
+    def __call__(self, counts: NodeRanks, head: bool,
+                 rank0: frozenset[RoleName] | None = None) -> tuple[PhaseUsage, ...]:
+        key = (counts, head, rank0)
         if key not in self._seen:
             self._seen[key] = tuple(
-                PhaseUsage(phase=p, terms=tuple(_host_terms(counts, self._mems, self._rl, p)
+                PhaseUsage(phase=p, terms=tuple(_host_terms(counts, self._mems, self._rl, p, rank0)
                                                 + host_process.ray_node(head=head)))
-                for p in (Phase.LOAD, *RL_PHASES))
+                for p in (Phase.LOAD, *RL_PHASES, *save_phases(self._rl.job)))
         return self._seen[key]
 
 
@@ -202,6 +209,19 @@ def _placement_hosts(placement: NodePlacement, node_phases: _NodePhases, limit: 
             roles.append(counts)
             first += n
     return hosts, roles
+
+
+def first_ranks(placed: list[tuple[NodeRanks, tuple[NodeRange, ...], bool]]) -> list[frozenset[RoleName]]:
+    """For each node entry as placed (ordered by first node), the roles whose rank 0 it holds: the first entry
+    holding a role. Groups are filled in creation order, so a group's first bundle, its rank 0 (OpenRLHF gives
+    rank i bundle i: openrlhf/trainer/ray/launcher.py@v0.11.0 :259, :281), lands on the first node it occupies."""
+    seen: set[RoleName] = set()
+    out = []
+    for counts, _nodes, _head in placed:
+        mine = frozenset(role for role, _ in counts if role not in seen)
+        seen |= mine
+        out.append(mine)
+    return out
 
 
 def _roles_dict(counts: NodeRanks) -> dict[str, int]:
@@ -249,13 +269,15 @@ def estimate_rl(rl: RlJob, *, gpu: Gpu, host_ram_bytes: int | None) -> Estimate:
     limit = ray_limit(host_ram_bytes) if host_ram_bytes is not None else None
     node_phases = _NodePhases(mems, rl)
     placed = _head_apart(node_groups(rl.runs, rl.node_gpus))
-    hosts = [HostEstimate(nodes=nodes, capacity_bytes=host_ram_bytes, limit=limit, phases=node_phases(counts, head))
-             for counts, nodes, head in placed]
+    hosts = [HostEstimate(nodes=nodes, capacity_bytes=host_ram_bytes, limit=limit,
+                          phases=node_phases(counts, head, rank0))
+             for (counts, nodes, head), rank0 in zip(placed, first_ranks(placed))]
     risk = placement_risk(rl, node_phases, hosts, [counts for counts, _, _ in placed], limit)
     models = {str(n): m.info for n, m in mems.items()}
     if rl.rollout.num_engines:
         actor = mems[RoleName.ACTOR].info
         models["rollout"] = ModelInfo(name=actor.name, num_params=actor.num_params, trainable_params=0)
     notes = (f"the vLLM engine cannot start on {gpu.name}: {engine_error}",) if engine_error else ()
+    notes += save_notes(rl.job, hosts)
     return Estimate(models=models, devices=tuple(devices), hosts=tuple(hosts), command=rl.job.command, notes=notes,
                     placement_risk=risk)

@@ -11,7 +11,7 @@ from functools import lru_cache
 from memplan.dtypes import DType
 from memplan.jobs.job import GpuGroup, LoraOptions, Role, RoleName
 from memplan.jobs.result import ModelInfo
-from memplan.memory import grad_timeline, host, host_process, lora
+from memplan.memory import grad_timeline, host, host_process, lora, save
 from memplan.memory.activations import ActivationConfig
 from memplan.memory.breakdown import Device, Phase, Term
 from memplan.memory.logits import Head, LogProbImpl
@@ -48,6 +48,8 @@ class RoleMemory:
     """Parameter counts."""
     world_size: int
     """Ranks of the role's group."""
+    rank0_cpu_terms: tuple[Term, ...] = ()
+    """Host terms only the group's rank 0 holds (the ZeRO-3 HF state dict of ``save_model``), phase-tagged."""
 
 
 def role_tree(role: Role) -> ParamModule:
@@ -152,6 +154,14 @@ def _backward_with_grads(role: Role, cfg: ActivationConfig, head: HeadConfig, la
                                        end_transient=held_output_terms(role.spec, cfg, head, name, Phase.BACKWARD))
 
 
+def save_terms(role: Role, layout: ParamLayout, zero: ZeroConfig) -> list[Term]:
+    """Host terms every rank of the role holds while it saves (Phase.SAVE, Phase.CHECKPOINT)."""
+    name = str(role.name)
+    tied = role.spec.vocab_size * role.spec.hidden_size if role.spec.tie_word_embeddings and role.head == Head.LM else 0
+    terms = save.hf_state_dict_per_rank(layout, zero, role=name, tied_numel=tied) if role.saves_hf_model else []
+    return terms + (save.ds_checkpoint_copy(layout, zero, role=name) if role.saves_ds_checkpoint else [])
+
+
 def role_memory(role: Role, group: GpuGroup, logprob_impl: LogProbImpl,
                 forward_phases: tuple[Phase, ...] = (Phase.FORWARD,), partner: Role | None = None,
                 under_ray: bool = False) -> RoleMemory:
@@ -170,6 +180,7 @@ def role_memory(role: Role, group: GpuGroup, logprob_impl: LogProbImpl,
     cpu = [t for t in terms if t.device == Device.CPU]
     cpu += host.model_loading(layout, zero, role=str(role.name)) + host_process.gpu_process(role=str(role.name),
                                                                                        under_ray=under_ray)
+    cpu += save_terms(role, layout, zero)
     cfg = activation_config(role, tree)
     head = HeadConfig(head=role.head, logprob_impl=logprob_impl, holds_output=role.holds_output,
                       kd=role.kd_student, output_until_step=role.keeps_output_to_step, entropy=role.entropy,
@@ -189,4 +200,6 @@ def role_memory(role: Role, group: GpuGroup, logprob_impl: LogProbImpl,
     info = ModelInfo(name=role.spec.name, num_params=total,
                      trainable_params=layout.trainable_params if role.trained else 0)
     return RoleMemory(role=role, gpu_terms=tuple(t for t in terms if t.device == Device.GPU), cpu_terms=tuple(cpu),
-                      activity=activity, transient=transient, info=info, world_size=group.num_gpus)
+                      activity=activity, transient=transient, info=info, world_size=group.num_gpus,
+                      rank0_cpu_terms=tuple(save.hf_state_dict_rank0(layout, zero, role=str(role.name))
+                                            if role.saves_hf_model else ()))

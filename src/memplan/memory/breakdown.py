@@ -65,6 +65,11 @@ class Phase(StrEnum):
     """RL: actor and critic updates."""
     WEIGHT_SYNC = "weight_sync"
     """RL: broadcast of actor weights to the rollout engines."""
+    CHECKPOINT = "checkpoint"
+    """A DeepSpeed checkpoint (``save_checkpoint``) every ``--save_steps`` unless ``--disable_ds_ckpt``."""
+    SAVE = "save"
+    """The HF model save (``save_model``): at the end of training, and every ``--save_steps`` with
+    ``--save_hf_ckpt``."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -87,6 +92,10 @@ class Term:
     def __post_init__(self) -> None:
         if not isinstance(self.bytes, int) or self.bytes < 0:
             raise ValueError(f"{self.path}: bytes must be a non-negative int, got {self.bytes!r}")
+
+
+#: The phases in which a run saves (memory/save.py): after training has held, they can still kill it.
+SAVE_PHASES = frozenset({Phase.CHECKPOINT, Phase.SAVE})
 
 
 def total_bytes(terms: Iterable[Term]) -> int:

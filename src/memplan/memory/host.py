@@ -14,7 +14,7 @@ from enum import StrEnum
 from memplan.dtypes import DType, bytes_for
 from memplan.jobs.options import ZeroStage
 from memplan.memory import host_alloc
-from memplan.memory.breakdown import Category, Device, Phase, Term
+from memplan.memory.breakdown import SAVE_PHASES, Category, Device, Phase, Term
 from memplan.memory.zero import (
     ParamLayout, ZeroConfig, ds_source, grads_in_partition_numel, grads_in_partition_tensors,
     stage3_partition_numel, stage3_trainable_partition_numel, stage12_partition_numels, sub_group_numels,
@@ -187,6 +187,8 @@ class HostKind(StrEnum):
     """Interpreters, imports, CUDA contexts, Ray's daemons (``*.runtime.*``, ``ray.*``)."""
     LOADING = "loading"
     """The model as it is read, and the pin_memory() copies of engine initialisation."""
+    SAVING = "saving"
+    """What a save holds beyond the resident state: the HF state dict, a checkpoint's host copies."""
     REPLAY_BUFFER = "replay_buffer"
     """RL experiences kept on the host."""
 
@@ -202,6 +204,8 @@ def host_kind(term: Term) -> HostKind:
         return HostKind.REPLAY_BUFFER
     if term.phase == Phase.LOAD:
         return HostKind.LOADING
+    if term.phase in SAVE_PHASES:
+        return HostKind.SAVING
     if term.category == Category.OPTIMIZER:
         return HostKind.OPTIMIZER
     return HostKind.PINNED

@@ -95,7 +95,7 @@ def grow(space: Space, layout: Layout, role: str, flags: FlagSet) -> Layout | No
 
 
 #: Attempts to make a layout fit its nodes' host RAM (each one estimate).
-HOST_REPAIR_STEPS = 4
+HOST_REPAIR_STEPS = 6
 #: Host-lighter flag changes tried first (the CPU Adam state, offloaded parameters, sleeping copies).
 HOST_LIGHTER = ({"adam_offload": False}, {"ref_offload": False, "reward_offload": False},
                 {"teacher_offload": False}, {"deepspeed_enable_sleep": False, "vllm_enable_sleep": False})
@@ -129,8 +129,10 @@ def host_repair(ev: Evaluator, space: Space, gpu: Gpu, candidate: Candidate, est
 
 
 def heaviest_host_role(est: Estimate) -> str | None:
-    """The role holding the most host RAM on the node with the least room."""
-    nodes = [h for h in est.hosts if h.judged_bytes is not None]
+    """The role holding the most host RAM on the node with the least room, as placed or under the worst
+    placement Ray may choose (the one that fails when only that placement does)."""
+    risk = est.placement_risk.worst if est.placement_risk is not None else ()
+    nodes = [h for h in (*est.hosts, *risk) if h.judged_bytes is not None]
     if not nodes:
         return None
     worst = max(nodes, key=lambda h: h.peak_bytes - (h.judged_bytes or 0))

@@ -44,6 +44,9 @@ MAX_TOKENS = 2**24
 MAX_SEQUENCES = 2**20
 #: Largest LoRA rank (module docstring: above the widest released layers, ~60k).
 MAX_LORA_RANK = 2**16
+#: Most optimizer steps of one run: Llama 3 405B's pre-training, 15.6T tokens in batches of up to 16M tokens
+#: (Llama 3 paper, §3.4.1), took about a million steps; 2**24 is 16 times that.
+MAX_STEPS = 2**24
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -125,6 +128,9 @@ _BOUNDS: dict[str, Bound] = {
     "generate_max_len": _count(1, MAX_TOKENS, _TOKENS),
     "train_max_tokens_per_gpu": _count(1, MAX_TOKENS, _TOKENS),
     "rollout_max_tokens_per_gpu": _count(1, MAX_TOKENS, _TOKENS),
+    "save_steps": _count(-1, MAX_STEPS, "MAX_STEPS; OpenRLHF saves when `global_step % save_steps == 0` "
+                         "(trainer/ppo_trainer.py@v0.11.0 L393) after turning -1 into infinity (L466-467)",
+                         "-1 means no save during training"),
     "init_kl_coef": _COEF,
     "entropy_loss_coef": _COEF,
     "ptx_coef": _COEF,

@@ -86,6 +86,8 @@ MEMORY_KEYS: frozenset[str] = frozenset({
     "micro_train_batch_size", "micro_rollout_batch_size", "rollout_batch_size", "vllm_generate_batch_size",
     "n_samples_per_prompt", "prompt_max_len", "generate_max_len", "max_len", "entropy_loss_coef",
     "ptx_coef", "max_images_per_prompt",
+    # saves: the HF state dict and DeepSpeed checkpoints on the host (frameworks/openrlhf/saves.py)
+    "save_steps", "save_hf_ckpt", "disable_ds_ckpt", "save_value_network",
 })
 """Canonical keys whose value changes GPU or host memory (openrlhf.md §1-§6). The rest are accepted
 and ignored (learning rates, logging, checkpoint paths, dataset keys, loss coefficients, ...)."""

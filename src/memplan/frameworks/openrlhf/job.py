@@ -13,6 +13,7 @@ from typing import Any
 
 from memplan.dtypes import DType
 from memplan.errors import ConfigError
+from memplan.frameworks.openrlhf.saves import save_schedule
 from memplan.jobs.job import GpuGroup, Job, LoraOptions, Role, RoleName
 from memplan.jobs.options import AttnImpl, Method, ZeroStage
 from memplan.memory.logits import Head, LogProbImpl
@@ -130,12 +131,14 @@ def build_single_model_job(script: str, values: Mapping[str, Any], *, group: Gpu
                   ds_tp_size=int(values.get("ds_tensor_parallel_size") or 1),
                   load_in_4bit=bool(values.get("load_in_4bit")), overlap_comm=bool(values.get("overlap_comm")))
     grad_accum = values.get("grad_accum_dtype")
+    saves = save_schedule(script, values, version)
     policy = Role(name=RoleName.POLICY, spec=load(str(values["pretrain"])), head=shape.head, trained=True,
                   offload_optimizer=bool(values.get("adam_offload")), offload_params=False,
                   grad_accum_dtype=DType.from_name(str(grad_accum)) if grad_accum else None,
                   lora=_lora(values), gradient_checkpointing=bool(values.get("gradient_checkpointing")),
                   holds_output=shape.holds_output, kd_student=method == Method.KD,
-                  grad_accum_steps=grad_accum_steps(values, group.num_gpus), **common)
+                  grad_accum_steps=grad_accum_steps(values, group.num_gpus), saves_hf_model=True,
+                  saves_ds_checkpoint=saves.ds_every_steps, **common)
     roles = [policy]
     if shape.partner is not None:
         key, offload = ("ref_pretrain", "ref_offload") if shape.partner == RoleName.REF else ("teacher_model", "teacher_offload")
@@ -145,7 +148,7 @@ def build_single_model_job(script: str, values: Mapping[str, Any], *, group: Gpu
                           offload_optimizer=False, offload_params=bool(values.get(offload)), grad_accum_dtype=None,
                           lora=None, gradient_checkpointing=False, **common))
     job = Job(method=method, roles=tuple(roles), groups=(group,), logprob_impl=logprob_impl,
-              framework_version=version, command=command)
+              framework_version=version, command=command, saves=saves)
     return job, tuple(notes)
 
 

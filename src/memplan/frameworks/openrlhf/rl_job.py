@@ -15,6 +15,7 @@ from memplan.errors import ConfigError
 from memplan.frameworks.openrlhf.bounds import check_flag_value
 from memplan.frameworks.openrlhf.job import _attn, _lora, _param_dtype, _positive, grad_accum_steps
 from memplan.frameworks.openrlhf.ray_placement import Group, ray_placements
+from memplan.frameworks.openrlhf.saves import save_schedule, saves_critic
 from memplan.jobs.job import GpuGroup, Job, Role, RoleName, RolloutSettings, RlJob, SlotRun
 from memplan.jobs.options import Method, ZeroStage
 from memplan.memory.logits import Head, LogProbImpl
@@ -227,14 +228,17 @@ def build_rl_job(values: Mapping[str, Any], *, version: str, load: Callable[[str
     frozen = dict(offload_optimizer=False, lora=None, gradient_checkpointing=False,
                   micro_batch_size=rollout.micro_rollout_batch_size)
     entropy_coef = values.get("entropy_loss_coef")
+    saves = save_schedule("train_ppo_ray", values, version)
     roles = [Role(name=RoleName.ACTOR, spec=load(str(values["pretrain"])), head=Head.LM, trained=True, group="actor",
                   grad_accum_steps=grad_accum_steps(values, groups[RoleName.ACTOR].num_gpus),
                   keeps_output_to_step=True, entropy=entropy_coef is not None,
-                  entropy_in_loss=entropy_coef is not None and float(entropy_coef) != 0, **common, **trained)]
+                  entropy_in_loss=entropy_coef is not None and float(entropy_coef) != 0, saves_hf_model=True,
+                  saves_ds_checkpoint=saves.ds_every_steps, **common, **trained)]
     if RoleName.CRITIC in groups:
         critic = values.get("critic_pretrain") or values.get("reward_pretrain") or values["pretrain"]
         roles.append(Role(name=RoleName.CRITIC, spec=load(str(critic)), head=Head.VALUE, trained=True, group="critic",
                           grad_accum_steps=grad_accum_steps(values, groups[RoleName.CRITIC].num_gpus),
+                          saves_hf_model=saves_critic(values), saves_ds_checkpoint=saves.ds_every_steps,
                           **common, **trained))
     if RoleName.REF in groups:
         roles.append(Role(name=RoleName.REF, spec=load(str(values.get("ref_pretrain") or values["pretrain"])),
@@ -251,7 +255,7 @@ def build_rl_job(values: Mapping[str, Any], *, version: str, load: Callable[[str
                                   node_gpus=node_gpus, num_nodes=-(-sum(u.bundles for u in units) // node_gpus))
     method = next((m for m, e in METHOD_ESTIMATOR.items() if e == estimator), Method.PPO)
     job = Job(method=method, roles=tuple(roles), groups=tuple(groups.values()), logprob_impl=logprob_impl,
-              framework_version=version, command=command)
+              framework_version=version, command=command, saves=saves)
     ds_sleep = bool(values.get("deepspeed_enable_sleep")) and not values.get("adam_offload")
     rl = RlJob(job=job, rollout=rollout, runs=runs, node_gpus=node_gpus, deepspeed_sleep=ds_sleep,
                colocate_all=bool(values.get("colocate_all_models")) and not values.get("async_train"),
