@@ -144,3 +144,14 @@ def test_validate_from_another_directory(capsys, monkeypatch, tmp_path) -> None:
     assert main(["validate"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "checkout" in err and "--dir" in err
+
+
+def test_rl_without_vllm_engines_says_it_cannot_generate(capsys) -> None:  # type: ignore[no-untyped-def]
+    # OpenRLHF 0.8-0.11 always generates through _generate_vllm (experience_maker.py@c0e2ee2 line 284,
+    # samples_generator.py@3c3be62 lines 216-233): without engines the first rollout has no engine to use.
+    base = ["estimate", "llama-3-8b", "--method", "grpo", "--remote_rm_url", "http://rm", "--json"]
+    without = json.loads(_out(capsys, [*base, "--vllm_tensor_parallel_size", "2"]))
+    assert any(n.startswith("no vLLM engines") and "--vllm_tensor_parallel_size have no effect" in n
+               for n in without["notes"])
+    engines = json.loads(_out(capsys, [*base, "--vllm_num_engines", "2"]))
+    assert not any(n.startswith("no vLLM engines") for n in engines["notes"])

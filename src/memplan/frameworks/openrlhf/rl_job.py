@@ -191,6 +191,16 @@ def rl_roles(values: Mapping[str, Any]) -> tuple[RoleName, ...]:
     return tuple(roles)
 
 
+NO_ENGINES_NOTE = (
+    "no vLLM engines (--vllm_num_engines not given or 0): OpenRLHF 0.8-0.11 generates samples only through "
+    "vLLM engines, so this run would fail at its first rollout; memplan estimates the models without generation "
+    "(vLLM flags such as --vllm_tensor_parallel_size have no effect)")
+"""OpenRLHF has no generation path without vLLM: ``generate_samples`` always calls ``_generate_vllm``
+(trainer/ppo_utils/experience_maker.py@5974dfe line 259, @c0e2ee2 line 284), which at v0.11.0 picks an engine
+from ``self.vllm_engines`` (trainer/ppo_utils/samples_generator.py@3c3be62 lines 216-233: an empty list has
+no engine to pick)."""
+
+
 def build_rl_job(values: Mapping[str, Any], *, version: str, load: Callable[[str], ModelSpec], command: str,
                  logprob_impl: LogProbImpl = LogProbImpl.FLASH_ATTN_TRITON) -> tuple[RlJob, tuple[str, ...]]:
     """The RlJob of a ``train_ppo_ray`` run, and notes on assumptions."""
@@ -202,6 +212,8 @@ def build_rl_job(values: Mapping[str, Any], *, version: str, load: Callable[[str
     if version not in LEGACY_LENGTH_VERSIONS and isinstance(new_tokens, int) and new_tokens >= rollout.seq_len:
         notes.append(f"--rollout.max_new_tokens {new_tokens} leaves no room for a prompt within --data.max_len "
                      f"{rollout.seq_len}: OpenRLHF {version} cuts every sequence at {rollout.seq_len} tokens")
+    if not rollout.num_engines:
+        notes.append(NO_ENGINES_NOTE)
     estimator = str(values.get("advantage_estimator") or "gae")
     present = rl_roles(values)
     if RoleName.REWARD in present and not values.get("reward_pretrain"):
