@@ -131,3 +131,17 @@ def test_rank0_state_dict_is_on_the_node_of_the_first_bundle_as_placed() -> None
     assert saved[0] == BF16 * 68_976_648_192 and saved[1:] == [0] * (len(saved) - 1)
     worst = est.placement_risk.worst[est.placement_risk.worst_node]
     assert _term(_phase(worst, Phase.SAVE), "actor.save.state_dict") == BF16 * 68_976_648_192
+
+
+def test_multi_node_zero3_save_only_on_rank0_node() -> None:
+    """Under ZeRO-3 rank 0 alone gathers the bf16 state dict (2 B × 68,976,648,192 parameters of Llama-2-70B,
+    validation/exact/param_counts.json): node0 is reported apart, and the other nodes hold no state dict."""
+    est = estimate_command("deepspeed --num_nodes 4 --num_gpus 8 --module openrlhf.cli.train_sft --pretrain "
+                           "llama-2-70b --zero_stage 3 --adam_offload --train_batch_size 256 "
+                           "--micro_train_batch_size 1", gpu="a100-80g", host_ram="2TB", version="0.11")
+    (node0, rest) = est.hosts
+    assert (node0.ids, node0.count, rest.ids, rest.count) == ("node0", 1, "node[1-3]", 3)
+    save0 = next(u for u in node0.phases if u.phase == Phase.SAVE)
+    save_rest = next(u for u in rest.phases if u.phase == Phase.SAVE)
+    assert save0.bytes - save_rest.bytes == 2 * 68_976_648_192
+    assert not any("state_dict" in t.path for t in save_rest.terms)

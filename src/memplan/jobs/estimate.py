@@ -15,7 +15,7 @@ from collections import defaultdict
 from dataclasses import replace
 
 from memplan.hardware.gpu import Gpu
-from memplan.jobs.ids import whole_nodes
+from memplan.jobs.ids import NodeRange, whole_nodes
 from memplan.jobs.job import Job
 from memplan.memory.host import HostKind, host_kind
 from memplan.memory.host_limit import physical_limit
@@ -73,8 +73,8 @@ def host_resident(term: Term, phase: Phase) -> bool:
 
 def rank0_terms(mem: RoleMemory, ranks: int, phase: Phase) -> list[Term]:
     """The terms only the role's rank 0 holds, charged once on a node with ranks of the role: rank 0's node.
-    Identical nodes are reported as one entry whose figures are its fullest node's, so such an entry shows
-    rank 0's node (a conservative figure for the others)."""
+    Single-model runs report rank 0's node apart from the others (``estimate_job``); in RL runs the caller
+    charges them on the node holding the role's first bundle."""
     return [t for t in mem.rank0_cpu_terms if ranks and t.phase == phase]
 
 
@@ -84,8 +84,9 @@ def save_phases(job: Job) -> tuple[Phase, ...]:
 
 
 def host_phases(memories: list[RoleMemory], ranks_per_node: dict[str, int],
-                phases: tuple[Phase, ...]) -> tuple[PhaseUsage, ...]:
-    """Host RAM of one node per phase: every rank's host terms times the ranks of that role on the node."""
+                phases: tuple[Phase, ...], *, holds_rank0: bool = True) -> tuple[PhaseUsage, ...]:
+    """Host RAM of one node per phase: every rank's host terms times the ranks of that role on the node,
+    and, on the node of the roles' rank 0 (``holds_rank0``), what only rank 0 holds."""
     usages = []
     for phase in (Phase.LOAD, *phases):
         terms: list[Term] = []
@@ -95,7 +96,8 @@ def host_phases(memories: list[RoleMemory], ranks_per_node: dict[str, int],
                 if host_resident(t, phase):
                     label = f"{t.path} (×{ranks} ranks)" if ranks > 1 else t.path
                     terms.append(replace(t, path=label, bytes=t.bytes * ranks))
-            terms += rank0_terms(m, ranks, phase)
+            if holds_rank0:
+                terms += rank0_terms(m, ranks, phase)
         usages.append(PhaseUsage(phase=phase, terms=tuple(t for t in terms if t.bytes)))
     return tuple(usages)
 
@@ -122,10 +124,17 @@ def estimate_job(job: Job, *, gpu: Gpu | None = None, host_ram_bytes: int | None
                                       phases=usage, capacity_bytes=gpu.capacity_bytes if gpu else None,
                                       reserved_bytes=reserved_for(peak)))
         ranks = {str(m.role.name): group.gpus_per_node for m in mems}
-        node_usage = host_phases(mems, ranks, phases + save_phases(job))
         limit = physical_limit(host_ram_bytes) if host_ram_bytes is not None else None
-        hosts.append(HostEstimate(nodes=(block.nodes,), phases=node_usage, capacity_bytes=host_ram_bytes,
-                                  limit=limit))
+        # rank 0's node holds what only rank 0 holds (the gathered state dict at a save): it is reported apart
+        rank0_only = any(m.rank0_cpu_terms for m in mems) and block.nodes.last > block.nodes.first
+        first = NodeRange(first=block.nodes.first, last=block.nodes.first) if rank0_only else block.nodes
+        hosts.append(HostEstimate(nodes=(first,), phases=host_phases(mems, ranks, phases + save_phases(job)),
+                                  capacity_bytes=host_ram_bytes, limit=limit))
+        if rank0_only:
+            rest = NodeRange(first=block.nodes.first + 1, last=block.nodes.last)
+            hosts.append(HostEstimate(nodes=(rest,), phases=host_phases(mems, ranks, phases + save_phases(job),
+                                                                        holds_rank0=False),
+                                      capacity_bytes=host_ram_bytes, limit=limit))
     models = {str(m.role.name): m.info for m in memories}
     return Estimate(models=models, devices=tuple(devices), hosts=tuple(hosts), command=job.command,
                     notes=save_notes(job, hosts))
