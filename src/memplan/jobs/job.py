@@ -145,13 +145,12 @@ class SaveSchedule:
     """The HF model is also saved every ``save_steps``."""
     ds_every_steps: bool
     """A DeepSpeed checkpoint is written every ``save_steps``."""
-    flags: tuple[tuple[str, str], ...]
-    """The version's spelling of each save flag: ``(canonical key, option)``, e.g.
-    ``("disable_ds_ckpt", "--ckpt.disable_ds")``."""
-
-    def flag(self, key: str) -> str:
-        """The option the user would type for canonical ``key``."""
-        return dict(self.flags).get(key, f"--{key}")
+    interval_option: str
+    """The framework's option that sets the interval, as the user would type it (for notes)."""
+    hf_every_option: str
+    """The framework's option that saves the HF model at every interval."""
+    no_checkpoint_option: str
+    """The framework's option that turns the periodic DeepSpeed checkpoint off."""
 
     @property
     def phases(self) -> tuple[Phase, ...]:

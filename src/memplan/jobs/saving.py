@@ -19,19 +19,19 @@ def _gib(num_bytes: int) -> str:
 
 
 def _when(phase: Phase, saves: SaveSchedule) -> str:
-    steps = f"{saves.flag('save_steps')} {saves.save_steps}"
+    steps = f"{saves.interval_option} {saves.save_steps}"
     if phase == Phase.CHECKPOINT:
         return f"its first DeepSpeed checkpoint (save_checkpoint, every {steps} steps)"
     if saves.hf_every_steps:
-        return f"its first HF save ({saves.flag('save_hf_ckpt')}: save_model every {steps} steps)"
+        return f"its first HF save ({saves.hf_every_option}: save_model every {steps} steps)"
     return "the HF save at the end of training (save_model)"
 
 
 def _avoid(phase: Phase, saves: SaveSchedule) -> str:
     if phase == Phase.CHECKPOINT:
-        return f"{saves.flag('disable_ds_ckpt')} avoids it (no resumable checkpoint is written)"
+        return f"{saves.no_checkpoint_option} avoids it (no resumable checkpoint is written)"
     if saves.hf_every_steps:
-        return (f"without {saves.flag('save_hf_ckpt')} the HF model is saved only at the end of training, "
+        return (f"without {saves.hf_every_option} the HF model is saved only at the end of training, "
                 "with the same peak")
     return "no flag skips the final save_model; give that node more host RAM or less of the other roles' state"
 

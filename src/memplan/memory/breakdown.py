@@ -66,10 +66,10 @@ class Phase(StrEnum):
     WEIGHT_SYNC = "weight_sync"
     """RL: broadcast of actor weights to the rollout engines."""
     CHECKPOINT = "checkpoint"
-    """A DeepSpeed checkpoint (``save_checkpoint``) every ``--save_steps`` unless ``--disable_ds_ckpt``."""
+    """A DeepSpeed checkpoint (``save_checkpoint``) written every N steps (the framework's save interval)."""
     SAVE = "save"
-    """The HF model save (``save_model``): at the end of training, and every ``--save_steps`` with
-    ``--save_hf_ckpt``."""
+    """The HF model save (``save_model``): at the end of training, and at every save interval when the
+    framework is asked to save HF checkpoints too."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

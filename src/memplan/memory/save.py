@@ -64,7 +64,7 @@ def ds_checkpoint_copy(layout: ParamLayout, zero: ZeroConfig, *, role: str) -> l
 
         optimizer on the GPU, ZeRO-3:   the largest fp32 sub-group partition, largest_sub_group × 4
         optimizer on the GPU, ZeRO 0-2: the largest fp32 partition group, max(Σ group / dp) × 4
-        optimizer on the host (--adam_offload): nothing
+        optimizer state offloaded to the host: nothing
 
     Source: deepspeed/runtime/engine.py@v0.19.8 ``_save_zero_checkpoint`` :5549-5564 puts references to the
     optimizer's state (stage3.py ``_rigid_state_dict`` :3433-3444, stage_1_and_2.py ``state_dict``

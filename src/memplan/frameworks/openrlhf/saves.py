@@ -26,9 +26,10 @@ from memplan.jobs.job import SaveSchedule
 SAVE_KEYS = ("save_steps", "save_hf_ckpt", "disable_ds_ckpt", "save_value_network")
 
 
-def _spellings(script: str, version: str) -> tuple[tuple[str, str], ...]:
+def _spellings(script: str, version: str) -> dict[str, str]:
+    """Canonical save key -> the version's option (``disable_ds_ckpt`` -> ``--ckpt.disable_ds`` at 0.11)."""
     table = load_table(script, version)
-    return tuple((key, spec.option) for spec in table.flags for key in spec.keys if key in SAVE_KEYS)
+    return {key: spec.option for spec in table.flags for key in spec.keys if key in SAVE_KEYS}
 
 
 def save_schedule(script: str, values: Mapping[str, Any], version: str) -> SaveSchedule:
@@ -38,12 +39,14 @@ def save_schedule(script: str, values: Mapping[str, Any], version: str) -> SaveS
     raw = values.get("save_steps")
     steps = -1 if raw is None else int(raw)
     if steps == 0:
-        raise ConfigError(dict(flags).get("save_steps", "--save_steps"),
+        raise ConfigError(flags.get("save_steps", "--save_steps"),
                           "0 makes OpenRLHF divide by zero (global_step % save_steps); -1 saves only at the end")
     during = steps > 0
     return SaveSchedule(save_steps=steps if during else None, hf_every_steps=during and bool(values.get("save_hf_ckpt")),
                         ds_every_steps=during and not values.get("disable_ds_ckpt"),
-                        flags=flags)
+                        interval_option=flags.get("save_steps", "--save_steps"),
+                        hf_every_option=flags.get("save_hf_ckpt", "--save_hf_ckpt"),
+                        no_checkpoint_option=flags.get("disable_ds_ckpt", "--disable_ds_ckpt"))
 
 
 def saves_critic(values: Mapping[str, Any]) -> bool:
