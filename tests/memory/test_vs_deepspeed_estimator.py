@@ -161,6 +161,13 @@ def test_zero3_offload(gpus: int, offload_params: bool) -> None:
                        "actor.offload.fp32_grads", "actor.params.partition")
     assert int(sum(t.bytes for t in node if t.path in estimator_kinds) * FACTOR) == ds["cpu_bytes"]
     assert sum(t.bytes for t in node if t.path == "actor.grads") == 2 * 6_738_415_616
+    gathered = gpu_bytes(terms, "actor.deepspeed.gathered_params", phase=Phase.BACKWARD)
+    if gpus == 1 and not offload_params:
+        assert gathered == 0  # NoGatherHandle points at the rank's own full copy on the GPU (no buffer)
+    else:
+        # at one GPU with offloaded parameters NoGatherHandle copies them to the GPU
+        # (partition_parameters.py@v0.19.8:74 ds_tensor.data.to(device)); the estimator's other 2LL
+        assert gathered >= ds["largest_layer_memory"] // 2
 
 
 @pytest.mark.parametrize(("stage", "zero_init"), [(3, True), (3, False), (2, None)])

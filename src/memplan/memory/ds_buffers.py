@@ -117,14 +117,15 @@ def zero3_gathered_params(layout: ParamLayout, zero: ZeroConfig, *, role: str, p
     formula gives 1,012,144 (750,000 + one 262,144 module): an upper bound by up to one module.
     A partition over one rank gathers nothing: ``all_gather_coalesced`` and ``_allgather_params_coalesced``
     hand every parameter whose ``_partition_world_size`` is 1 to ``_no_gather_coalesced``
-    (partition_parameters.py:1559-1560, 2029-2031), whose handle points ``param.data`` at the rank's own
-    full ``ds_tensor`` (``NoGatherHandle.wait``): no buffer is allocated. Measured on an H200 (torch 2.11,
+    (partition_parameters.py:1559-1560, 2029-2031), whose ``NoGatherHandle`` sets ``param.data =
+    ds_tensor.data.to(current device)`` (:74): no buffer while the full ``ds_tensor`` is on the GPU, a GPU
+    copy of it when parameters are offloaded to the host (``offload_param``), which this term then charges. Measured on an H200 (torch 2.11,
     DeepSpeed 0.19.8, world size 1, validation/measured/*nvidia-h200.json): ZeRO-3 cases were over by
     0.86-1.95 GiB, each close to this term, while charging it.
 
     Checked by: tests/memory/test_model_states.py::test_zero3_gathered_params_limits
     """
-    if zero.stage != ZeroStage.ZERO_3 or zero.dp_degree == 1:
+    if zero.stage != ZeroStage.ZERO_3 or (zero.dp_degree == 1 and not zero.offload_param):
         return []
     gatherable = layout.num_params - persistent_numel(layout, zero.param_persistence_threshold)
     retained = min(gatherable, zero.max_reuse_distance // FORWARD_BACKWARD_TRACE_VISITS) if training else 0
