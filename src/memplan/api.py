@@ -23,6 +23,7 @@ from memplan.frameworks.openrlhf import (
     resolve_values,
     scripts_of,
 )
+from memplan.frameworks.openrlhf.bounds import MAX_GPUS, MAX_GPUS_PER_NODE  # noqa: F401 (the web's bounds)
 from memplan.frameworks.openrlhf.checks import Names, check_model, check_run, check_world_options
 from memplan.frameworks.openrlhf.job import (
     DEFAULT_GPUS_PER_NODE,

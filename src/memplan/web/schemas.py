@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from memplan.api import MAX_GPUS, MAX_GPUS_PER_NODE
 from memplan.jobs.options import Method
 
 #: Longest model name, GPU name, size or version string: a hub id is at most 96 + 1 + 96 characters
@@ -23,11 +24,6 @@ MAX_FLAG_CHARS = 2000
 #: Largest pasted launch command: the CLI's ``check`` limit for a script is 1 MiB, but a request body
 #: is limited to ``MAX_BODY_BYTES`` (web/app.py) anyway; 64 KiB holds any real launch script.
 MAX_COMMAND_CHARS = 64 * 1024
-#: GPUs a request may name: larger than any cluster built so far (xAI Colossus, about 200,000 GPUs in
-#: 2025); memplan's own per-flag bounds apply after this.
-MAX_GPUS = 1 << 20
-#: GPUs per node: the largest NVLink domain sold, GB200 NVL72 (72 GPUs), rounded up.
-MAX_GPUS_PER_NODE = 128
 #: Uploaded config.json objects per request, and their key count (real configs have about 40 keys).
 MAX_CONFIGS, MAX_CONFIG_KEYS = 4, 500
 
@@ -55,7 +51,8 @@ class EstimateRequest(_Request):
     method: MethodName = Field(description="sft, rm, dpo, kto, prm, kd, ppo, grpo, reinforce, rloo")
     flags: list[FlagWord] = Field(default_factory=list, max_length=MAX_FLAG_WORDS,
                                   description='OpenRLHF flags as the CLI takes them, e.g. ["--zero_stage", "3"]')
-    gpus: int | None = Field(None, ge=1, le=MAX_GPUS, description="GPUs on one node (single-model methods)")
+    gpus: int | None = Field(None, ge=1, le=MAX_GPUS, description="GPUs in total, on nodes of gpus_per_node "
+                                                                "(default 8) (single-model methods)")
     nodes: int | None = Field(None, ge=1, le=MAX_GPUS, description="nodes (single-model methods)")
     gpus_per_node: int | None = Field(None, ge=1, le=MAX_GPUS_PER_NODE, description="GPUs per node")
 
@@ -67,20 +64,15 @@ class CheckRequest(_Request):
         description="deepspeed/torchrun/python/ray job submit command, line continuations allowed")
 
 
-class PlanRequest(BaseModel):
+class PlanRequest(_Request):
     """``memplan plan MODEL --method METHOD --gpu GPU[,GPU...] ...``."""
-
-    model_config = ConfigDict(extra="forbid")
 
     model: Name
     method: MethodName
-    gpu: Name = Field(description="GPU type(s), comma-separated to compare")
-    host_ram: Name | None = None
+    gpu: Name = Field(description="GPU type(s), comma-separated to compare")  # type: ignore[assignment]
     gpus_per_node: int = Field(8, ge=1, le=MAX_GPUS_PER_NODE)
-    max_gpus: int | None = Field(None, ge=1, le=MAX_GPUS)
+    max_gpus: int | None = Field(None, ge=0, le=MAX_GPUS)  # 0: no plan, the GPU count binds (as the CLI)
     flags: list[FlagWord] = Field(default_factory=list, max_length=MAX_FLAG_WORDS)
     keep: list[Annotated[str, StringConstraints(max_length=MAX_FLAG_CHARS)]] = Field(
         default_factory=list, max_length=MAX_FLAG_WORDS, description="FLAG=VALUE pins, e.g. zero_stage=2")
     allow_lora: bool = False
-    openrlhf_version: Name | None = None
-    configs: dict[Name, ConfigObject] = Field(default_factory=dict, max_length=MAX_CONFIGS)

@@ -15,6 +15,7 @@ from typing import Any
 from memplan.errors import ConfigError
 from memplan.frameworks.openrlhf.bounds import MAX_GPUS, MAX_GPUS_PER_NODE, check_count
 from memplan.frameworks.openrlhf.flags import load_table
+from memplan.frameworks.openrlhf.job import DEFAULT_GPUS_PER_NODE
 from memplan.frameworks.openrlhf.rl_job import rl_roles
 from memplan.memory.vllm import weight_bytes_per_rank
 from memplan.model.spec import ModelSpec
@@ -28,8 +29,9 @@ def check_world_options(*, gpus: int | None, nodes: int | None, gpus_per_node: i
     check_count("--gpus", gpus, 1, MAX_GPUS)
     check_count("--nodes", nodes, 1, MAX_GPUS)
     check_count("--gpus-per-node", gpus_per_node, 1, MAX_GPUS_PER_NODE)
-    if nodes is not None and nodes * (gpus_per_node or 1) > MAX_GPUS:
-        raise ConfigError("--nodes", f"{nodes} nodes × {gpus_per_node} GPUs is more than {MAX_GPUS} GPUs")
+    per_node = gpus_per_node or DEFAULT_GPUS_PER_NODE
+    if nodes is not None and nodes * per_node > MAX_GPUS:
+        raise ConfigError("--nodes", f"{nodes} nodes × {per_node} GPUs is more than {MAX_GPUS} GPUs")
 
 
 class Names:
