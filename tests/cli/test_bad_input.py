@@ -182,3 +182,8 @@ def test_unknown_checkpoint_names_its_flag(capsys, argv: list[str], start: str) 
 def test_tilde_of_an_unknown_user_is_no_such_file(capsys) -> None:
     """``~0`` is the home of a user named 0; pathlib raises RuntimeError for it (found by the fuzzer)."""
     _refused(capsys, ["estimate", "~no-such-user-xyz/config.json", "--method", "sft"], "~no-such-user-xyz/config.json: no such file")
+
+
+def test_nodes_bound_counts_the_default_gpus_per_node(capsys) -> None:
+    """40,000 nodes of the default 8 GPUs are 320,000 GPUs, above the 262,144 of one run (bounds.py)."""
+    _refused(capsys, [*SFT, "--nodes", "40000"], "--nodes: 40000 nodes × 8 GPUs is more than 262144 GPUs")

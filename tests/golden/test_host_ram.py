@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import tomllib
 from pathlib import Path
 
@@ -32,13 +34,12 @@ def test_row13_70b_actor_needs_840gb_per_node() -> None:
     assert max(h.peak_bytes for h in shared.hosts) >= case["shared_min_node_bytes"]
 
 
+@pytest.mark.xfail(strict=True, reason="known miss (row15-13b-actor-process-rss.toml): 178.1 GB predicted vs "
+                   "211.8 GB measured on the 2023 stack, -15.9 %; the record says which term would close it")
 def test_row15_13b_actor_within_tolerance() -> None:
     case = _case("row15-13b-actor-process-rss")
     est = estimate_command(" ".join(case["command"].split()), gpu=case["gpu"], version=case["version"])
     predicted = _role_bytes_on_node(est, "node0", case["role"], tuple(case.get("allocated_later", ())))
-    if "known_miss" in case:  # the record says, with numbers, what would explain the gap
-        assert predicted < case["measured_bytes"] < predicted * (1 + 2 * case["tolerance"]), predicted
-        return
     assert abs(predicted - case["measured_bytes"]) <= case["tolerance"] * case["measured_bytes"], predicted
 
 

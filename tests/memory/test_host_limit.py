@@ -6,7 +6,7 @@ import tomllib
 from pathlib import Path
 
 from memplan.api import estimate_command
-from memplan.memory.host_limit import RAY_MEMORY_USAGE_THRESHOLD, physical_limit, ray_limit
+from memplan.memory.host_limit import ray_limit
 
 RECORD = Path(__file__).resolve().parents[2] / "validation" / "published" / "host_process" / "measured-cpu-build.toml"
 SEED = """python3 -m openrlhf.cli.train_ppo_ray --pretrain llama-2-70b --reward_pretrain llama-2-70b
@@ -19,9 +19,8 @@ SEED = """python3 -m openrlhf.cli.train_ppo_ray --pretrain llama-2-70b --reward_
 def test_ray_kills_at_95_percent() -> None:
     # Ray 2.55.0's raylet logged its threshold on this project's machine: the same bytes, to the byte.
     monitor = tomllib.loads(RECORD.read_text())["ray_memory_monitor"]
+    # (the 0.95 is Ray's memory_usage_threshold default, ray_config_def.h; the log is the independent truth)
     assert ray_limit(monitor["total_bytes"]).bytes == monitor["threshold_bytes"]
-    assert RAY_MEMORY_USAGE_THRESHOLD == 0.95
-    assert physical_limit(1_600_000_000_000).bytes == 1_600_000_000_000
 
 
 def test_seed_run_is_judged_against_rays_threshold() -> None:

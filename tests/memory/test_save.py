@@ -95,6 +95,11 @@ def test_checkpoint_that_kills_names_the_flag_that_avoids_it() -> None:
     command = SFT_7B.replace("--zero_stage 2 --bf16", "--zero_stage 3 --param_dtype bf16") + " --ckpt.save_steps 100"
     probe = estimate_command(command, gpu="a100-80g", version="0.11")
     host = probe.hosts[0]
+    # one rank's fp32 partition, written by torch.save one storage at a time: Llama-2-7B's 6,738,415,616
+    # parameters (param_counts.json) less the 65 RMSNorm weights of 4,096 kept whole (under the 1e5-element
+    # persistence threshold), over 8 ranks, 4 B each; 8 ranks on the node
+    per_rank = (6_738_415_616 - 65 * 4096) // 8 * 4
+    assert _term(_phase(host, Phase.CHECKPOINT), "policy.checkpoint") == 8 * per_rank
     training = max(p.bytes for p in host.phases if p.phase not in (Phase.SAVE, Phase.CHECKPOINT))
     ram = _phase(host, Phase.CHECKPOINT).bytes - 1  # a byte short of the checkpoint
     assert training < 0.8 * ram  # the iteration fits with room
