@@ -244,3 +244,14 @@ def test_unreachable_hub_gives_up_within_a_bound(hub_env: dict[str, str]) -> Non
     proc = memplan_models("someteam/qwen-finetune", env)
     assert_one_line_error(proc, "someteam/qwen-finetune", "within 2 s", "config.json")
     assert time.monotonic() - start < GIVE_UP_WITHIN_SECONDS
+
+
+@pytest.mark.parametrize("value", [0, -1, 1e9, "soon"])
+def test_request_timeout_out_of_range_is_refused_not_defaulted(value) -> None:  # type: ignore[no-untyped-def]
+    """``HF_HUB_ETAG_TIMEOUT=0`` used to become the default 10 s silently; a huge one made the fetch unbounded."""
+    from memplan.errors import ConfigError
+    from memplan.model.hub import _request_timeout
+
+    with pytest.raises(ConfigError, match="HF_HUB_ETAG_TIMEOUT"):
+        _request_timeout(value)
+    assert _request_timeout(None) == 10.0  # huggingface_hub's DEFAULT_ETAG_TIMEOUT (constants.py)

@@ -32,8 +32,29 @@ DEFAULT_REQUEST_TIMEOUT_SECONDS = 10.0
 #: The whole fetch (HEAD, then GET of a few KB) gets this many request timeouts before memplan gives up.
 DEADLINE_REQUESTS = 2
 
+#: Most seconds one request may take whatever ``HF_HUB_ETAG_TIMEOUT`` says: a config.json is a few KB, and
+#: a minute per request keeps the whole fetch (``DEADLINE_REQUESTS`` of them) under two minutes.
+MAX_REQUEST_TIMEOUT_SECONDS = 60.0
+
 #: Told to the user on every failure: the offline way round.
 LOCAL_HINT = "or download its config.json and pass that local path"
+
+
+def _request_timeout(configured: Any) -> float:
+    """``HF_HUB_ETAG_TIMEOUT`` as seconds, within (0, MAX_REQUEST_TIMEOUT_SECONDS]; unset means the default.
+
+    A value that is not a positive number is refused (ConfigError naming the variable), not replaced.
+    """
+    if configured is None:
+        return DEFAULT_REQUEST_TIMEOUT_SECONDS
+    try:
+        seconds = float(configured)
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if not 0 < seconds <= MAX_REQUEST_TIMEOUT_SECONDS:
+        raise ConfigError("HF_HUB_ETAG_TIMEOUT", f"must be a number of seconds in (0, {MAX_REQUEST_TIMEOUT_SECONDS:g}], "
+                                                 f"got {configured!r}")
+    return seconds
 
 
 def _offline_requested() -> bool:
@@ -99,7 +120,7 @@ def download_config(repo_id: str) -> Path:
     endpoint = str(constants.ENDPOINT)
     unresolved = not _offline_requested() and not _host_resolves(endpoint)
     offline = _offline_requested() or unresolved
-    timeout = float(constants.HF_HUB_ETAG_TIMEOUT or DEFAULT_REQUEST_TIMEOUT_SECONDS)
+    timeout = _request_timeout(constants.HF_HUB_ETAG_TIMEOUT)
     outcome: dict[str, Any] = {}
 
     def fetch() -> None:
