@@ -165,7 +165,7 @@ class _NodePhases:
 
     def __init__(self, mems: dict[RoleName, RoleMemory], rl: RlJob) -> None:
         self._mems, self._rl = mems, rl
-        self._seen: dict[tuple[NodeRanks, bool], tuple[PhaseUsage, ...]] = {}
+        self._seen: dict[tuple[NodeRanks, bool, frozenset[RoleName] | None], tuple[PhaseUsage, ...]] = {}
 
     def __call__(self, counts: NodeRanks, head: bool,
                  rank0: frozenset[RoleName] | None = None) -> tuple[PhaseUsage, ...]:

@@ -26,6 +26,13 @@ Z3 = "runtime/zero/stage3.py"
 #: Gradients copied to host for the CPU optimizer are fp32 (``master_weights_and_grads_dtype``).
 HOST_GRAD_DTYPE = DType.FP32
 
+def accumulates_on_host(zero: ZeroConfig) -> bool:
+    """ZeRO-1/2 with CPU Adam accumulating several micro-batches in the model dtype keeps each partition
+    tensor's gradient in a pinned host buffer (``async_accumulate_grad_in_cpu_via_gpu``,
+    stage_1_and_2.py@v0.19.8:1822-1826)."""
+    return zero.gradient_accumulation_steps > 1 and zero.grad_accum_dtype == zero.param_dtype
+
+
 def offloaded_optimizer_buffers(layout: ParamLayout, zero: ZeroConfig, *, role: str) -> list[Term]:
     """Host buffers DeepSpeed adds with ``offload_optimizer: cpu`` (``--adam_offload``), per rank.
 
@@ -56,7 +63,7 @@ def offloaded_optimizer_buffers(layout: ParamLayout, zero: ZeroConfig, *, role: 
                   ds_source(Z12, f"bit16 param buffer {pinned} :564-574")),
              _cpu(f"{path}.grad_staging", layout.largest_tensor, lp, Category.GRAD,
                   ds_source(Z12, f"temp_grad_buffer_for_cpu_offload {pinned} :653-657"))]
-    if zero.gradient_accumulation_steps > 1 and zero.grad_accum_dtype == lp:
+    if accumulates_on_host(zero):
         terms.append(_cpu(f"{path}.accumulated_grads", grads_in_partition_numel(layout, zero.dp_degree), lp,
                           Category.GRAD,
                           ds_source(Z12, f"accumulated_grads_in_cpu, whole tensors, {pinned} :1822-1826")))
@@ -106,7 +113,7 @@ def pinned_allocations(layout: ParamLayout, zero: ZeroConfig, *, role: str) -> l
             (f"{role}.offload.fp32_grads", tuple(bytes_for(g, fp32) for g in groups), True),
             (f"{role}.offload.param_staging", tuple(bytes_for(g, lp) for g in groups), True),
             (f"{role}.offload.grad_staging", (bytes_for(layout.largest_tensor, lp),), True)]
-    if zero.gradient_accumulation_steps > 1 and zero.grad_accum_dtype == zero.param_dtype:
+    if accumulates_on_host(zero):
         out.append((f"{role}.offload.accumulated_grads",
                     tuple(bytes_for(t, lp) for t in grads_in_partition_tensors(layout, n)), True))
     return out

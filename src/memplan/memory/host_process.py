@@ -24,8 +24,8 @@ from __future__ import annotations
 
 from memplan.memory.breakdown import Category, Device, Term
 from memplan.sources import measurement
+from memplan.units import KiB
 
-_KB = 1024
 _MEASURED = "validation/published/host_process/measured-cpu-build.toml"
 _GPU_PROBE = "validation/measured_host/host-probe-20261204T155455Z.json"
 
@@ -34,20 +34,20 @@ _GPU_PROBE = "validation/measured_host/host-probe-20261204T155455Z.json"
 #: 813,432,832) (deepspeed) bytes.
 CUDA_BUILD_IMPORTS_BYTES = 516_108_288 + (813_432_832 - 785_063_936) + (847_536_128 - 813_432_832)
 #: ``import peft`` on top of torch + deepspeed + transformers (CPU build): 383,856 − 275,996 kB.
-PEFT_IMPORT_BYTES = (383_856 - 275_996) * _KB
+PEFT_IMPORT_BYTES = (383_856 - 275_996) * KiB
 #: What a trainer rank imports: OpenRLHF's models import peft at module level.
 TRAINER_IMPORTS_BYTES = CUDA_BUILD_IMPORTS_BYTES + PEFT_IMPORT_BYTES
 #: ``import ray`` (2.55.0) above the bare interpreter: 64,444 − 9,956 kB.
-RAY_IMPORT_BYTES = (64_444 - 9_956) * _KB
+RAY_IMPORT_BYTES = (64_444 - 9_956) * KiB
 #: H200 probe: host RSS the CUDA context (first tensor) and cuBLAS (first bf16 matmul) add:
 #: 785,063,936 − 516,108,288 bytes (torch 2.11.0+cu130, CUDA 13.0, lazy module loading by default).
 CUDA_CONTEXT_HOST_BYTES = 785_063_936 - 516_108_288
 #: PSS of the daemons ``ray start`` runs on every node (raylet 26,779, dashboard agent 77,148,
 #: runtime-env agent 50,222, log monitor 47,029 kB; Ray 2.55.0).
-RAY_NODE_DAEMONS_BYTES = (26_779 + 77_148 + 50_222 + 47_029) * _KB
+RAY_NODE_DAEMONS_BYTES = (26_779 + 77_148 + 50_222 + 47_029) * KiB
 #: PSS of the head-only daemons (GCS 46,124, dashboard 74,990, its 10 module processes 577,412,
 #: autoscaler monitor 48,415, client server 46,528 kB; Ray 2.55.0).
-RAY_HEAD_DAEMONS_BYTES = (46_124 + 74_990 + 577_412 + 48_415 + 46_528) * _KB
+RAY_HEAD_DAEMONS_BYTES = (46_124 + 74_990 + 577_412 + 48_415 + 46_528) * KiB
 
 
 def _term(path: str, nbytes: int, record: str, detail: str) -> Term:

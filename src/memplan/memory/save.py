@@ -8,13 +8,13 @@ parameters), ZeRO 0-2 copy GPU tensors straight to the host, and ``torch.save`` 
 
 from __future__ import annotations
 
-from memplan.dtypes import DType, bytes_for
+from memplan.dtypes import bytes_for
 from memplan.jobs.options import ZeroStage
 from memplan.memory.breakdown import Category, Device, Phase, Term
+from memplan.memory.model_states import MASTER_DTYPE
 from memplan.memory.zero import ParamLayout, ZeroConfig, ds_source, largest_sub_group_numel, stage12_partition_numels
 
 #: DeepSpeed's fp32 optimizer partitions (master weights and Adam moments) are float32.
-FP32 = DType.FP32
 
 
 def hf_state_dict_rank0(layout: ParamLayout, zero: ZeroConfig, *, role: str) -> list[Term]:
@@ -83,6 +83,6 @@ def ds_checkpoint_copy(layout: ParamLayout, zero: ZeroConfig, *, role: str) -> l
     else:
         numel, detail = max(stage12_partition_numels(layout, zero.dp_degree), default=0), "largest partition group"
         path = "runtime/zero/stage_1_and_2.py"
-    return [Term(path=f"{role}.checkpoint.storage_copy", bytes=bytes_for(numel, FP32), category=Category.TEMP,
+    return [Term(path=f"{role}.checkpoint.storage_copy", bytes=bytes_for(numel, MASTER_DTYPE), category=Category.TEMP,
                  device=Device.CPU, phase=Phase.CHECKPOINT,
                  source=ds_source(path, f"torch.save copies one GPU storage to the host: fp32 {detail}"))]

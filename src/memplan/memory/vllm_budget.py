@@ -52,7 +52,8 @@ FORWARD_MLP_COPIES = 3
 #: and int64 indices, probabilities): (1.26 GiB − 64 MiB hidden states) / (256 × 128256) = 39.2, from a run whose
 #: activation peak is the sampler's at both TP 1 and TP 2. Record: pr10511-llama3-8b-tp1.toml (V0 sampler).
 #: A hand count of the tensors alive inside the sampler's sort gives 38 (tests/memory/test_vllm.py
-#: ::test_sampler_peak_hand_counted_from_vllm_v0_source); the extra byte is scratch and allocator rounding.
+#: ::test_sampler_peak_hand_counted_from_vllm_v0_source); the remaining 1.2 B per logit of the record is
+#: not attributed to a tensor.
 SAMPLER_BYTES_PER_LOGIT = 39
 #: Non-torch memory of a one-GPU engine created after the snapshot (cuBLAS/attention workspaces): 0.16 GiB in
 #: two 80 GB runs. Records: gaie-pr550-a100-80g.toml, mellea-pr416-a100-80g.toml
