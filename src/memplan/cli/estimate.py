@@ -49,17 +49,21 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     parser.set_defaults(func=run, accepts_extra=True)
 
 
-def json_report(run_: object, est: object, gpu: object, host_bytes: int | None) -> dict:
+def json_report(run_: object, est: object, gpu: object, host_bytes: int | None,
+                suggestions: list | None = None) -> dict:
     """The ``--json`` object of an estimate: the JSON contract plus the suggestions when it does not fit
-    comfortably (shared with ``check`` and the web API, so all three answer alike)."""
+    comfortably (shared with ``check`` and the web API, so all three answer alike). ``suggestions``:
+    already computed ones (each costs many estimates), else computed here."""
     from memplan.jobs.report import estimate_json
 
+    if suggestions is None:
+        suggestions = _suggestions(run_, est, gpu, host_bytes)
     data = estimate_json(est)  # type: ignore[arg-type]
     data["suggestions"] = [{"change": s.change, "saving_bytes": s.saving_bytes,
                             "effects": [{"change": c, "saving_bytes": b} for c, b in getattr(s, "effects", ())],
                             "max_reserved_bytes": s.max_reserved_bytes,
                             "verdict": str(s.estimate.verdict) if s.estimate.verdict else None}
-                           for s in _suggestions(run_, est, gpu, host_bytes)]
+                           for s in suggestions]
     return data
 
 
@@ -77,23 +81,24 @@ def report(run_: object, est: object, args: argparse.Namespace) -> int:
     from memplan.cli import render
 
     gpu, host_bytes = args._capacity
+    suggestions = _suggestions(run_, est, gpu, host_bytes)  # once: each costs many estimates
     if args.json:
-        render.print_json(json_report(run_, est, gpu, host_bytes))
+        render.print_json(json_report(run_, est, gpu, host_bytes, suggestions))
     else:
-        print(render.estimate_text(est, _suggestions(run_, est, gpu, host_bytes), explain=args.explain))
+        print(render.estimate_text(est, suggestions, explain=args.explain))
     if getattr(args, "plot", None) or getattr(args, "report", None):
-        _write_figures(run_, est, args)
+        _write_figures(run_, est, args, suggestions)
     return 0
 
 
-def _write_figures(run_: object, est: object, args: argparse.Namespace) -> None:
+def _write_figures(run_: object, est: object, args: argparse.Namespace, suggestions: list) -> None:
     from memplan.charts import estimate_chart
     from memplan.cli import render
     from memplan.cli.figures import estimate_sections, write_outputs
 
     gpu, host_bytes = args._capacity
-    data = json_report(run_, est, gpu, host_bytes)
-    text = render.estimate_text(est, _suggestions(run_, est, gpu, host_bytes))
+    data = json_report(run_, est, gpu, host_bytes, suggestions)
+    text = render.estimate_text(est, suggestions)
     write_outputs(args, estimate_chart(est), title=f"memplan: {text.splitlines()[0][:120]}", text=text,
                   commands=[data["command"]], details=estimate_sections(data))
 
