@@ -436,9 +436,8 @@ def test_llama3_70b_tp2_a100_fits_with_091() -> None:
     assert sum(t.bytes for t in vb.engine_gpu_terms(spec, cfg, capacity)) <= capacity
     names = {t.path.split(".")[1] for t in vb.engine_gpu_terms(spec, cfg, capacity)}
     assert "nccl" not in names
-    assert vb.outside_budget_bytes(spec, cfg) == round(0.70 * GiB) + 80 * (int(2.65 * GiB) // 80)
     total = sum(t.bytes for t in vb.engine_gpu_terms(spec, cfg, capacity))
-    assert 0.5 * GiB < capacity - total < 0.7 * GiB
+    assert 0.5 * GiB < capacity - total < 0.7 * GiB  # the docstring's hand sum: 0.61 GiB free
 
 
 # ----------------------------------------------------------------------------- start-up
