@@ -19,7 +19,7 @@ Source: vllm/device_allocator/cumem.py@v0.24.0 ``sleep`` L167-216 (L195-203 pinn
 L204 unmap every handle, L215-216 gc + empty_cache), ``wake_up`` L218-241; vllm/v1/worker/gpu_worker.py@v0.24.0
 ``sleep`` L165-185 (level 1 offloads "weights", level 2 none; level 2 first copies ``named_buffers`` to host),
 ``wake_up`` L187-200, ``load_model`` L377-391 (weights in the "weights" pool), ``initialize_from_config``
-L605-606 (KV in the "kv_cache" pool); same code at v0.27.1 (cumem.py ``sleep`` L230-281).
+L605-606 (KV in the "kv_cache" pool); same code at v0.27.1 (cumem.py ``sleep`` L229-281).
 """
 
 from __future__ import annotations
