@@ -98,6 +98,9 @@ class VllmBehaviour:
     """"GPU KV cache size" log = int(concurrency × max_model_len) (else num_blocks // groups × block_size)."""
     source: str
     """Where each field was read."""
+    v2_model_types: frozenset[str] = frozenset()
+    """HF ``model_type`` values this version runs on the V2 runner whatever ``runner_dense``/``runner_moe`` say
+    (0.24.0: a fixed architecture list, ``DEFAULT_V2_MODEL_RUNNER_ARCHITECTURES``)."""
 
 
 def _src(version: str, path: str) -> str:
@@ -142,6 +145,21 @@ VLLM_BEHAVIOURS: dict[str, VllmBehaviour] = {
         source=_src("0.17.0", "vllm/v1/worker/gpu_worker.py") + " init_device L262-286, determine_available_memory "
         "L384-409; v1/worker/utils.py request_memory L217-237; no VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS in envs.py; "
         "v1/core/kv_cache_utils.py L1040-1049 (group = max when max < 1.25 × min)"),
+    "0.24.0": VllmBehaviour(
+        version="0.24.0", runner_dense=VllmRunner.V1, runner_moe=VllmRunner.V1, requested_ceil=True,
+        startup_free_check=True, nccl_in_budget=False, context_in_budget=False, others_in_budget=False,
+        cudagraph_estimate_default=True, hybrid_allocator=True, group_max_ratio_pct=150,
+        in_flight_batches=1, default_max_num_seqs=128, default_max_num_batched_tokens=2048, chunked_prefill=True,
+        tokens_from_concurrency=True, v2_model_types=frozenset(
+            {"qwen3", "deepseek_v2", "qwen2_moe", "granitemoe", "llama", "mistral"}),
+        source=_src("0.24.0", "vllm/v1/worker/gpu_worker.py") + " init_device L318-342 (NCCL, then snapshot and "
+        "request_memory), determine_available_memory L400-552 (requested − non_kv − graph estimate when "
+        "VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS); v1/worker/utils.py request_memory L405-425 (ceil, free check); "
+        "envs.py L1894-1895 (estimate default '1'); config/vllm.py L68-77 (V2 runner only for Qwen3, DeepseekV2, "
+        "Qwen2Moe, GraniteMoe, Llama, Mistral), L522-548 (use_v2_model_runner); v1/worker/gpu/model_runner.py "
+        "L684-686 (V2 profile_cudagraph_memory returns 0); v1/kv_cache_interface.py L506-526 (sliding admission: "
+        "window − 1 + max_num_batched_tokens, one batch); v1/core/kv_cache_utils.py L1195 (group = max when "
+        "max < 1.5 × min), L1788-1798 (tokens = int(concurrency × max_model_len)); config/scheduler.py L42-44"),
     "0.27.1": VllmBehaviour(
         version="0.27.1", runner_dense=VllmRunner.V2, runner_moe=VllmRunner.V1, requested_ceil=True,
         startup_free_check=True, nccl_in_budget=False, context_in_budget=False, others_in_budget=False,
@@ -168,8 +186,11 @@ def behaviour(version: str) -> VllmBehaviour:
 
 
 def runner_for(spec: ModelSpec, version: str) -> VllmRunner:
-    """The model runner ``version`` uses for ``spec`` (0.27.1: V2 for dense, V1 for most MoE)."""
+    """The model runner ``version`` uses for ``spec`` (0.27.1: V2 for dense, V1 for most MoE; 0.24.0: V2 only for
+    the architectures in ``v2_model_types``, so Qwen2/Qwen2.5 and Gemma run on V1)."""
     b = behaviour(version)
+    if spec.model_type in b.v2_model_types:
+        return VllmRunner.V2
     if not spec.is_moe:
         return b.runner_dense
     if b.runner_dense == VllmRunner.V2 and spec.model_type in _V2_MOE_MODEL_TYPES:
@@ -198,7 +219,8 @@ class VllmConfig:
     enable_prefix_caching: bool = False
     """Reuses KV blocks across requests; no effect on the pool size."""
     sleep_level: int = 0
-    """0: never sleeps; 1: ``sleep(level=1)`` between rollouts (OpenRLHF ``--vllm.enable_sleep``)."""
+    """0: never sleeps; 1: ``sleep(level=1)`` between rollouts (OpenRLHF ``--vllm.enable_sleep``); 2:
+    ``sleep(level=2)``: weights discarded, not backed up (:mod:`memplan.memory.vllm_sleep`)."""
     kv_cache_dtype: DType = DType.BF16
     """KV element type (``auto`` = the model dtype, which OpenRLHF forces to bfloat16)."""
     weight_dtype: DType = DType.BF16
@@ -214,7 +236,7 @@ class VllmConfig:
             "vllm.max_num_seqs": self.max_num_seqs >= 1,
             "vllm.max_num_batched_tokens": self.max_num_batched_tokens >= 1,
             "vllm.block_size": self.block_size >= 1,
-            "vllm.enable_sleep": self.sleep_level in (0, 1),
+            "vllm.enable_sleep": self.sleep_level in (0, 1, 2),
         }
         for location, ok in checks.items():
             if not ok:

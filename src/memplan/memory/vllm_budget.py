@@ -515,7 +515,7 @@ def engine_gpu_terms(spec: ModelSpec, cfg: VllmConfig, total_gpu_bytes: int, *, 
     """
     budget = kv_cache_budget_bytes(spec, cfg, total_gpu_bytes)
     cap = kv_capacity(spec, cfg, budget)
-    sleeping = cfg.sleep_level == 1
+    sleeping = cfg.sleep_level >= 1
     weights_src = vllm_source(cfg.vllm_version, "vllm/model_executor/layers/linear.py", "TP shards")
     kv_src = vllm_source(cfg.vllm_version, "vllm/v1/core/kv_cache_utils.py", "get_kv_cache_config_from_groups")
     weights = weight_bytes_per_rank(spec, cfg.tensor_parallel_size, cfg.weight_dtype)
