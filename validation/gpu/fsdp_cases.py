@@ -358,28 +358,6 @@ class VerlStep:
             self.to("cpu", optimizer=True)
 
 
-def run_iteration(step: VerlStep, probe: Any, phase_reading: Any,
-                  phases: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """``measure.run_iteration`` with the host's resident memory at each phase's end, filling ``phases`` as
-    it goes (a phase that fails, an OOM, leaves the phases before it)."""
-    current: tuple[str, dict[str, Any], float] | None = None
-
-    def close() -> None:
-        if current is not None:
-            name, start, t0 = current
-            phases[name] = phase_reading(start, probe.now(), probe.peaks(), time.perf_counter() - t0)
-            phases[name].update({f"{k}_at_end": v for k, v in host_memory().items()})
-
-    for name in step.iteration():
-        close()
-        step.current_phase = name
-        start = probe.now()
-        probe.reset_peak()
-        current = (name, start, time.perf_counter())
-    close()
-    return phases
-
-
 def notes(case: FsdpCase, dry_run: bool) -> list[str]:
     out = ["random weights from config.json (from_config, fp32) built on the device; verl loads a checkpoint on "
            "the host and copies it in (fsdp2_load_full_state_dict): not reproduced",
@@ -418,7 +396,8 @@ def measure_case(case: FsdpCase, env: Any) -> dict[str, Any]:
         after_setup = {**env.probe.now(), **host_memory()}
         for _ in range(measure.WARMUP_ITERATIONS + 1):
             iterations.append({})
-            run_iteration(step, env.probe, measure.phase_reading, iterations[-1])
+            measure.run_iteration(step, env.probe, iterations[-1],
+                                  lambda: {f"{k}_at_end": v for k, v in host_memory().items()})
         record["measured"] = {"baseline": baseline, "after_setup": after_setup, "phases": iterations[-1],
                               "warmup_phases": iterations[0], "peak": measure.peak_summary(iterations[-1], baseline),
                               "warmup_iterations": measure.WARMUP_ITERATIONS, "host": host_memory()}
@@ -428,7 +407,8 @@ def measure_case(case: FsdpCase, env: Any) -> dict[str, Any]:
         record["error"] = {"type": "oom" if oom else type(exc).__name__, "message": str(exc).splitlines()[0][:500],
                            "traceback": traceback.format_exc()[-2000:]}
         # what ran before the failure: the completed phases, the peak up to the failing allocation
-        record["partial"] = {"iteration": len(iterations) - 1, "phase": getattr(step, "current_phase", None), "phases": iterations[-1] if iterations else {},
+        record["partial"] = {"iteration": len(iterations) - 1, "phase": getattr(step, "current_phase", None),
+                             "phases": iterations[-1] if iterations else {},
                              "peaks_at_failure": env.probe.peaks(), "host": host_memory()}
     finally:
         del model, optimizer, step

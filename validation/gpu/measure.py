@@ -521,18 +521,24 @@ def phase_reading(start: dict[str, int | None], end: dict[str, int | None], peak
             "non_torch_at_end": non_torch, "seconds": round(seconds, 4)}
 
 
-def run_iteration(step: Step, probe: Any) -> dict[str, dict[str, Any]]:
-    """One iteration, each phase measured from its start (peak statistics reset) to the next's start."""
-    phases: dict[str, dict[str, Any]] = {}
+def run_iteration(step: Any, probe: Any, phases: dict[str, dict[str, Any]] | None = None,
+                  extra: Callable[[], dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """One iteration, each phase measured from its start (peak statistics reset) to the next's start, into
+    ``phases`` as it goes (a failing phase leaves those before it); ``extra`` adds readings at each phase's end.
+    ``step.current_phase`` names the phase running."""
+    phases = {} if phases is None else phases
     current: tuple[str, dict[str, int | None], float] | None = None
 
     def close() -> None:
         if current is not None:
             name, start, t0 = current
             phases[name] = phase_reading(start, probe.now(), probe.peaks(), time.perf_counter() - t0)
+            if extra is not None:
+                phases[name].update(extra())
 
     for name in step.iteration():
         close()
+        step.current_phase = name
         start = probe.now()
         probe.reset_peak()
         current = (name, start, time.perf_counter())
