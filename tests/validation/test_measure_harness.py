@@ -116,3 +116,73 @@ def test_dry_run_writes_a_valid_record(tmp_path: Path, engine: str) -> None:
         assert {c["predict"]["compare"] for c in run["cases"]} == {"none"}
     for case in run["cases"]:
         assert parse_command(case["predict"]["command"]).model == case["config"]["model"]
+
+
+# --- the verl-style FSDP2 suite (--suite fsdp) -----------------------------------------------------------------
+
+fsdp_cases = sys.modules["fsdp_cases"]  # imported by measure.py beside configs
+
+
+def test_fsdp_plan_fits_its_budget_and_covers_verl_knobs() -> None:
+    cases = fsdp_cases.GPU_CASES
+    assert 8 <= len(cases) <= 10 and len({c.id for c in cases}) == len(cases)
+    assert sum(c.seconds for c in cases) <= 180  # plus ~10 s start-up per process: within ~300 s on an H200
+    assert {c.role for c in cases} == {"actor", "ref"}
+    assert any(not c.reshard_after_forward for c in cases) and any(c.offload for c in cases)
+    assert min(c.max_len for c in cases) <= 1024 and max(c.max_len for c in cases) >= 8192
+    assert {c.micro_batch for c in cases} >= {1, 2, 4}
+
+
+def test_fsdp_records_carry_verl_keys_and_a_pending_verl_command() -> None:
+    case = next(c for c in fsdp_cases.GPU_CASES if c.offload)
+    command = fsdp_cases.memplan_command(case)
+    assert command.startswith(f"memplan estimate {case.model} --framework verl --method grpo ")
+    # hand-checked against verl 0.9.1's _generated_ppo_trainer.yaml key names
+    assert "actor_rollout_ref.actor.fsdp_config.param_offload=True" in command.split()
+    assert "actor_rollout_ref.actor.fsdp_config.optimizer_offload=True" in command.split()
+    assert "actor_rollout_ref.actor.fsdp_config.model_dtype=fp32" in command.split()
+    assert "data.max_prompt_length=1024" in command.split() and "data.max_response_length=3072" in command.split()
+    assert fsdp_cases.predict_spec(case)["compare"] == "pending"
+
+
+def test_fsdp_list_needs_no_torch() -> None:
+    out = subprocess.run([sys.executable, "-S", str(GPU_DIR / "measure.py"), "--list", "--suite", "fsdp"],
+                         capture_output=True, text=True, check=True, timeout=60).stdout
+    assert f"GPU plan: {len(fsdp_cases.GPU_CASES)} cases" in out and "--framework verl --method grpo" in out
+
+
+@pytest.mark.tracing
+def test_fsdp_dry_run_writes_a_valid_record_that_validate_leaves_pending(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    proc = subprocess.run([sys.executable, str(GPU_DIR / "measure.py"), "--suite", "fsdp", "--dry-run", "--out",
+                           str(tmp_path), "--run-id", "dry"], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = json.loads((tmp_path / "dry.json").read_text())
+    assert measure.validate_run(run) == [] and run["suite"] == "fsdp"
+    assert [c["case"] for c in run["cases"]] == [c.id for c in fsdp_cases.DRY_RUN_CASES]
+    assert all(c["error"] is None for c in run["cases"]), [c["error"] for c in run["cases"]]
+    by_id = {c["case"]: c for c in run["cases"]}
+    offload = by_id["tiny-verl-fsdp2-actor-s128-b1-offload"]
+    assert list(offload["measured"]["phases"]) == ["compute_log_prob", "update_forward", "backward",
+                                                   "optimizer_step", "offload"]
+    assert all(p["host_rss_at_end"] > 0 for p in offload["measured"]["phases"].values())
+    assert list(by_id["tiny-verl-fsdp2-ref-s128-b2-cpuoffload"]["measured"]["phases"]) == ["compute_ref_log_prob"]
+
+    # the same records as if measured on a GPU: validate lists them as pending and compares nothing
+    from memplan.validation import Kind, compare
+    from memplan.validation.measured import measured_rows, pending_cases
+    from memplan.validation.policy import load_policy
+
+    root = tmp_path / "validation"
+    (root / "measured").mkdir(parents=True)
+    (root / "tolerances.toml").write_text((REPO / "validation" / "tolerances.toml").read_text())
+    (root / "known_misses.toml").write_text("")
+    run["dry_run"] = False
+    (root / "measured" / "dry.json").write_text(json.dumps(run))
+    assert measured_rows(root, load_policy(root)) == []
+    assert pending_cases(root) == [f"measured/dry.json: {c.id}" for c in sorted(fsdp_cases.DRY_RUN_CASES,
+                                                                                   key=lambda c: c.id)]
+    result = compare(root, [Kind.MEASURED])
+    assert result.passed and len(result.pending) == len(fsdp_cases.DRY_RUN_CASES)

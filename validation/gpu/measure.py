@@ -31,6 +31,7 @@ Usage (validation/gpu/README.md has the exact device command)::
     python validation/gpu/measure.py --out DIR [--budget-seconds 480] [--only ID ...] [--engine auto]
     python validation/gpu/measure.py --dry-run --out /tmp/m1     # the same code on the CPU, tiny configs
     python validation/gpu/measure.py --list
+    python validation/gpu/measure.py --suite fsdp --out DIR    # verl-style FSDP2 steps (fsdp_cases.py)
 
 Needs torch, transformers and peft (DeepSpeed optional). memplan itself is not imported: presets are read
 from ``src/memplan/model/presets/data`` as files. No network.
@@ -59,7 +60,27 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 
 import configs  # noqa: E402  (beside this file)
+import fsdp_cases  # noqa: E402
 from configs import Case  # noqa: E402
+
+#: Case suites: OpenRLHF-style DeepSpeed steps (``configs.py``) and verl-style FSDP2 steps (``fsdp_cases.py``).
+SUITES = ("deepspeed", "fsdp")
+
+
+def suite_cases(suite: str, dry_run: bool) -> tuple[Any, ...]:
+    """A suite's GPU plan or dry-run cases."""
+    module: Any = fsdp_cases if suite == "fsdp" else configs
+    return module.DRY_RUN_CASES if dry_run else module.GPU_CASES
+
+
+def case_command(case: Any) -> str:
+    """The memplan command predicting a case of either suite."""
+    return (fsdp_cases if isinstance(case, fsdp_cases.FsdpCase) else configs).memplan_command(case)
+
+
+def any_case_config(case: Any) -> dict[str, Any]:
+    """The record's configuration of a case of either suite."""
+    return fsdp_cases.case_config(case) if isinstance(case, fsdp_cases.FsdpCase) else case_config(case)
 
 #: Record schema version.
 SCHEMA = 1
@@ -500,18 +521,24 @@ def phase_reading(start: dict[str, int | None], end: dict[str, int | None], peak
             "non_torch_at_end": non_torch, "seconds": round(seconds, 4)}
 
 
-def run_iteration(step: Step, probe: Any) -> dict[str, dict[str, Any]]:
-    """One iteration, each phase measured from its start (peak statistics reset) to the next's start."""
-    phases: dict[str, dict[str, Any]] = {}
+def run_iteration(step: Any, probe: Any, phases: dict[str, dict[str, Any]] | None = None,
+                  extra: Callable[[], dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """One iteration, each phase measured from its start (peak statistics reset) to the next's start, into
+    ``phases`` as it goes (a failing phase leaves those before it); ``extra`` adds readings at each phase's end.
+    ``step.current_phase`` names the phase running."""
+    phases = {} if phases is None else phases
     current: tuple[str, dict[str, int | None], float] | None = None
 
     def close() -> None:
         if current is not None:
             name, start, t0 = current
             phases[name] = phase_reading(start, probe.now(), probe.peaks(), time.perf_counter() - t0)
+            if extra is not None:
+                phases[name].update(extra())
 
     for name in step.iteration():
         close()
+        step.current_phase = name
         start = probe.now()
         probe.reset_peak()
         current = (name, start, time.perf_counter())
@@ -714,7 +741,8 @@ def validate_run(run: dict[str, Any]) -> list[str]:
         if rec.get("error") is None:
             measured = rec.get("measured", {})
             phases = measured.get("phases", {})
-            want = TRAIN_PHASES if rec.get("config", {}).get("method") != "rollout" else ("forward",)
+            want = rec.get("expected_phases") or (TRAIN_PHASES if rec.get("config", {}).get("method") != "rollout"
+                                                  else ("forward",))
             problems += [f"{where}: no {p} phase" for p in want if p not in phases]
             numeric = ["device_used"] if run.get("dry_run") else ["max_memory_allocated", "max_memory_reserved",
                                                                   "device_used"]
@@ -741,7 +769,7 @@ READY_TIMEOUT_SECONDS = 300.0
 PREWARM_DEPTH = 2
 
 
-def _prewarm(dry_run: bool, engine: str) -> dict[str, Any]:
+def _prewarm(dry_run: bool, engine: str, suite: str = "deepspeed") -> dict[str, Any]:
     """Import what a case needs (without touching the GPU), so a waiting process is ready to start at once."""
     import importlib
 
@@ -752,7 +780,9 @@ def _prewarm(dry_run: bool, engine: str) -> dict[str, Any]:
 
     names = ["transformers", "peft", "transformers.models.llama.modeling_llama",
              "transformers.models.qwen2.modeling_qwen2", "transformers.models.qwen3.modeling_qwen3"]
-    if engine != "torch":
+    if suite == "fsdp":
+        names += ["torch.distributed.fsdp", "torch.distributed.device_mesh"]
+    elif engine != "torch":
         names += ["deepspeed", "deepspeed.runtime.engine", "transformers.integrations.deepspeed"]
     for name in names:
         try:
@@ -763,21 +793,23 @@ def _prewarm(dry_run: bool, engine: str) -> dict[str, Any]:
             "cuda_initialized_before_case": bool(torch.cuda.is_initialized())}
 
 
-def _worker(conn: Any, dry_run: bool, engine: str) -> None:
+def _worker(conn: Any, dry_run: bool, engine: str, suite: str = "deepspeed") -> None:
     """One case process: import, report ready, wait for ``(case id, port)`` (None: exit), measure, report."""
     try:
-        info = _prewarm(dry_run, engine)
+        if suite == "fsdp":
+            engine = "torch"  # no DeepSpeed process group: the FSDP case makes its own
+        info = _prewarm(dry_run, engine, suite)
         conn.send(("ready", info))
         order = conn.recv()
         if order is None:
             return
-        case = next(c for c in (configs.DRY_RUN_CASES if dry_run else configs.GPU_CASES) if c.id == order)
+        case = next(c for c in suite_cases(suite, dry_run) if c.id == order)
         os.environ["MASTER_PORT"] = str(_free_port())  # a process group per process; other jobs may hold ports
         t0 = time.perf_counter()
         env = Env(dry_run=dry_run, engine=engine)
         hardware, versions = environment(env)
         info["env_seconds"] = round(time.perf_counter() - t0, 2)
-        record = measure_case(case, env)
+        record = fsdp_cases.measure_case(case, env) if suite == "fsdp" else measure_case(case, env)
         record["process"] = info
         conn.send(("done", record, hardware, versions))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which records the case as failed
@@ -806,12 +838,12 @@ class CaseProcess:
     """A spawned process that imports while the previous case runs, then measures one case from a fresh
     CUDA context (nothing a case leaves on the device, a ZeRO-3 engine's state included, reaches the next)."""
 
-    def __init__(self, dry_run: bool, engine: str) -> None:
+    def __init__(self, dry_run: bool, engine: str, suite: str = "deepspeed") -> None:
         import multiprocessing
 
         ctx = multiprocessing.get_context("spawn")
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker, args=(child, dry_run, engine))
+        self.proc = ctx.Process(target=_worker, args=(child, dry_run, engine, suite))
         self.proc.start()
         child.close()
         self.info: dict[str, Any] | None = None
@@ -861,11 +893,12 @@ class CaseProcess:
 
 
 def run_cases(cases: list[Case], *, dry_run: bool, engine: str, out: Path, run_id: str | None,
-              budget_seconds: float) -> tuple[dict[str, Any], Path]:
+              budget_seconds: float, suite: str = "deepspeed") -> tuple[dict[str, Any], Path]:
     """Measure ``cases`` in order, each in its own process, until the budget would be exceeded; returns the
     run record and its file. The next case's process imports while the current case runs."""
     stamp = datetime.datetime.now(datetime.UTC)
-    run: dict[str, Any] = {"schema": SCHEMA, "kind": "gpu-measured", "run_id": run_id, "dry_run": dry_run,
+    run: dict[str, Any] = {"schema": SCHEMA, "kind": "gpu-measured", "suite": suite, "run_id": run_id,
+                           "dry_run": dry_run,
                            "device": "cpu" if dry_run else "cuda", "hardware": {}, "versions": {},
                            "started": stamp.isoformat(timespec="seconds"),
                            "budget_seconds": budget_seconds, "warmup_iterations": WARMUP_ITERATIONS,
@@ -883,7 +916,7 @@ def run_cases(cases: list[Case], *, dry_run: bool, engine: str, out: Path, run_i
     took = 0.0
     for i, case in enumerate(cases):
         while len(pending) < min(PREWARM_DEPTH, len(cases) - i):
-            pending.append(CaseProcess(dry_run, engine))
+            pending.append(CaseProcess(dry_run, engine, suite))
         worker = pending.popleft()
         ready = worker.ready(READY_TIMEOUT_SECONDS)
         if start is None:
@@ -898,8 +931,8 @@ def run_cases(cases: list[Case], *, dry_run: bool, engine: str, out: Path, run_i
         if isinstance(ready, str):  # import failure: record it, try a fresh process for the next case
             worker.kill()
             say(f"case {i + 1}/{len(cases)} {case.id}: case process {ready}")
-            record: dict[str, Any] = {"case": case.id, "config": case_config(case), "engine": "unknown",
-                                      "predict": {"command": configs.memplan_command(case)},
+            record: dict[str, Any] = {"case": case.id, "config": any_case_config(case), "engine": "unknown",
+                                      "predict": {"command": case_command(case)},
                                       "error": {"type": "process", "message": ready}, "wall_seconds": 0.0}
             result: tuple[Any, ...] = ("error", record["error"])
         else:
@@ -908,7 +941,7 @@ def run_cases(cases: list[Case], *, dry_run: bool, engine: str, out: Path, run_i
             timeout = max(120.0, 4 * case.seconds + 60)
             # the next cases' processes import while this one runs (they touch no GPU until told to start)
             while len(pending) < min(PREWARM_DEPTH, len(cases) - i - 1):
-                pending.append(CaseProcess(dry_run, engine))
+                pending.append(CaseProcess(dry_run, engine, suite))
             result = worker.run(case, timeout)
             took = time.perf_counter() - t0
             extra.append(max(0.0, took - case.seconds))
@@ -918,8 +951,8 @@ def run_cases(cases: list[Case], *, dry_run: bool, engine: str, out: Path, run_i
             if not run["hardware"]:
                 run["hardware"], run["versions"] = hardware, versions
         elif isinstance(ready, dict):
-            record = {"case": case.id, "config": case_config(case), "engine": "unknown",
-                      "predict": {"command": configs.memplan_command(case)}, "error": result[1],
+            record = {"case": case.id, "config": any_case_config(case), "engine": "unknown",
+                      "predict": {"command": case_command(case)}, "error": result[1],
                       "wall_seconds": round(took, 2)}
         run["cases"].append(record)
         peak = record.get("measured", {}).get("peak", {})
@@ -949,13 +982,13 @@ def device_slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "gpu"
 
 
-def list_cases() -> None:
-    """Print the GPU plan and the dry-run cases with their predicting commands."""
-    for title, cases in (("GPU plan", configs.GPU_CASES), ("dry run (CPU)", configs.DRY_RUN_CASES)):
+def list_cases(suite: str = "deepspeed") -> None:
+    """Print a suite's GPU plan and dry-run cases with their predicting commands."""
+    for title, cases in (("GPU plan", suite_cases(suite, False)), ("dry run (CPU)", suite_cases(suite, True))):
         print(f"{title}: {len(cases)} cases, about {sum(c.seconds for c in cases):.0f}s")
         for c in cases:
             print(f"  {c.id:45s} {c.seconds:4.0f}s  {', '.join(c.tags)}")
-            print(f"      {configs.memplan_command(c)}")
+            print(f"      {case_command(c)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -969,15 +1002,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engine", choices=["auto", "deepspeed", "torch"], default="auto",
                         help="DeepSpeed when importable (auto), required, or the torch emulation")
     parser.add_argument("--run-id", help="run id (default: UTC time + device)")
+    parser.add_argument("--suite", choices=SUITES, default="deepspeed",
+                        help="deepspeed: OpenRLHF-style steps (default); fsdp: verl-style FSDP2 steps")
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
     args = parser.parse_args(argv)
     if args.list:
-        list_cases()
+        list_cases(args.suite)
         return 0
     if args.out is None:
         parser.error("--out is required")
     try:
-        cases = configs.select(configs.DRY_RUN_CASES if args.dry_run else configs.GPU_CASES, args.only)
+        cases = configs.select(suite_cases(args.suite, args.dry_run), args.only)
     except ValueError as exc:
         parser.error(str(exc))
     args.out.mkdir(parents=True, exist_ok=True)
@@ -986,7 +1021,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.dry_run and shutil.which("nvidia-smi") is None and not os.path.exists("/dev/nvidiactl"):
         parser.error("no CUDA device (use --dry-run on a CPU)")
     run, path = run_cases(cases, dry_run=args.dry_run, engine=args.engine, out=args.out, run_id=args.run_id,
-                          budget_seconds=args.budget_seconds)
+                          budget_seconds=args.budget_seconds, suite=args.suite)
     problems = validate_run(run)
     failed = [r["case"] for r in run["cases"] if r["error"]]
     say(f"wrote {path}: {len(run['cases'])} measured ({len(failed)} failed: {failed}), "

@@ -156,6 +156,9 @@ def report_text(result: Comparison) -> str:
               f"validation/{r.known_miss_file}" for r in result.rows if str(r.status) == "STALE"]
     parts += [f"UNUSED: known_misses.toml lists {m.kind} {m.case} {m.metric}, which matches no case"
               for m in result.unused_known_misses]
+    if result.pending:
+        parts.append(f"pending: {len(result.pending)} measured case(s) stored before memplan can predict them "
+                     "(predict.compare = pending), not compared: " + ", ".join(result.pending))
     parts.append("in-sample: these are the references memplan was built and calibrated against; they show that it "
                  "reproduces them, not its error on a new model or cluster (docs/peers.md compares other tools)")
     parts.append("all cases within tolerance or listed as known misses" if result.passed

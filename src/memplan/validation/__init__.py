@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from memplan.validation.exact import exact_rows
-from memplan.validation.measured import measured_rows
+from memplan.validation.measured import measured_rows, pending_cases
 from memplan.validation.policy import KnownMiss, Policy, load_policy
 from memplan.validation.published import published_rows
 from memplan.validation.rl_traces import rl_traced_rows
@@ -35,6 +35,9 @@ class Comparison:
     """One per kind compared (also for kinds without references yet)."""
     unused_known_misses: tuple[KnownMiss, ...]
     """``known_misses.toml`` entries of the compared kinds that match no row."""
+
+    pending: tuple[str, ...] = ()
+    """Measured cases stored before memplan can predict them (``predict.compare = "pending"``), not compared."""
 
     @property
     def gate_failures(self) -> tuple[Row, ...]:
@@ -69,5 +72,6 @@ def compare(validation_dir: str | Path = "validation", kinds: Iterable[Kind | st
         if kind in wanted:
             rows += policy.apply(_rows_of(kind, root, policy))
     unused = tuple(m for m in policy.unused(rows) if m.kind in wanted)
+    pending = tuple(pending_cases(root)) if Kind.MEASURED in wanted else ()
     return Comparison(rows=tuple(rows), summaries=tuple(summarize(k, rows) for k in Kind if k in wanted),
-                      unused_known_misses=unused)
+                      unused_known_misses=unused, pending=pending)

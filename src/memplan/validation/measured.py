@@ -14,7 +14,10 @@ GPU, driver and package versions. Which prediction each metric is compared with:
   ↔ memplan's transient terms of that role in that phase (``predict.phase``, ``predict.role``).
 
 Dry-run records (``dry_run: true``, CPU) check the harness, not memplan, and are skipped; so are cases
-that failed (an OOM is recorded, not compared) and torch-emulated steps (no DeepSpeed buffers).
+that failed (an OOM is recorded, not compared) and torch-emulated steps (no DeepSpeed buffers). Cases whose
+predictor does not exist yet (``predict.compare = "pending"``: the verl FSDP2 suite, whose ``memplan estimate
+--framework verl`` command is stored before memplan reads it) are not compared either; :func:`pending_cases`
+lists them so the report can say how many wait.
 """
 
 from __future__ import annotations
@@ -79,6 +82,19 @@ def latest_cases(validation_dir: Path) -> list[tuple[str, dict[str, Any]]]:
         for case in run.get("cases", []):
             if case.get("error") is None and case["predict"].get("compare") in ("peak", "transient"):
                 latest[case["case"]] = (str(path.relative_to(validation_dir)), case)
+    return [latest[k] for k in sorted(latest)]
+
+
+def pending_cases(validation_dir: Path) -> list[str]:
+    """``source: case`` of every measured case (latest run per case, dry runs and failures left out) whose
+    ``predict.compare`` is ``pending``: measured, stored, not yet predictable."""
+    latest: dict[str, str] = {}
+    for path, run in load_records(validation_dir / MEASURED_DIR):
+        if run.get("dry_run"):
+            continue
+        for case in run.get("cases", []):
+            if case.get("error") is None and case["predict"].get("compare") == "pending":
+                latest[case["case"]] = f"{path.relative_to(validation_dir)}: {case['case']}"
     return [latest[k] for k in sorted(latest)]
 
 
