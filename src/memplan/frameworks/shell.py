@@ -30,7 +30,10 @@ _LITERAL_DOLLAR = "\x01"
 """Stands for a quoted or escaped ``$`` until expansion is over, so ``'$HOME'`` stays as typed."""
 _ASSIGNMENT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.DOTALL)
 _VARIABLE = (r"\$(?:(?P<plain>[A-Za-z_][A-Za-z0-9_]*)"
-             r"|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:\[[@*]\])?(?:(?P<colon>:?)-(?P<default>[^}]*))?\})")
+             r"|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*|[0-9]+)(?:\[[@*]\])?"
+             r"(?:(?P<colon>:?)-(?P<default>(?:[^}$]|\$(?!\{)|\$\{[^{}]*\})*))?\})")
+"""``$NAME``, ``${NAME}``, ``${NAME:-default}`` (a default may hold one more ``${...}``), and ``${1:-default}``
+(a positional parameter, never set in a pasted script)."""
 _WHOLE_VARIABLE = re.compile(f"^{_VARIABLE}$")
 _ANY_VARIABLE = re.compile(_VARIABLE)
 _ARRAY_START = re.compile(r"(?:^|\s)[A-Za-z_][A-Za-z0-9_]*\+?=$")
@@ -362,7 +365,11 @@ def _expand(word: str, variables: dict[str, str], budget: _Budget,
 
     def substitute(match: re.Match[str]) -> str:
         value = _lookup(match, variables, expanding)
-        return match.group(0) if value is None else value
+        if value is None:
+            return match.group(0)
+        if "${" in value and value == match.group("default"):  # a nested ${B:-x} in ${A:-${B:-x}}
+            return _ANY_VARIABLE.sub(substitute, value)
+        return value
 
     return budget.spend([_ANY_VARIABLE.sub(substitute, word)], word)
 

@@ -96,8 +96,8 @@ def _check_group(option: str, value: str) -> None:
     if option.lstrip("+~") == "model_engine" and value in {e.value for e in Engine}:
         return
     if option.lstrip("+~") == "model_engine":
-        raise ConfigError(option, f"must be one of {', '.join(e.value for e in Engine)} "
-                                  f"(verl/trainer/config/model_engine/), got {value!r}")
+        raise ConfigError(option, f"memplan reads the engines verl ships a flattened config for "
+                                  f"({', '.join(e.value for e in Engine)}), not {value!r}")
     raise ConfigError(option, f"selects config {value!r} of a config group; memplan reads verl's packaged "
                               "configs composed by model_engine only (a recipe's own config is not verl's)")
 

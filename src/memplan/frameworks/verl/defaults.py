@@ -20,8 +20,9 @@ from typing import Any
 from memplan.errors import ConfigError
 
 #: Releases memplan has tables for, oldest first: the previous line (0.8.x; 0.8.0 is its newest wheel on
-#: PyPI) and the latest release.
-VERSIONS: tuple[str, ...] = ("0.8.0", "0.9.1")
+#: PyPI), 0.9.0 (the release whose examples the GitHub snapshot holds; 0.9.1 removed keys they use, e.g.
+#: ``actor.megatron.grad_offload``) and the latest release.
+VERSIONS: tuple[str, ...] = ("0.8.0", "0.9.0", "0.9.1")
 #: The release memplan assumes when none is given.
 LATEST = VERSIONS[-1]
 
@@ -98,14 +99,17 @@ def load_table(version: str, engine: Engine = Engine.DP) -> DefaultTable:
 
 
 def normalize_version(text: str, location: str = "--framework-version") -> str:
-    """The table release for a version as typed: ``0.9``, ``0.9.0``, ``v0.9.1`` -> ``0.9.1``.
+    """The table release for a version as typed (``0.9``, ``v0.9.1`` -> ``0.9.1``; ``0.9.0`` -> ``0.9.0``).
 
-    A release line maps to its table (patch releases share their line's config files as far as memory
-    goes; the 0.9.0 -> 0.9.1 changes are listed in verl.md §0); other lines are refused.
+    A release with a table is itself; another release of a line with a table maps to the line's newest
+    table (``0.8.1`` -> ``0.8.0``, ``0.9`` -> ``0.9.1``); other lines are refused.
     """
     cleaned = text.strip().removeprefix("v")
+    if cleaned in VERSIONS:
+        return cleaned
     parts = cleaned.split(".")
-    for version in VERSIONS:
+    for version in reversed(VERSIONS):
         if parts[:2] == version.split(".")[:2]:
             return version
-    raise ConfigError(location, f"memplan reads verl {', '.join(v[:3] + '.x' for v in VERSIONS)}, not {text!r}")
+    lines = sorted({v[:3] + ".x" for v in VERSIONS})
+    raise ConfigError(location, f"memplan reads verl {', '.join(lines)}, not {text!r}")
