@@ -120,6 +120,8 @@ NO_MEMORY_EFFECT: Mapping[str, str] = {
     "*.lora.*": ("Megatron LoRA options (type, alpha, targets, init); the FSDP path reads lora.rank, lora.merge and "
                  "lora_rank/target_modules"),
     "*.model.hf_config_path": "where the config is read from",
+    "critic.model.lora_adapter_path": "where a critic adapter is loaded from (the critic's LoRA rank is read)",
+    "data.continuous_token.*": "0.9.0: keeps multi-turn token streams instead of re-tokenising; same lengths",
     "data.train_max_samples": "dataset size, not batch size",
     "data.val_max_samples": "dataset size, not batch size",
     "data.val_batch_size": "deprecated: validation goes to the rollout engine as one batch (w:verl/utils/config.py)",
