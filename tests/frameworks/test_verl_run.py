@@ -269,3 +269,14 @@ def test_every_memory_key_is_read_or_listed(version: str, monkeypatch: pytest.Mo
     left = [k for k in keys if unmodelled.is_memory_key(k) and k not in read
             and unmodelled.reason_unmodelled(k) is None and not unmodelled.without_memory_effect(k)]
     assert left == []
+
+
+def test_method_must_be_one_memplan_sets() -> None:
+    with pytest.raises(ConfigError) as error:
+        run_for("m", "dpo")
+    assert error.value.location == "--method"
+
+
+def test_env_interpolation_from_the_script() -> None:
+    run = parse_command("export BS=32\n" + GRPO + " data.train_batch_size=${oc.env:BS}")
+    assert run.train_batch_size == 32  # oc.env gives "32"; verl's dataclasses convert it

@@ -96,7 +96,7 @@ class _Scanner:
             elif self.source.startswith("<<", self.pos) and not self.source.startswith("<<<", self.pos):
                 self._heredoc_operator()
             elif self._array_edge(char):
-                self.current.append(" " if char == "\n" else char + " ")
+                self.current.append({"\n": " ", ")": " ) "}.get(char, char + " "))
                 self.pos += 1
             elif char in _OPERATOR_CHARS:
                 self._operator()

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from functools import cache
 
+from memplan.errors import ConfigError
 from memplan.frameworks.verl.command import read_config, single_invocation
 from memplan.frameworks.verl.defaults import LATEST, VERSIONS, Engine, load_table, normalize_version
 from memplan.frameworks.verl.hydra import HydraConfig, Override, OverrideKind, apply_overrides, parse_override
@@ -47,12 +48,10 @@ def run_for(model: str, method: Method | str, overrides: Iterable[str] = (), ver
     ``algorithm.adv_estimator`` (ppo -> gae, grpo, reinforce -> reinforce_plus_plus, rloo, remax);
     ``ESTIMATE_FILL`` supplies what verl leaves unset; ``overrides`` (Hydra words) are applied last.
     """
-    chosen = Method(method)
-    if chosen not in METHOD_ESTIMATORS:
-        from memplan.errors import ConfigError
-
+    chosen = Method(method) if method in set(Method) else None
+    if chosen is None or chosen not in METHOD_ESTIMATORS:
         raise ConfigError("--method", f"must be one of {', '.join(m.value for m in METHOD_ESTIMATORS)}, got "
-                                      f"{chosen.value!r}")
+                                      f"{method!r}")
     given = [parse_override(word) for word in overrides]
     set_keys = {o.key for o in given}
     fill = [parse_override(word) for word in ESTIMATE_FILL]

@@ -333,6 +333,8 @@ def _integer(config: HydraConfig, key: str, low: int, high: int, meaning: str = 
     value = _value(config, key)
     if isinstance(value, str) and _ARITHMETIC.match(value):
         value = _arithmetic(value, config, key)
+    elif isinstance(value, str) and _DECIMAL.match(value):
+        value = int(value)  # ${oc.env:...} yields a string; verl's dataclass fields convert it
     if isinstance(value, bool) or not isinstance(value, int):
         shell = " (a shell variable the script does not assign?)" if isinstance(value, str) and "$" in value else ""
         raise ConfigError(config.location(key), f"expected an integer, got {value!r}{shell}")
@@ -343,6 +345,7 @@ def _integer(config: HydraConfig, key: str, low: int, high: int, meaning: str = 
 
 
 _ARITHMETIC = re.compile(r"^\$\(\((.*)\)\)$", re.DOTALL)
+_DECIMAL = re.compile(r"^\s*[+-]?\d+\s*$")
 _OPERATORS: dict[type, Callable[[int, int], int]] = {
     ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.floordiv,
     ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod}
