@@ -10,11 +10,6 @@ each is sourced there from released hardware and models, not from OpenRLHF).
 
 from __future__ import annotations
 
-import ast
-import math
-import operator
-import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -28,8 +23,9 @@ from memplan.frameworks.openrlhf.bounds import (
     MAX_STEPS,
     MAX_TOKENS,
 )
+from memplan.frameworks.verl import values
 from memplan.frameworks.verl.defaults import Engine
-from memplan.frameworks.verl.hydra import HydraConfig, Unresolved
+from memplan.frameworks.verl.hydra import HydraConfig
 
 #: Largest weight-sync bucket: 2**20 MB = 1 TiB, above any GPU's memory (H200 141 GB, B200 192 GB).
 MAX_BUCKET_MEGABYTES = 2**20
@@ -84,11 +80,6 @@ class RolloutEngine(StrEnum):
     VLLM = "vllm"
     SGLANG = "sglang"
     TRTLLM = "trtllm"
-
-
-_DTYPES = {"fp16": "fp16", "float16": "fp16", "16": "fp16", "fp32": "fp32", "float32": "fp32", "32": "fp32",
-           "bf16": "bf16", "bfloat16": "bf16"}
-"""verl's precision spellings -> canonical (w:verl/utils/torch_dtypes.py:20-22 HALF/FLOAT/BFLOAT_LIST)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -315,181 +306,60 @@ class VerlRun:
     """Dotted keys the command set, in order (for notes)."""
 
 
-# --- readers -------------------------------------------------------------------------------------------
-
-def _value(config: HydraConfig, key: str) -> Any:
-    if not config.has(key):
-        raise ConfigError(config.location(key), f"missing from verl {config.table.version}'s config (deleted?)")
-    value = config.get(key) if key in config.values else config.section(key)
-    if isinstance(value, Unresolved):
-        raise ConfigError(config.location(key), f"cannot resolve {value} (an unset environment variable or "
-                                                "a resolver memplan does not evaluate)")
-    if value == "???":
-        raise ConfigError(config.location(key), "required: verl's config leaves it ??? (set it)")
-    return value
-
-
-def _integer(config: HydraConfig, key: str, low: int, high: int, meaning: str = "") -> int:
-    value = _value(config, key)
-    if isinstance(value, str) and _ARITHMETIC.match(value):
-        value = _arithmetic(value, config, key)
-    elif isinstance(value, str) and _DECIMAL.match(value):
-        value = int(value)  # ${oc.env:...} yields a string; verl's dataclass fields convert it
-    if isinstance(value, bool) or not isinstance(value, int):
-        shell = " (a shell variable the script does not assign?)" if isinstance(value, str) and "$" in value else ""
-        raise ConfigError(config.location(key), f"expected an integer, got {value!r}{shell}")
-    if not low <= value <= high:
-        extra = f" ({meaning})" if meaning else ""
-        raise ConfigError(config.location(key), f"must be between {low} and {high}{extra}, got {value}")
-    return value
-
-
-_ARITHMETIC = re.compile(r"^\$\(\((.*)\)\)$", re.DOTALL)
-_DECIMAL = re.compile(r"^\s*[+-]?\d+\s*$")
-_OPERATORS: dict[type, Callable[[int, int], int]] = {
-    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.floordiv,
-    ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod}
-
-
-def _arithmetic(text: str, config: HydraConfig, key: str) -> int:
-    """A bash arithmetic expansion ``$(( a + b ))`` left by the shell reader, over the script's integer
-    variables: + - * / % and parentheses (bash(1), ARITHMETIC EVALUATION; ``/`` truncates, as here for
-    the non-negative values launch scripts use)."""
-    body = _ARITHMETIC.match(text).group(1)  # type: ignore[union-attr]
-
-    def evaluate(node: ast.AST, depth: int = 0) -> int:
-        if depth > 64:
-            raise ValueError
-        if isinstance(node, ast.Constant) and isinstance(node.value, int) and not isinstance(node.value, bool):
-            return node.value
-        if isinstance(node, ast.Name):
-            value = (config.environment.get(node.id, "0") or "0").strip()
-            inner = _ARITHMETIC.match(value)
-            text = inner.group(1) if inner else value
-            return evaluate(ast.parse(text.replace("$", "").strip(), mode="eval").body, depth + 1)
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-            return -evaluate(node.operand, depth + 1)
-        if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
-            return _OPERATORS[type(node.op)](evaluate(node.left, depth + 1), evaluate(node.right, depth + 1))
-        raise ValueError
-
-    try:
-        return evaluate(ast.parse(body.replace("$", "").strip(), mode="eval").body)
-    except (ValueError, SyntaxError, ZeroDivisionError, RecursionError):
-        raise ConfigError(config.location(key), f"cannot evaluate {text!r} (memplan reads + - * / % over the "
-                                                "script's integer variables)") from None
-
-
-def _optional_integer(config: HydraConfig, key: str, low: int, high: int) -> int | None:
-    return None if _value(config, key) is None else _integer(config, key, low, high)
-
-
-def _boolean(config: HydraConfig, key: str, *, absent: bool | None = None) -> bool:
-    """``absent``: the value when the release's config has no such key (a feature it lacks)."""
-    if absent is not None and not config.has(key):
-        return absent
-    value = _value(config, key)
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    if not isinstance(value, bool):
-        raise ConfigError(config.location(key), f"expected true or false, got {value!r}")
-    return value
-
-
-def _fraction(config: HydraConfig, key: str) -> float:
-    value = _value(config, key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(config.location(key), f"expected a number, got {value!r}")
-    if not math.isfinite(value) or not 0 < value <= 1:
-        raise ConfigError(config.location(key), f"must be in (0, 1] (the share of each GPU's memory), got {value}")
-    return float(value)
-
-
-def _text(config: HydraConfig, key: str) -> str:
-    value = _value(config, key)
-    if not isinstance(value, str):
-        raise ConfigError(config.location(key), f"expected a string, got {value!r}")
-    return value
-
-
-def _choice(config: HydraConfig, key: str, choices: Callable[[str], Any], names: str) -> Any:
-    value = _value(config, key)
-    try:
-        return choices(str(value).lower())
-    except (ValueError, KeyError):
-        raise ConfigError(config.location(key), f"must be one of {names}, got {value!r}") from None
-
-
-def _dtype(config: HydraConfig, key: str, default: str) -> str:
-    value = config.get(key) if key in config.values else default
-    spelled = str(value).lower()
-    if spelled not in _DTYPES:
-        raise ConfigError(config.location(key), f"must be one of {', '.join(_DTYPES)} (verl/utils/torch_dtypes.py), "
-                                                f"got {value!r}")
-    return _DTYPES[spelled]
-
-
-def _contents(config: HydraConfig, key: str) -> tuple[str, ...]:
-    value = _value(config, key)
-    if not isinstance(value, list):
-        raise ConfigError(config.location(key), f"expected a list, got {value!r}")
-    return tuple(str(v) for v in value)
-
-
 # --- sections -----------------------------------------------------------------------------------------
 
 def _fsdp(config: HydraConfig, section: str, strategy_key: str, world: int) -> FsdpConfig:
     """``section`` = ``actor_rollout_ref.actor.fsdp_config`` / ``.ref.fsdp_config`` / ``critic.fsdp``."""
-    strategy = _choice(config, strategy_key, FsdpStrategy, "fsdp, fsdp2 (fsdp_turbo is not modelled)")
-    size = _integer(config, f"{section}.fsdp_size", -1, MAX_GPUS, "-1 means every GPU of the world")
+    strategy = values.choice(config, strategy_key, FsdpStrategy, "fsdp, fsdp2 (fsdp_turbo is not modelled)")
+    size = values.integer(config, f"{section}.fsdp_size", -1, MAX_GPUS, "-1 means every GPU of the world")
     if size == 0:
         raise ConfigError(config.location(f"{section}.fsdp_size"), "must be -1 (the world) or at least 1")
     return FsdpConfig(
         strategy=strategy,
-        param_offload=_boolean(config, f"{section}.param_offload"),
-        optimizer_offload=_boolean(config, f"{section}.optimizer_offload"),
-        offload_policy=_boolean(config, f"{section}.offload_policy"),
-        reshard_after_forward=_boolean(config, f"{section}.reshard_after_forward"),
+        param_offload=values.boolean(config, f"{section}.param_offload"),
+        optimizer_offload=values.boolean(config, f"{section}.optimizer_offload"),
+        offload_policy=values.boolean(config, f"{section}.offload_policy"),
+        reshard_after_forward=values.boolean(config, f"{section}.reshard_after_forward"),
         fsdp_size=world if size == -1 else size,
-        model_dtype=_dtype(config, f"{section}.model_dtype", "fp32"),
-        param_dtype=_dtype(config, f"{section}.mixed_precision.param_dtype", "bf16"),
-        reduce_dtype=_dtype(config, f"{section}.mixed_precision.reduce_dtype", "fp32"),
-        buffer_dtype=_dtype(config, f"{section}.mixed_precision.buffer_dtype", "fp32"),
-        forward_prefetch=_boolean(config, f"{section}.forward_prefetch"),
-        use_no_sync=_boolean(config, f"{section}.use_no_sync_for_gradient_accumulation", absent=False),
-        use_torch_compile=_boolean(config, f"{section}.use_torch_compile"),
+        model_dtype=values.dtype(config, f"{section}.model_dtype", "fp32"),
+        param_dtype=values.dtype(config, f"{section}.mixed_precision.param_dtype", "bf16"),
+        reduce_dtype=values.dtype(config, f"{section}.mixed_precision.reduce_dtype", "fp32"),
+        buffer_dtype=values.dtype(config, f"{section}.mixed_precision.buffer_dtype", "fp32"),
+        forward_prefetch=values.boolean(config, f"{section}.forward_prefetch"),
+        use_no_sync=values.boolean(config, f"{section}.use_no_sync_for_gradient_accumulation", absent=False),
+        use_torch_compile=values.boolean(config, f"{section}.use_torch_compile"),
     )
 
 
 def _model(config: HydraConfig, section: str) -> ModelOptions:
-    lora = _integer(config, f"{section}.lora.rank", 0, MAX_LORA_RANK, "0 means no LoRA")
-    rank = lora if lora > 0 else _integer(config, f"{section}.lora_rank", 0, MAX_LORA_RANK, "0 means no LoRA")
-    targets = _value(config, f"{section}.target_modules")
+    lora = values.integer(config, f"{section}.lora.rank", 0, MAX_LORA_RANK, "0 means no LoRA")
+    rank = lora if lora > 0 else values.integer(config, f"{section}.lora_rank", 0, MAX_LORA_RANK, "0 means no LoRA")
+    targets = values.read_value(config, f"{section}.target_modules")
     return ModelOptions(
         path=str(config.get(f"{section}.path")),
-        enable_gradient_checkpointing=_boolean(config, f"{section}.enable_gradient_checkpointing"),
-        enable_activation_offload=_boolean(config, f"{section}.enable_activation_offload"),
-        use_remove_padding=_boolean(config, f"{section}.use_remove_padding"),
-        use_fused_kernels=_boolean(config, f"{section}.use_fused_kernels"),
-        fused_kernel_impl=_text(config, f"{section}.fused_kernel_options.impl_backend"),
-        use_liger=_boolean(config, f"{section}.use_liger"),
-        tiled_mlp=_boolean(config, f"{section}.tiled_mlp.enabled"),
-        tiled_mlp_shards=_integer(config, f"{section}.tiled_mlp.num_shards", 1, MAX_TOKENS),
+        enable_gradient_checkpointing=values.boolean(config, f"{section}.enable_gradient_checkpointing"),
+        enable_activation_offload=values.boolean(config, f"{section}.enable_activation_offload"),
+        use_remove_padding=values.boolean(config, f"{section}.use_remove_padding"),
+        use_fused_kernels=values.boolean(config, f"{section}.use_fused_kernels"),
+        fused_kernel_impl=values.text(config, f"{section}.fused_kernel_options.impl_backend"),
+        use_liger=values.boolean(config, f"{section}.use_liger"),
+        tiled_mlp=values.boolean(config, f"{section}.tiled_mlp.enabled"),
+        tiled_mlp_shards=values.integer(config, f"{section}.tiled_mlp.num_shards", 1, MAX_TOKENS),
         lora_rank=rank,
-        lora_alpha=_integer(config, f"{section}.lora_alpha", 0, MAX_LORA_RANK * 64),
+        lora_alpha=values.integer(config, f"{section}.lora_alpha", 0, MAX_LORA_RANK * 64),
         lora_target_modules=tuple(targets) if isinstance(targets, list) else (str(targets),),
-        lora_merge=_boolean(config, f"{section}.lora.merge"),
-        use_shm=_boolean(config, f"{section}.use_shm"),
+        lora_merge=values.boolean(config, f"{section}.lora.merge"),
+        use_shm=values.boolean(config, f"{section}.use_shm"),
     )
 
 
 def _batching(config: HydraConfig, dynamic: str, micro: str, tokens: str, *, tokens_value: int | None = None) \
         -> Batching:
-    use_dynamic = _boolean(config, dynamic)
+    use_dynamic = values.boolean(config, dynamic)
     return Batching(
         use_dynamic_bsz=use_dynamic,
-        micro_batch_size_per_gpu=_optional_integer(config, micro, 1, MAX_SEQUENCES),
-        max_token_len_per_gpu=tokens_value if tokens_value is not None else _integer(config, tokens, 1, MAX_TOKENS),
+        micro_batch_size_per_gpu=values.optional_integer(config, micro, 1, MAX_SEQUENCES),
+        max_token_len_per_gpu=tokens_value if tokens_value is not None else values.integer(config, tokens, 1, MAX_TOKENS),
     )
 
 
@@ -503,10 +373,10 @@ def _entropy(config: HydraConfig, section: str) -> Entropy:
     1398-1402; w8 :157,1126). In 0.9 these keys default to the role's ``entropy_*`` by interpolation; in 0.8 the
     role's keys do not reach the engine."""
     return Entropy(
-        from_logits_with_chunking=_boolean(config, f"{section}.entropy_from_logits_with_chunking"),
-        chunk_size=(_integer(config, f"{section}.entropy_from_logits_chunk_size", 1, MAX_TOKENS)
+        from_logits_with_chunking=values.boolean(config, f"{section}.entropy_from_logits_with_chunking"),
+        chunk_size=(values.integer(config, f"{section}.entropy_from_logits_chunk_size", 1, MAX_TOKENS)
                     if config.has(f"{section}.entropy_from_logits_chunk_size") else ENTROPY_CHUNK_DEFAULT),
-        checkpointing=_boolean(config, f"{section}.entropy_checkpointing"),
+        checkpointing=values.boolean(config, f"{section}.entropy_checkpointing"),
     )
 
 
@@ -516,10 +386,10 @@ def _ulysses(config: HydraConfig, section: str, engine_section: str, world: int)
     (w:verl/workers/config/actor.py:327-329, w8 :320-321). The critic has no such copy in 0.8/0.9
     (w:verl/workers/config/critic.py:212-219): its engine reads ``critic.fsdp.*`` only."""
     meaning = "Ulysses degree; at most the GPUs of the run"
-    engine = _integer(config, f"{engine_section}.ulysses_sequence_parallel_size", 1, world, meaning)
+    engine = values.integer(config, f"{engine_section}.ulysses_sequence_parallel_size", 1, world, meaning)
     if section == "critic":
         return engine
-    role = _integer(config, f"{section}.ulysses_sequence_parallel_size", 1, world, meaning)
+    role = values.integer(config, f"{section}.ulysses_sequence_parallel_size", 1, world, meaning)
     return role if role > 1 else engine
 
 
@@ -528,13 +398,13 @@ def build_run(config: HydraConfig) -> VerlRun:
     if config.table.engine is not Engine.DP:
         raise ConfigError("model_engine", f"memplan models verl's FSDP workers (model_engine=dp); "
                                           f"{config.table.engine.value} is read but not modelled")
-    nodes = _integer(config, "trainer.nnodes", 1, MAX_GPUS)
-    per_node = _integer(config, "trainer.n_gpus_per_node", 1, MAX_GPUS_PER_NODE)
+    nodes = values.integer(config, "trainer.nnodes", 1, MAX_GPUS)
+    per_node = values.integer(config, "trainer.n_gpus_per_node", 1, MAX_GPUS_PER_NODE)
     world = nodes * per_node
     if world > MAX_GPUS:
         raise ConfigError(config.location("trainer.nnodes"), f"{nodes} nodes × {per_node} GPUs is more than "
                                                              f"{MAX_GPUS} GPUs")
-    estimator = _text(config, "algorithm.adv_estimator")
+    estimator = values.text(config, "algorithm.adv_estimator")
     if estimator not in ADV_ESTIMATORS:
         raise ConfigError(config.location("algorithm.adv_estimator"),
                           f"must be one of {', '.join(ADV_ESTIMATORS)} (verl/trainer/ppo/core_algos.py), "
@@ -543,21 +413,21 @@ def build_run(config: HydraConfig) -> VerlRun:
     actor = ActorRun(
         fsdp=_fsdp(config, f"{ACTOR}.fsdp_config", f"{ACTOR}.strategy", world),
         model=model,
-        ppo_mini_batch_size=_integer(config, f"{ACTOR}.ppo_mini_batch_size", 1, MAX_SEQUENCES),
-        ppo_epochs=_integer(config, f"{ACTOR}.ppo_epochs", 1, MAX_STEPS),
-        optimizer=_text(config, f"{ACTOR}.optim.optimizer"),
-        optimizer_impl=_text(config, f"{ACTOR}.optim.optimizer_impl"),
+        ppo_mini_batch_size=values.integer(config, f"{ACTOR}.ppo_mini_batch_size", 1, MAX_SEQUENCES),
+        ppo_epochs=values.integer(config, f"{ACTOR}.ppo_epochs", 1, MAX_STEPS),
+        optimizer=values.text(config, f"{ACTOR}.optim.optimizer"),
+        optimizer_impl=values.text(config, f"{ACTOR}.optim.optimizer_impl"),
         update=_batching(config, f"{ACTOR}.use_dynamic_bsz", f"{ACTOR}.ppo_micro_batch_size_per_gpu",
                          f"{ACTOR}.ppo_max_token_len_per_gpu"),
         log_prob=_batching(config, f"{ROLLOUT}.log_prob_use_dynamic_bsz",
                            f"{ROLLOUT}.log_prob_micro_batch_size_per_gpu", f"{ROLLOUT}.log_prob_max_token_len_per_gpu"),
         ulysses_sequence_parallel_size=_ulysses(config, ACTOR, f"{ACTOR}.fsdp_config", world),
         entropy=_entropy(config, f"{ACTOR}.fsdp_config"),
-        entropy_in_update=_value(config, f"{ACTOR}.entropy_coeff") != 0 or _boolean(config, f"{ACTOR}.calculate_entropy"),
-        checkpoint_contents=_contents(config, f"{ACTOR}.checkpoint.save_contents"),
+        entropy_in_update=values.read_value(config, f"{ACTOR}.entropy_coeff") != 0 or values.boolean(config, f"{ACTOR}.calculate_entropy"),
+        checkpoint_contents=values.contents(config, f"{ACTOR}.checkpoint.save_contents"),
     )
-    use_kl = _boolean(config, f"{ACTOR}.use_kl_loss") or _boolean(config, "algorithm.use_kl_in_reward")
-    ref_in_actor = model.lora_rank > 0 or _value(config, f"{MODEL}.lora_adapter_path") is not None
+    use_kl = values.boolean(config, f"{ACTOR}.use_kl_loss") or values.boolean(config, "algorithm.use_kl_in_reward")
+    ref_in_actor = model.lora_rank > 0 or values.read_value(config, f"{MODEL}.lora_adapter_path") is not None
     ref = None
     if use_kl and not ref_in_actor:
         ref = RefRun(
@@ -567,24 +437,24 @@ def build_run(config: HydraConfig) -> VerlRun:
             ulysses_sequence_parallel_size=_ulysses(config, REF, f"{REF}.fsdp_config", world),
             entropy=_entropy(config, f"{REF}.fsdp_config"),
         )
-    enable = _value(config, "critic.enable")
-    use_critic = bool(_boolean(config, "critic.enable")) if enable is not None else estimator == "gae"
-    use_v1 = config.has("trainer.use_v1") and _boolean(config, "trainer.use_v1")
+    enable = values.read_value(config, "critic.enable")
+    use_critic = bool(values.boolean(config, "critic.enable")) if enable is not None else estimator == "gae"
+    use_v1 = config.has("trainer.use_v1") and values.boolean(config, "trainer.use_v1")
     critic = _critic(config, world, use_v1) if use_critic else None
     run = VerlRun(
         version=config.table.version, engine=config.table.engine, method=ADV_ESTIMATORS[estimator],
         adv_estimator=estimator,
-        train_batch_size=_integer(config, "data.train_batch_size", 1, MAX_SEQUENCES),
-        rollout_n=_integer(config, f"{ROLLOUT}.n", 1, MAX_SEQUENCES),
-        max_prompt_length=_integer(config, "data.max_prompt_length", 1, MAX_TOKENS),
-        max_response_length=_integer(config, "data.max_response_length", 1, MAX_TOKENS),
+        train_batch_size=values.integer(config, "data.train_batch_size", 1, MAX_SEQUENCES),
+        rollout_n=values.integer(config, f"{ROLLOUT}.n", 1, MAX_SEQUENCES),
+        max_prompt_length=values.integer(config, "data.max_prompt_length", 1, MAX_TOKENS),
+        max_response_length=values.integer(config, "data.max_response_length", 1, MAX_TOKENS),
         actor=actor, ref=ref, critic=critic, rollout=_rollout(config, world),
-        reward_model=_reward_model(config) if _boolean(config, "reward.reward_model.enable") else None,
+        reward_model=_reward_model(config) if values.boolean(config, "reward.reward_model.enable") else None,
         n_gpus_per_node=per_node, nnodes=nodes,
-        hybrid_engine=_boolean(config, "actor_rollout_ref.hybrid_engine"),
+        hybrid_engine=values.boolean(config, "actor_rollout_ref.hybrid_engine"),
         use_v1=use_v1,
-        save_freq=_integer(config, "trainer.save_freq", -1, MAX_STEPS, "-1 means no save"),
-        critic_warmup=_integer(config, "trainer.critic_warmup", 0, MAX_STEPS),
+        save_freq=values.integer(config, "trainer.save_freq", -1, MAX_STEPS, "-1 means no save"),
+        critic_warmup=values.integer(config, "trainer.critic_warmup", 0, MAX_STEPS),
         given=tuple(config.typed),
     )
     from memplan.frameworks.verl.checks import check_run  # verl's own start-up asserts
@@ -594,21 +464,21 @@ def build_run(config: HydraConfig) -> VerlRun:
 
 
 def _critic(config: HydraConfig, world: int, use_v1: bool) -> CriticRun:
-    infer_tokens = (_integer(config, "critic.ppo_infer_max_token_len_per_gpu", 1, MAX_TOKENS)
+    infer_tokens = (values.integer(config, "critic.ppo_infer_max_token_len_per_gpu", 1, MAX_TOKENS)
                     if config.has("critic.ppo_infer_max_token_len_per_gpu") else CRITIC_INFER_TOKENS_DEFAULT)
     return CriticRun(
         fsdp=_fsdp(config, "critic.fsdp", "critic.strategy", world),
         model=_model(config, "critic.model"),
-        ppo_mini_batch_size=_integer(config, "critic.ppo_mini_batch_size", 1, MAX_SEQUENCES),
-        ppo_epochs=_integer(config, "critic.ppo_epochs", 1, MAX_STEPS),
-        optimizer=_text(config, "critic.optim.optimizer"),
-        optimizer_impl=_text(config, "critic.optim.optimizer_impl"),
+        ppo_mini_batch_size=values.integer(config, "critic.ppo_mini_batch_size", 1, MAX_SEQUENCES),
+        ppo_epochs=values.integer(config, "critic.ppo_epochs", 1, MAX_STEPS),
+        optimizer=values.text(config, "critic.optim.optimizer"),
+        optimizer_impl=values.text(config, "critic.optim.optimizer_impl"),
         update=_batching(config, "critic.use_dynamic_bsz", "critic.ppo_micro_batch_size_per_gpu",
                          "critic.ppo_max_token_len_per_gpu", tokens_value=infer_tokens if use_v1 else None),
         values=_batching(config, "critic.use_dynamic_bsz", "critic.forward_micro_batch_size_per_gpu",
                          "critic.forward_max_token_len_per_gpu", tokens_value=infer_tokens),
         ulysses_sequence_parallel_size=_ulysses(config, "critic", "critic.fsdp", world),
-        checkpoint_contents=_contents(config, "critic.checkpoint.save_contents"),
+        checkpoint_contents=values.contents(config, "critic.checkpoint.save_contents"),
     )
 
 
@@ -618,47 +488,47 @@ CRITIC_INFER_TOKENS_DEFAULT = 32768
 
 
 def _rollout(config: HydraConfig, world: int) -> RolloutRun:
-    name = _value(config, f"{ROLLOUT}.name")
-    engine = _choice(config, f"{ROLLOUT}.name", RolloutEngine, "vllm, sglang, trtllm")
+    name = values.read_value(config, f"{ROLLOUT}.name")
+    engine = values.choice(config, f"{ROLLOUT}.name", RolloutEngine, "vllm, sglang, trtllm")
     kwargs = config.section(f"{ROLLOUT}.engine_kwargs.{name}")
     return RolloutRun(
         name=engine,
-        tensor_parallel_size=_integer(config, f"{ROLLOUT}.tensor_model_parallel_size", 1, world),
-        data_parallel_size=_integer(config, f"{ROLLOUT}.data_parallel_size", 1, world),
-        expert_parallel_size=_integer(config, f"{ROLLOUT}.expert_parallel_size", 1, world),
-        pipeline_parallel_size=_integer(config, f"{ROLLOUT}.pipeline_model_parallel_size", 1, world),
-        gpu_memory_utilization=_fraction(config, f"{ROLLOUT}.gpu_memory_utilization"),
-        max_num_batched_tokens=_integer(config, f"{ROLLOUT}.max_num_batched_tokens", 1, MAX_TOKENS),
-        max_num_seqs=_integer(config, f"{ROLLOUT}.max_num_seqs", 1, MAX_SEQUENCES),
-        max_model_len=_optional_integer(config, f"{ROLLOUT}.max_model_len", 1, MAX_TOKENS),
-        enforce_eager=_boolean(config, f"{ROLLOUT}.enforce_eager"),
-        free_cache_engine=_boolean(config, f"{ROLLOUT}.free_cache_engine"),
-        enable_chunked_prefill=_boolean(config, f"{ROLLOUT}.enable_chunked_prefill"),
-        enable_prefix_caching=_boolean(config, f"{ROLLOUT}.enable_prefix_caching"),
-        update_weights_bucket_megabytes=_integer(
+        tensor_parallel_size=values.integer(config, f"{ROLLOUT}.tensor_model_parallel_size", 1, world),
+        data_parallel_size=values.integer(config, f"{ROLLOUT}.data_parallel_size", 1, world),
+        expert_parallel_size=values.integer(config, f"{ROLLOUT}.expert_parallel_size", 1, world),
+        pipeline_parallel_size=values.integer(config, f"{ROLLOUT}.pipeline_model_parallel_size", 1, world),
+        gpu_memory_utilization=values.fraction(config, f"{ROLLOUT}.gpu_memory_utilization"),
+        max_num_batched_tokens=values.integer(config, f"{ROLLOUT}.max_num_batched_tokens", 1, MAX_TOKENS),
+        max_num_seqs=values.integer(config, f"{ROLLOUT}.max_num_seqs", 1, MAX_SEQUENCES),
+        max_model_len=values.optional_integer(config, f"{ROLLOUT}.max_model_len", 1, MAX_TOKENS),
+        enforce_eager=values.boolean(config, f"{ROLLOUT}.enforce_eager"),
+        free_cache_engine=values.boolean(config, f"{ROLLOUT}.free_cache_engine"),
+        enable_chunked_prefill=values.boolean(config, f"{ROLLOUT}.enable_chunked_prefill"),
+        enable_prefix_caching=values.boolean(config, f"{ROLLOUT}.enable_prefix_caching"),
+        update_weights_bucket_megabytes=values.integer(
             config, f"{ROLLOUT}.checkpoint_engine.update_weights_bucket_megabytes", 1, MAX_BUCKET_MEGABYTES),
-        load_format=_text(config, f"{ROLLOUT}.load_format"),
-        layered_summon=_boolean(config, f"{ROLLOUT}.layered_summon"),
-        calculate_log_probs=_boolean(config, f"{ROLLOUT}.calculate_log_probs"),
-        nnodes=_integer(config, f"{ROLLOUT}.nnodes", 0, MAX_GPUS, "0 means on the trainers' GPUs"),
+        load_format=values.text(config, f"{ROLLOUT}.load_format"),
+        layered_summon=values.boolean(config, f"{ROLLOUT}.layered_summon"),
+        calculate_log_probs=values.boolean(config, f"{ROLLOUT}.calculate_log_probs"),
+        nnodes=values.integer(config, f"{ROLLOUT}.nnodes", 0, MAX_GPUS, "0 means on the trainers' GPUs"),
         engine_kwargs=tuple(sorted(kwargs.items())),
     )
 
 
 def _reward_model(config: HydraConfig) -> RewardModelRun:
     section = "reward.reward_model"
-    path = _value(config, f"{section}.model_path")
+    path = values.read_value(config, f"{section}.model_path")
     return RewardModelRun(
         model_path=None if path is None else str(path),
-        enable_resource_pool=_boolean(config, f"{section}.enable_resource_pool"),
-        n_gpus_per_node=_integer(config, f"{section}.n_gpus_per_node", 1, MAX_GPUS_PER_NODE),
-        nnodes=_integer(config, f"{section}.nnodes", 0, MAX_GPUS),
-        rollout_name=_text(config, f"{section}.rollout.name"),
-        tensor_parallel_size=_integer(config, f"{section}.rollout.tensor_model_parallel_size", 1, MAX_GPUS),
-        gpu_memory_utilization=_fraction(config, f"{section}.rollout.gpu_memory_utilization"),
-        max_num_seqs=_integer(config, f"{section}.rollout.max_num_seqs", 1, MAX_SEQUENCES),
-        max_num_batched_tokens=_integer(config, f"{section}.rollout.max_num_batched_tokens", 1, MAX_TOKENS),
-        max_model_len=_optional_integer(config, f"{section}.rollout.max_model_len", 1, MAX_TOKENS),
-        enforce_eager=_boolean(config, f"{section}.rollout.enforce_eager"),
-        free_cache_engine=_boolean(config, f"{section}.rollout.free_cache_engine"),
+        enable_resource_pool=values.boolean(config, f"{section}.enable_resource_pool"),
+        n_gpus_per_node=values.integer(config, f"{section}.n_gpus_per_node", 1, MAX_GPUS_PER_NODE),
+        nnodes=values.integer(config, f"{section}.nnodes", 0, MAX_GPUS),
+        rollout_name=values.text(config, f"{section}.rollout.name"),
+        tensor_parallel_size=values.integer(config, f"{section}.rollout.tensor_model_parallel_size", 1, MAX_GPUS),
+        gpu_memory_utilization=values.fraction(config, f"{section}.rollout.gpu_memory_utilization"),
+        max_num_seqs=values.integer(config, f"{section}.rollout.max_num_seqs", 1, MAX_SEQUENCES),
+        max_num_batched_tokens=values.integer(config, f"{section}.rollout.max_num_batched_tokens", 1, MAX_TOKENS),
+        max_model_len=values.optional_integer(config, f"{section}.rollout.max_model_len", 1, MAX_TOKENS),
+        enforce_eager=values.boolean(config, f"{section}.rollout.enforce_eager"),
+        free_cache_engine=values.boolean(config, f"{section}.rollout.free_cache_engine"),
     )
