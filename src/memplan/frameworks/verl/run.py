@@ -195,6 +195,9 @@ class RefRun:
     """The reference policy's forward-only worker (host-offloaded params always, verl.md §3)."""
 
     fsdp: FsdpConfig
+    """As typed; verl ignores its ``param_offload``: a forward-only engine always offloads its params to host
+    (FSDP1 ``CPUOffload(offload_params=True)`` / FSDP2 ``CPUOffloadPolicy``, w:verl/workers/engine/fsdp/
+    transformer_impl.py:428-463)."""
     log_prob: Batching
     ulysses_sequence_parallel_size: int
     entropy: Entropy

@@ -28,8 +28,8 @@ def read_value(config: HydraConfig, key: str) -> Any:
         raise ConfigError(config.location(key), f"missing from verl {config.table.version}'s config (deleted?)")
     value = config.get(key) if key in config.values else config.section(key)
     if isinstance(value, Unresolved):
-        raise ConfigError(config.location(key), f"cannot resolve {value} (an unset environment variable or "
-                                                "a resolver memplan does not evaluate)")
+        raise ConfigError(config.location(key), f"cannot resolve {value} (a shell or environment variable the "
+                                                "script does not set, or a resolver memplan does not evaluate)")
     if value == "???":
         raise ConfigError(config.location(key), "required: verl's config leaves it ??? (set it)")
     return value
