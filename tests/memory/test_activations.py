@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from memplan.errors import ConfigError
-from memplan.jobs.options import AttnImpl
+from memplan.memory.activations import AttnImpl
 from memplan.memory import activations as act
 from memplan.memory import transient as tr
 from memplan.memory.activations import ActivationConfig, LinearModule

@@ -6,7 +6,7 @@ import pytest
 
 from memplan.dtypes import DType
 from memplan.errors import ConfigError
-from memplan.jobs.options import ZeroStage
+from memplan.memory.sharding import ZeroStage
 from memplan.memory import host
 from memplan.memory.breakdown import Device, Phase, Term
 from memplan.memory.model_states import frozen_model_states, nf4_base_weights, trained_model_states

@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from memplan.dtypes import DType
-from memplan.jobs.options import AttnImpl, Method, ZeroStage
+from memplan.jobs.options import Method
+from memplan.memory.activations import AttnImpl
+from memplan.memory.sharding import Sharding
 from memplan.memory.breakdown import Phase
 from memplan.memory.logits import Head, LogProbImpl
 from memplan.model.spec import ModelSpec
@@ -64,19 +66,9 @@ class Role:
     group: str
     """Name of the GPU group the role runs on."""
     param_dtype: DType
-    """Dtype of the weights DeepSpeed holds (bf16/fp16; fp32 without mixed precision)."""
-    zero_stage: ZeroStage
-    """ZeRO stage of this model's DeepSpeed config (eval models: 3 only when training uses 3)."""
-    offload_optimizer: bool
-    """``--adam_offload``: optimizer state in pinned host RAM (DeepSpeedCPUAdam)."""
-    offload_params: bool
-    """ZeRO-3 parameter offload (eval models with ``--ref_offload`` etc.)."""
-    grad_accum_dtype: DType | None
-    """``--grad_accum_dtype``; None keeps DeepSpeed's default."""
-    zpg: int
-    """ZeRO++ hierarchical partition size (``--zpg``)."""
-    overlap_comm: bool
-    """``--overlap_comm`` (also turns on contiguous gradients)."""
+    """Dtype of the weights the sharding engine holds (bf16/fp16; fp32 without mixed precision)."""
+    sharding: Sharding
+    """How the model's states are sharded over its group and where they live (DeepSpeed ZeRO or FSDP)."""
     lora: LoraOptions | None
     """LoRA adapter options; None for full fine-tuning."""
     load_in_4bit: bool

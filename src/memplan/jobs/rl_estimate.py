@@ -23,6 +23,7 @@ from memplan.jobs import rollout as rollout_terms
 from memplan.memory import host_process, overhead
 from memplan.memory.host_limit import HostLimit, ray_limit
 from memplan.memory.breakdown import Category, Device, Phase, Term
+from memplan.memory.sharding import ZeroSharding, ZeroStage
 from memplan.memory.transient import HeadConfig, forward_only_terms
 from memplan.model.params import largest_tensor_numel
 from memplan.dtypes import bytes_for
@@ -78,7 +79,7 @@ def weight_sync_activity(mem: RoleMemory, rl: RlJob) -> list[Term]:
     largest = bytes_for(largest_tensor_numel(role.spec), role.param_dtype)
     src = code(f"{_OPENRLHF}:openrlhf/trainer/ray/ppo_actor.py@v0.11.0", "broadcast_to_vllm: GatheredParameters([param])")
     terms = []
-    if int(role.zero_stage) == 3:
+    if isinstance(role.sharding, ZeroSharding) and role.sharding.stage == ZeroStage.ZERO_3:
         terms.append(Term(path="actor.weight_sync.gathered_param", bytes=largest, category=Category.PARAM,
                           device=Device.GPU, source=src, phase=Phase.WEIGHT_SYNC))
     if rl.colocate_all:

@@ -35,9 +35,20 @@ from enum import StrEnum
 
 from memplan.dtypes import DType, bytes_for
 from memplan.errors import ConfigError
-from memplan.jobs.options import AttnImpl
 from memplan.model.spec import ModelSpec
 from memplan.sources import Source, code
+
+
+class AttnImpl(StrEnum):
+    """Attention implementation of the Hugging Face model (``attn_implementation``)."""
+
+    FLASH_ATTENTION_2 = "flash_attention_2"
+    """flash-attn varlen kernels: saves output + logsumexp, no T×T matrix."""
+    SDPA = "sdpa"
+    """torch scaled_dot_product_attention (flash / memory-efficient backends on GPU)."""
+    EAGER = "eager"
+    """Explicit matmul + softmax: materialises B×H×T×T scores and probabilities."""
+
 
 #: transformers release the coefficients were read from.
 HF = "huggingface/transformers"

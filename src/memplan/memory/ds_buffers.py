@@ -10,7 +10,7 @@ gradient-path ones (bucket, flat copy, module gradients) at the backward moments
 from __future__ import annotations
 
 from memplan.dtypes import DType
-from memplan.jobs.options import ZeroStage
+from memplan.memory.sharding import ZeroStage
 from memplan.memory.breakdown import Category, Device, Phase, Term
 from memplan.memory.zero import (
     NON_ZERO_ALLREDUCE_BUCKET_SIZE, ParamLayout, ZeroConfig, ds_source, ds_term, persistent_numel,

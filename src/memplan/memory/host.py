@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from enum import StrEnum
 
 from memplan.dtypes import DType, bytes_for
-from memplan.jobs.options import ZeroStage
+from memplan.memory.sharding import ZeroStage
 from memplan.memory import host_alloc
 from memplan.memory.breakdown import SAVE_PHASES, Category, Device, Phase, Term
 from memplan.memory.zero import (

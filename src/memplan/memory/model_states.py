@@ -28,7 +28,7 @@ MemTracker; "probe" below): resident bytes between steps equal memplan's persist
 from __future__ import annotations
 
 from memplan.dtypes import DType, bytes_for
-from memplan.jobs.options import ZeroStage
+from memplan.memory.sharding import ZeroStage
 from memplan.memory import host
 from memplan.memory.breakdown import Category, Device, Phase, Term
 from memplan.memory.ds_buffers import (

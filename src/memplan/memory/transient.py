@@ -34,7 +34,7 @@ from enum import StrEnum
 from functools import lru_cache
 
 from memplan.dtypes import bytes_for
-from memplan.jobs.options import AttnImpl
+from memplan.memory.activations import AttnImpl
 from memplan.memory import activations as act
 from memplan.memory import logits as lg
 from memplan.memory.activations import ActivationConfig, LinearModule

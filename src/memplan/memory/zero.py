@@ -19,7 +19,7 @@ from functools import cached_property, lru_cache
 
 from memplan.dtypes import DType, bytes_for
 from memplan.errors import ConfigError
-from memplan.jobs.options import ZeroStage
+from memplan.memory.sharding import ZeroStage
 from memplan.memory.breakdown import Category, Device, Phase, Term
 from memplan.model.params import ParamModule
 from memplan.sources import Source, code
