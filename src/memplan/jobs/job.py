@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from memplan.dtypes import DType
 from memplan.jobs.options import Method
@@ -16,6 +17,9 @@ from memplan.memory.sharding import Sharding
 from memplan.memory.breakdown import Phase
 from memplan.memory.logits import Head, LogProbImpl
 from memplan.model.spec import ModelSpec
+
+if TYPE_CHECKING:
+    from memplan.jobs.schedule import Schedule
 
 
 class RoleName(StrEnum):
@@ -226,7 +230,7 @@ NodePlacement = tuple[tuple[NodeRoleRanks, int], ...]
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RlJob:
-    """A resolved ``train_ppo_ray`` run: roles, their GPU placement, and the rollout."""
+    """A resolved RL run: roles, their GPU placement, the rollout and the iteration's schedule."""
 
     job: Job
     """Roles and groups (each role's ``group`` names its own group)."""
@@ -236,12 +240,10 @@ class RlJob:
     """The GPUs with the roles placed on them, in node-major order."""
     node_gpus: int
     """GPUs per node the placement packs into."""
-    deepspeed_sleep: bool
-    """``--deepspeed_enable_sleep``: optimizer state, grads and fp32 master go to host RAM outside training."""
-    colocate_all: bool
-    """Hybrid engine (``--colocate_all_models``): vLLM weights sync through CUDA IPC clones."""
+    schedule: Schedule
+    """The iteration's phases, what each role does in them and where its states are."""
     entropy: bool
-    """``--entropy_loss_coef`` set: the actor computes a softmax over its fp32 logits."""
+    """The actor computes the entropy of its policy: a softmax over its fp32 logits."""
     ray_placements: tuple[NodePlacement, ...] = ()
     """Every placement Ray's PACK policy may choose for the same groups (frameworks/openrlhf/ray_placement.py),
     each as ``((ranks per role on a node, how many such nodes), ...)``; ``runs`` is the one estimated per GPU."""

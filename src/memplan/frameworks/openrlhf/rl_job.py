@@ -14,6 +14,7 @@ from memplan.dtypes import DType
 from memplan.errors import ConfigError
 from memplan.frameworks.openrlhf.bounds import check_flag_value
 from memplan.frameworks.openrlhf.job import _attn, _lora, _param_dtype, _positive, grad_accum_steps
+from memplan.frameworks.openrlhf.schedule import rl_schedule
 from memplan.frameworks.openrlhf.ray_placement import Group, ray_placements
 from memplan.frameworks.openrlhf.saves import save_schedule, saves_critic
 from memplan.jobs.job import GpuGroup, Job, Role, RoleName, RolloutSettings, RlJob, SlotRun
@@ -273,9 +274,11 @@ def build_rl_job(values: Mapping[str, Any], *, version: str, load: Callable[[str
     method = next((m for m, e in METHOD_ESTIMATOR.items() if e == estimator), Method.PPO)
     job = Job(method=method, roles=tuple(roles), groups=tuple(groups.values()), logprob_impl=logprob_impl,
               framework_version=version, command=command, saves=saves)
-    ds_sleep = bool(values.get("deepspeed_enable_sleep")) and not values.get("adam_offload")
-    rl = RlJob(job=job, rollout=rollout, runs=runs, node_gpus=node_gpus, deepspeed_sleep=ds_sleep,
-               colocate_all=bool(values.get("colocate_all_models")) and not values.get("async_train"),
+    schedule = rl_schedule([r.name for r in roles], engines=bool(rollout.num_engines),
+                           deepspeed_sleep=bool(values.get("deepspeed_enable_sleep")) and not values.get("adam_offload"),
+                           engine_sleep=rollout.enable_sleep,
+                           hybrid=bool(values.get("colocate_all_models")) and not values.get("async_train"))
+    rl = RlJob(job=job, rollout=rollout, runs=runs, node_gpus=node_gpus, schedule=schedule,
                entropy=values.get("entropy_loss_coef") is not None, ray_placements=alternatives)
     return rl, tuple(notes)
 
