@@ -63,3 +63,17 @@ def test_an_fsdp_role_is_dispatched_away_from_the_zero_formulas() -> None:
     with pytest.raises(NotImplementedError, match="memory/fsdp.py"):
         role_memory(replace(actor, sharding=fsdp), GpuGroup(name="actor", num_nodes=1, gpus_per_node=8),
                     LogProbImpl.FLASH_ATTN_TRITON)
+
+
+@pytest.mark.parametrize(("flags", "typed"), [
+    (["--zero_stage", "0", "--adam_offload"], "--adam_offload: DeepSpeed's CPU Adam needs ZeRO stage 1, 2 or 3"),
+    (["--ds.zero_stage", "0", "--ds.adam_offload"], "--ds.adam_offload: DeepSpeed's CPU Adam"),
+    (["--lora_rank", "8", "--target_modules", "c_attn"], "--target_modules: no linear layer"),
+])
+def test_errors_of_the_neutral_code_name_the_flag_as_typed(flags: list[str], typed: str) -> None:
+    from memplan.api import estimate
+    from memplan.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        estimate("llama-2-7b", "sft", flags)
+    assert str(info.value).startswith(typed)

@@ -88,8 +88,8 @@ class Role:
     seq_len: int
     """Tokens per sequence (the padded maximum, the worst case)."""
     packing: bool
-    """``--packing_samples``: padding removed, the micro-batch is one packed row."""
-    ring_attn_size: int
+    """Padding removed: the micro-batch is one packed row."""
+    ring_size: int
     """Ring attention degree (sequence split over this many GPUs)."""
     ds_tp_size: int
     """DeepSpeed AutoTP degree."""
@@ -100,7 +100,7 @@ class Role:
     keeps_output_to_step: bool = False
     """The trainer holds the micro-step's ``output`` through the optimizer step (PPO actor)."""
     entropy: bool = False
-    """``--entropy_loss_coef`` given: the actor's forward computes the entropy (a softmax over its fp32 logits)."""
+    """An entropy coefficient is given: the actor's forward computes the entropy (a softmax over its fp32 logits)."""
     entropy_in_loss: bool = False
     """The entropy coefficient is non-zero, so the entropy is backwarded."""
     saves_hf_model: bool = False

@@ -122,13 +122,13 @@ def activation_config(role: Role, tree: ParamModule) -> ActivationConfig:
     return ActivationConfig(
         micro_batch_size=role.micro_batch_size * role.sequences_per_sample, seq_len=role.seq_len,
         attn_impl=role.attn_impl, gradient_checkpointing=role.gradient_checkpointing and role.trained,
-        packing=role.packing, ring_attn_size=role.ring_attn_size, ds_tp_size=role.ds_tp_size,
+        packing=role.packing, ring_size=role.ring_size, ds_tp_size=role.ds_tp_size,
         compute_dtype=role.param_dtype if role.param_dtype != DType.FP32 else DType.FP32,
         lora_rank=role.lora.rank if role.lora and role.trained else 0, trainable=role.trained, **kwargs)
 
 
 def _state_layout(role: Role, layout: ParamLayout) -> ParamLayout:
-    """The layout DeepSpeed manages: with ``--load_in_4bit`` only the adapters (the NF4 base is outside it)."""
+    """The layout DeepSpeed manages: with 4-bit base weights only the adapters (the NF4 base is outside it)."""
     if not role.load_in_4bit:
         return layout
     return ParamLayout(trainable_groups=layout.trainable_groups, frozen_tensors=(),

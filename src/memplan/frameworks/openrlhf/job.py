@@ -131,7 +131,7 @@ def build_single_model_job(script: str, values: Mapping[str, Any], *, group: Gpu
     common = dict(group=group.name, param_dtype=dtype,
                   attn_impl=_attn(values), micro_batch_size=_positive(values, "micro_train_batch_size"),
                   sequences_per_sample=shape.sequences_per_sample, seq_len=_positive(values, "max_len"),
-                  packing=bool(values.get("packing_samples")), ring_attn_size=int(values.get("ring_attn_size") or 1),
+                  packing=bool(values.get("packing_samples")), ring_size=int(values.get("ring_attn_size") or 1),
                   ds_tp_size=int(values.get("ds_tensor_parallel_size") or 1),
                   load_in_4bit=bool(values.get("load_in_4bit")))
     grad_accum = values.get("grad_accum_dtype")

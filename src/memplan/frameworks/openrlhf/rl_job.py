@@ -235,7 +235,7 @@ def build_rl_job(values: Mapping[str, Any], *, version: str, load: Callable[[str
                             str(values["grad_accum_dtype"])) if values.get("grad_accum_dtype") else None)
     common = dict(param_dtype=dtype,
                   attn_impl=_attn(values), seq_len=rollout.seq_len, sequences_per_sample=1,
-                  packing=bool(values.get("packing_samples")), ring_attn_size=int(values.get("ring_attn_size") or 1),
+                  packing=bool(values.get("packing_samples")), ring_size=int(values.get("ring_attn_size") or 1),
                   ds_tp_size=int(values.get("ds_tensor_parallel_size") or 1),
                   load_in_4bit=bool(values.get("load_in_4bit")))
     trained = dict(sharding=replace(zero, offload_optimizer=bool(values.get("adam_offload"))), lora=_lora(values),

@@ -125,9 +125,19 @@ def _choose_version(parsed: ParsedCommand, version: str | None) -> tuple[str, li
                     if f"--{key} is not a flag" not in warned]
 
 
+#: Locations the framework-neutral code (memory/) raises at, and the OpenRLHF key that sets each.
+NEUTRAL_LOCATIONS = {"zero.offload_optimizer": "adam_offload", "zero.grad_accum_dtype": "grad_accum_dtype",
+                     "zero.zpg": "zpg", "zero.stage": "zero_stage", "lora.target_modules": "target_modules",
+                     "lora.rank": "lora_rank"}
+
+
 def as_typed(exc: ConfigError, options: dict[str, str]) -> ConfigError:
-    """``exc`` with its location ``--KEY`` or ``KEY`` (a canonical key) replaced by the flag as typed."""
-    typed = options.get(exc.location.removeprefix("--"))
+    """``exc`` with its location ``--KEY``, ``KEY`` (a canonical key) or a neutral location of memory/
+    (``zero.zpg``) replaced by the flag as typed (the legacy ``--KEY`` when the user did not type it)."""
+    key = NEUTRAL_LOCATIONS.get(exc.location)
+    typed = options.get(key or exc.location.removeprefix("--"))
+    if typed is None and key is not None:
+        typed = f"--{key}"
     return exc if typed is None or typed == exc.location else type(exc)(typed, exc.message)
 
 
