@@ -9,7 +9,7 @@ knobs the planner and the suggestions may turn with their spellings, and names i
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from memplan.jobs.job import GpuGroup
@@ -46,6 +46,24 @@ class ResolvedRun:
 
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Change:
+    """One change to a run, as its framework proposes it: option values and/or the single-model GPU group."""
+
+    text: str
+    """As typed on the command line (or described, for GPU counts)."""
+    updates: tuple[tuple[str, Any], ...] = ()
+    """The framework's canonical keys and their new values."""
+    group: GpuGroup | None = None
+    """New GPU group of a single-model run."""
+    added_gpus: int = 0
+    """GPUs the change adds."""
+
+    def apply(self, run: ResolvedRun) -> ResolvedRun:
+        """``run`` with the change."""
+        return replace(run, values={**run.values, **dict(self.updates)}, group=self.group or run.group)
+
+
 class Framework(Protocol):
     """What a framework adapter provides (one folder under ``frameworks/``)."""
 
@@ -77,6 +95,9 @@ class Framework(Protocol):
 
     def apply(self, run: ResolvedRun, settings: Mapping[KnobKey, KnobValue]) -> ResolvedRun:
         """``run`` with knob ``settings`` applied (the framework's post-parse rules re-run)."""
+
+    def changes(self, run: ResolvedRun, base: Estimate | None) -> list[Change]:
+        """The single changes worth trying when ``run`` (estimated as ``base``) does not fit, in order."""
 
     def as_typed(self, exc: ConfigError, run: ResolvedRun) -> ConfigError:
         """``exc`` with its location named as the user typed the option."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from memplan.errors import ConfigError
-from memplan.frameworks.base import ResolvedRun
+from memplan.frameworks.base import Change, ResolvedRun
 from memplan.frameworks.openrlhf import run as runs
 from memplan.frameworks.openrlhf.emit import format_command
 from memplan.frameworks.openrlhf.flags import VERSIONS, flag_names
@@ -56,6 +56,11 @@ class OpenRlhf:
         """frameworks/openrlhf/knobs.py ``apply``."""
         from memplan.frameworks.openrlhf.knobs import apply
         return apply(run, settings)
+
+    def changes(self, run: ResolvedRun, base: Estimate | None) -> list[Change]:
+        """frameworks/openrlhf/advice.py ``changes``."""
+        from memplan.frameworks.openrlhf.advice import changes
+        return changes(run, base)
 
     def as_typed(self, exc: ConfigError, run: ResolvedRun) -> ConfigError:
         """frameworks/openrlhf/run.py ``as_typed`` over the flags the user typed."""
