@@ -8,7 +8,7 @@ knobs the planner and the suggestions may turn with their spellings, and names i
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -64,6 +64,24 @@ class Change:
         return replace(run, values={**run.values, **dict(self.updates)}, group=self.group or run.group)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlanRun:
+    """What a plan starts from, as the framework resolves the request (``Framework.plan_run``)."""
+
+    run: ResolvedRun
+    """The run with the framework's defaults, the user's options and pins applied."""
+    rl: bool
+    """An RL run (roles, rollout engines) rather than a single-model one."""
+    roles: tuple[str, ...]
+    """Model roles of an RL run (``actor``, ``critic``...), in the framework's placement order."""
+    pinned: dict[str, Any]
+    """Searched keys the user fixed, with their values."""
+    notes: tuple[str, ...]
+    """What was assumed."""
+    partner: str | None = None
+    """The frozen model a single-model run trains against (``ref``, ``teacher``), if any."""
+
+
 class Framework(Protocol):
     """What a framework adapter provides (one folder under ``frameworks/``)."""
 
@@ -88,13 +106,20 @@ class Framework(Protocol):
         """Build the run's Job (roles, placement, schedule) and estimate it; errors name options as typed."""
 
     def emit(self, run: ResolvedRun) -> str:
-        """The launch command of ``run``."""
+        """The launch command of ``run`` (on ``run.group`` for a single-model run)."""
 
     def knob_keys(self) -> Mapping[KnobKey, str]:
         """The knobs the framework has, each with the canonical key that holds its value."""
 
     def apply(self, run: ResolvedRun, settings: Mapping[KnobKey, KnobValue]) -> ResolvedRun:
         """``run`` with knob ``settings`` applied (the framework's post-parse rules re-run)."""
+
+    def with_values(self, run: ResolvedRun, values: Mapping[str, Any]) -> ResolvedRun:
+        """``run`` with ``values`` (by the framework's keys) and its post-parse rules re-run."""
+
+    def plan_run(self, model: str, method: str, *, options: Sequence[str], keep: Sequence[str],
+                 version: str | None, searched: Callable[[bool], Collection[KnobKey]]) -> PlanRun:
+        """The run a plan starts from, with the user's options and ``--keep`` pins of the ``searched`` knobs."""
 
     def changes(self, run: ResolvedRun, base: Estimate | None) -> list[Change]:
         """The single changes worth trying when ``run`` (estimated as ``base``) does not fit, in order."""

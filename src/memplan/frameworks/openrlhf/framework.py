@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any
 
 from memplan.errors import ConfigError
-from memplan.frameworks.base import Change, ResolvedRun
+from memplan.frameworks.base import Change, PlanRun, ResolvedRun
 from memplan.frameworks.openrlhf import run as runs
 from memplan.frameworks.openrlhf.emit import format_command
+from memplan.frameworks.openrlhf.launchers import LauncherWorld
 from memplan.frameworks.openrlhf.flags import VERSIONS, flag_names
 from memplan.hardware.gpu import Gpu
 from memplan.jobs.knobs import KnobKey, KnobValue
@@ -44,8 +46,12 @@ class OpenRlhf:
             raise self.as_typed(exc, run) from None
 
     def emit(self, run: ResolvedRun) -> str:
-        """The launch command of ``run`` (one node's launcher for single-model scripts)."""
-        return format_command(run.script, run.values, version=run.version)
+        """The launch command of ``run``: ``ray job submit`` for RL, else the launcher on ``run.group``."""
+        if run.script == runs.RL_SCRIPT:
+            return format_command(run.script, run.values, version=run.version)
+        world = LauncherWorld(num_gpus=run.group.gpus_per_node,
+                              num_nodes=run.group.num_nodes if run.group.num_nodes > 1 else None)
+        return format_command(run.script, run.values, version=run.version, world=world)
 
     def knob_keys(self) -> Mapping[KnobKey, str]:
         """frameworks/openrlhf/knobs.py ``KNOB_KEYS``."""
@@ -56,6 +62,17 @@ class OpenRlhf:
         """frameworks/openrlhf/knobs.py ``apply``."""
         from memplan.frameworks.openrlhf.knobs import apply
         return apply(run, settings)
+
+    def with_values(self, run: ResolvedRun, values: Mapping[str, Any]) -> ResolvedRun:
+        """frameworks/openrlhf/knobs.py ``with_values``."""
+        from memplan.frameworks.openrlhf.knobs import with_values
+        return with_values(run, values)
+
+    def plan_run(self, model: str, method: str, *, options: Sequence[str], keep: Sequence[str],
+                 version: str | None, searched: Callable[[bool], Collection[KnobKey]]) -> PlanRun:
+        """frameworks/openrlhf/plan.py ``plan_run``."""
+        from memplan.frameworks.openrlhf.plan import plan_run
+        return plan_run(model, method, options=options, keep=keep, version=version, searched=searched)
 
     def changes(self, run: ResolvedRun, base: Estimate | None) -> list[Change]:
         """frameworks/openrlhf/advice.py ``changes``."""

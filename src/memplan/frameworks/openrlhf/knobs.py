@@ -10,9 +10,10 @@ from collections.abc import Mapping
 from dataclasses import replace
 from functools import cache
 from types import MappingProxyType
+from typing import Any
 
 from memplan.frameworks.base import ResolvedRun
-from memplan.frameworks.openrlhf.defaults import resolve_values
+from memplan.frameworks.openrlhf.defaults import LEGACY_DERIVED_KEYS, resolve_values
 from memplan.jobs.job import RoleName
 from memplan.jobs.knobs import Knob, KnobKey, KnobValue
 
@@ -68,5 +69,17 @@ def _BY_KEY() -> Mapping[str, KnobKey]:  # noqa: N802 (a cached table)
 
 def apply(run: ResolvedRun, settings: Mapping[KnobKey, KnobValue]) -> ResolvedRun:
     """``run`` with ``settings`` written to their keys and OpenRLHF's post-parse rules re-run."""
-    values = {**run.values, **{knob_keys()[k]: v for k, v in settings.items()}}
-    return replace(run, values=dict(resolve_values((run.script, values), run.version)))
+    return with_values(run, {**run.values, **{knob_keys()[k]: v for k, v in settings.items()}})
+
+
+def resolved_values(script: str, values: Mapping[str, Any], version: str) -> dict[str, Any]:
+    """OpenRLHF's post-parse rules on changed values (0.8's derived dtype and attention keys re-derived)."""
+    if version == "0.8":
+        values = {k: v for k, v in values.items() if k not in LEGACY_DERIVED_KEYS}
+    return resolve_values((script, dict(values)), version)
+
+
+def with_values(run: ResolvedRun, values: Mapping[str, Any]) -> ResolvedRun:
+    """``run`` with ``values`` and OpenRLHF's post-parse rules re-run."""
+    return replace(run, values=resolved_values(run.script, values, run.version))
+
