@@ -81,6 +81,10 @@ class Fsdp2Probe:
                     tensors.append(up.grad)
         return _sum_storages(tensors)
 
+    def record(self) -> None:
+        """Note the bytes alive now, as a forward or a backward moment (autograd runs a graph task)."""
+        (self.backward if torch._C._current_graph_task_id() != -1 else self.forward).append(self.now())
+
     def uninstall(self):
         self.restore()
 
@@ -88,8 +92,36 @@ class Fsdp2Probe:
         from torch.distributed.fsdp._fully_shard import _fsdp_collectives as coll
         from torch.distributed.fsdp._fully_shard._fsdp_param_group import FSDPParamGroup, TrainingState
 
+        from torch.distributed.fsdp._fully_shard._fsdp_param import FSDPParam
+
         probe = self
         wait, post_bwd, copy_in = FSDPParamGroup.wait_for_unshard, FSDPParamGroup.post_backward, coll.foreach_reduce_scatter_copy_in
+        from torch.distributed.fsdp._fully_shard import _fsdp_param_group as pg
+
+        get_inputs, allocate, inputs_prop = coll._get_param_all_gather_inputs, coll.DefaultAllGather.allocate, FSDPParam.all_gather_inputs
+        alloc = pg.alloc_storage
+
+        def _get_param_all_gather_inputs(fsdp_params):
+            out = get_inputs(fsdp_params)
+            probe.extra = [t for ts in out for t in ts]  # held until the flat output is allocated
+            return out
+
+        def allocate_output(comm, *args, **kwargs):
+            out = allocate(comm, *args, **kwargs)
+            probe.extra.append(out)
+            probe.record()
+            probe.extra = []
+            return out
+
+        def all_gather_inputs(fsdp_param):  # shard size 1: one parameter's cast at a time
+            out = inputs_prop.fget(fsdp_param)
+            probe.extra = list(out)  # alive while its output is allocated and filled
+            return out
+
+        def alloc_storage_probe(tensor):
+            alloc(tensor)
+            probe.record()
+            probe.extra = []
 
         def wait_for_unshard(group):
             wait(group)
@@ -108,9 +140,18 @@ class Fsdp2Probe:
             return copy_in(grads, rs_input, world_size)
 
         self.restore = lambda: (setattr(FSDPParamGroup, "wait_for_unshard", wait),
+                                setattr(coll, "_get_param_all_gather_inputs", get_inputs),
+                                setattr(coll.DefaultAllGather, "allocate", allocate),
+                                setattr(FSDPParam, "all_gather_inputs", inputs_prop),
+                                setattr(pg, "alloc_storage", alloc),
                                 setattr(FSDPParamGroup, "post_backward", post_bwd),
                                 setattr(coll, "foreach_reduce_scatter_copy_in", copy_in))
         FSDPParamGroup.wait_for_unshard = wait_for_unshard
+        coll._get_param_all_gather_inputs = _get_param_all_gather_inputs
+        coll.DefaultAllGather.allocate = allocate_output
+        if self.groups[0].mesh_info.shard_mesh_size == 1:
+            FSDPParam.all_gather_inputs = property(all_gather_inputs)
+            pg.alloc_storage = alloc_storage_probe
         FSDPParamGroup.post_backward = post_backward
         coll.foreach_reduce_scatter_copy_in = foreach_reduce_scatter_copy_in
 

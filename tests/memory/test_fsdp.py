@@ -161,14 +161,18 @@ def test_no_sync_grads_by_hand() -> None:
     assert no_sync_grads(units, _sharding(FsdpVersion.FSDP2, 4), role="a") == []
 
 
-def test_reshard_after_forward_false_keeps_layers() -> None:
+def test_forward_worst_moment_by_hand() -> None:
     units = _units()
-    on, off = _sharding(FsdpVersion.FSDP2, 4), _sharding(FsdpVersion.FSDP2, 4, reshard_after_forward=False)
-    worst_on = total_bytes(fsdp_transient_terms(units, on, role="a", phase=Phase.FORWARD))
-    worst_off = total_bytes(fsdp_transient_terms(units, off, role="a", phase=Phase.FORWARD))
-    # the last layer's forward also holds layers 0 and 1 unsharded: 2 * 4 ranks * ceil-chunked layer * 2 B.
-    layer = 4 * shard_numel(units[0], on) * 2
-    assert worst_off - worst_on == 2 * layer
+    # shard size 4, bf16: root S = 129*64 (embed) + 129*64 (lm_head) + 64/4 (norm) = 16528 -> 4*16528*2 = 132224 B;
+    # layer S = q 16*64 + k,v 2*8*64 + o 16*64 + gate,up 2*45*64 + down 16*178 + norms 2*16 = 11712
+    #   -> unsharded 4*11712*2 = 93696 B, all-gather input 11712*2 = 23424 B.
+    root, layer, inp = 132224, 93696, 23424
+    on = _sharding(FsdpVersion.FSDP2, 4)
+    # worst with resharding: layer 0's all-gather, while the root's flat output is still held.
+    assert total_bytes(fsdp_transient_terms(units, on, role="a", phase=Phase.FORWARD)) == root + root + inp + layer
+    # without: layer 2's all-gather also holds layers 0 and 1 and layer 1's flat output.
+    off = _sharding(FsdpVersion.FSDP2, 4, reshard_after_forward=False)
+    assert total_bytes(fsdp_transient_terms(units, off, role="a", phase=Phase.FORWARD)) == root + 2 * layer + layer + inp + layer
 
 
 # --- against real FSDP on the CPU ---------------------------------------------------------------

@@ -23,6 +23,7 @@ from memplan.memory.fsdp import (
     FsdpSharding,
     FsdpUnit,
     FsdpVersion,
+    fsdp2_shard_numel,
     local_numel,
     shard_numel,
     torch_source,
@@ -61,50 +62,81 @@ def _worst(moments: Sequence[list[Term]]) -> list[Term]:
     return max(moments, key=lambda terms: sum(t.bytes for t in terms), default=[])
 
 
+def _all_gather_input(unit: FsdpUnit, sharding: FsdpSharding) -> int:
+    """FSDP2's all-gather input in the compute dtype, alive while the unit's all-gather output is allocated:
+    at N > 1 one flat S·c copy of the unit (``_get_param_all_gather_inputs`` foreach copy,
+    _fsdp_collectives.py@v2.11.0 :294-342, freed after copy-in :249-273); at N = 1, or with CPU offload
+    (no foreach copy), each parameter is cast on its own (``all_gather_inputs`` :718-790). At N = 1 the unit
+    is copied one parameter at a time into its freshly allocated output (_fsdp_param_group.py:365-389): while
+    parameter k is copied, the outputs of parameters ≤ k and input k are alive, so beyond the whole unit the
+    excess is max_k(in_k − Σ_{j>k} in_j), usually the last parameter's cast."""
+    if sharding.shard_size == 1:
+        sizes = [fsdp2_shard_numel(shape, 1) for shape in unit.shapes]
+        excess = max((sizes[k] - sum(sizes[k + 1:]) for k in range(len(sizes))), default=0)
+        return _bytes(max(excess, 0), sharding, "c")
+    return _bytes(shard_numel(unit, sharding), sharding, "c")
+
+
 def _h2d(unit: FsdpUnit, sharding: FsdpSharding) -> int:
-    """FSDP CPU offload: the shard copied to the GPU before each unshard (FSDP2 ``all_gather_inputs``
-    ``.to(device)``, _fsdp_param.py:718-730; FSDP1 ``_local_shard.to(device)`` into ``_mp_shard``,
+    """FSDP CPU offload: the stored-dtype shard copied to the GPU before the cast, per parameter in FSDP2
+    (``all_gather_inputs`` ``.to(device)`` then cast, _fsdp_param.py@v2.11.0 :783-787: the largest one
+    alive) and per flat parameter in FSDP1 (``_local_shard.to(device)`` into ``_mp_shard``,
     _flat_param.py:1343-1358)."""
-    return _bytes(shard_numel(unit, sharding), sharding, "p") if sharding.cpu_offload else 0
+    if not sharding.cpu_offload:
+        return 0
+    if sharding.version == FsdpVersion.FSDP2:
+        return _bytes(max((fsdp2_shard_numel(s, sharding.shard_size) for s in unit.shapes), default=0), sharding, "p")
+    return _bytes(shard_numel(unit, sharding), sharding, "p")
 
 
 def forward_moments(units: Sequence[FsdpUnit], sharding: FsdpSharding, *, role: str,
                     phase: Phase = Phase.FORWARD) -> list[list[Term]]:
-    """The FSDP-owned GPU bytes while each decoder layer's forward runs (units = layers…, root last).
+    """The FSDP-owned GPU bytes at each decoder layer's unshard and compute (units = layers…, root last).
 
-        root unsharded  N·S_R·c          (the root unshards first and reshards only after the whole forward)
-        layer i         N·S_i·c
-        kept layers     Σ_{j<i} N·S_j·c  (reshard_after_forward False)
-        prefetch        N·S_{i+1}·c      (forward_prefetch)
-        FSDP2, N > 1:   + N·S_i·c        the flat all-gather output, kept until the next unit's all-gather
-        FSDP1:          + S_i·c          the low-precision shard ``_mp_shard`` during the all-gather
-        cpu_offload:    + S_i·p          the shard's H2D copy
+    Always:  root unsharded N·S_R·c (the root unshards first and reshards only after the whole forward)
+             + Σ_{j<i} N·S_j·c kept layers (reshard_after_forward False)
+    FSDP2, N > 1, at layer i's all-gather: + the previous unit's flat all-gather output, still held
+             (N·S_{i−1}·c; the root's for i = 0) + its all-gather input S_i·c + its flat output N·S_i·c
+    FSDP2, N > 1, while layer i computes: + layer i N·S_i·c + its flat output N·S_i·c
+             (+ N·S_{i+1}·c with forward_prefetch)
+    FSDP2, N = 1: + layer i N·S_i·c + the excess of its one-parameter-at-a-time copy (:func:`_all_gather_input`)
+    FSDP1:   + layer i N·S_i·c + the low-precision shard ``_mp_shard`` S_i·c during its all-gather
+             (+ N·S_{i+1}·c with forward_prefetch)
+    CPU offload: + the H2D copy (:func:`_h2d`)
 
-    Source: FSDP2 _fsdp_param_group.py@v2.11.0 ``wait_for_unshard`` :348-420 (implicit forward prefetch
-    keeps ``comm_ctx.all_gather_state``), ``post_forward`` :454-476 (reshard); _fsdp_state.py :193-196
-    (the root skips resharding only when ``reshard_after_forward`` was not passed; verl passes it, so a
-    root given True reshards after forward, not before its last layer); FSDP1 _flat_param.py
-    ``_use_low_precision_shard`` :1343-1358, ``_free_low_precision_sharded_param`` :1534.
+    Source: FSDP2 _fsdp_param_group.py@v2.11.0 ``unshard`` :304-346, ``wait_for_unshard`` :348-420
+    (implicit forward prefetch keeps ``comm_ctx.all_gather_state`` until the next unit's copy-out),
+    ``post_forward`` :454-476 (reshard); _fsdp_collectives.py ``foreach_all_gather`` :237-290; _fsdp_state.py
+    :193-196 (the root skips resharding only when ``reshard_after_forward`` was not passed; verl passes it,
+    so a root given True reshards after forward); FSDP1 _flat_param.py ``_use_low_precision_shard``
+    :1343-1358, ``_free_low_precision_sharded_param`` :1534.
     Assumes: activation checkpointing re-gathers in backward, not here; with no decoder layers, nothing.
     Checked by: tests/memory/test_fsdp.py::test_fsdp2_unshard_matches_real_fsdp
     """
     *layers, root = units
     n = sharding.shard_size
+    fsdp2 = sharding.version == FsdpVersion.FSDP2
     moments = []
     for i, layer in enumerate(layers):
         kept = 0 if sharding.reshard_after_forward else sum(_unsharded(u, sharding) for u in layers[:i])
         nxt = _unsharded(layers[i + 1], sharding) if sharding.forward_prefetch and i + 1 < len(layers) else 0
-        if sharding.version == FsdpVersion.FSDP2:
-            buffer = _unsharded(layer, sharding) if n > 1 else 0
+        common = [("unsharded.root", _unsharded(root, sharding), Category.PARAM, _AG),
+                  ("unsharded.kept", kept, Category.PARAM, _AG),
+                  ("cpu_offload_h2d", _h2d(layer, sharding), Category.PARAM, _AG)]
+        this = ("unsharded.layer", _unsharded(layer, sharding), Category.PARAM, _AG)
+        if fsdp2 and n > 1:
+            held = _unsharded(layers[i - 1] if i else root, sharding)
+            moments.append(_moment(role, phase, [*common, ("all_gather_held", held, Category.PARAM, _AG),
+                                                 ("all_gather_input", _all_gather_input(layer, sharding),
+                                                  Category.PARAM, _AG),
+                                                 ("all_gather_buffer", _unsharded(layer, sharding), Category.PARAM, _AG)]))
+            buffer = ("all_gather_buffer", _unsharded(layer, sharding), Category.PARAM, _AG)
+        elif fsdp2:
+            buffer = ("all_gather_input", _all_gather_input(layer, sharding), Category.PARAM, _AG)
         else:
-            buffer = _bytes(shard_numel(layer, sharding), sharding, "c")
-        moments.append(_moment(role, phase, [
-            ("unsharded.root", _unsharded(root, sharding), Category.PARAM, _AG),
-            ("unsharded.layer", _unsharded(layer, sharding), Category.PARAM, _AG),
-            ("unsharded.kept", kept, Category.PARAM, _AG),
-            ("unsharded.prefetch", nxt, Category.PARAM, _PREFETCH),
-            ("all_gather_buffer", buffer, Category.PARAM, _AG),
-            ("cpu_offload_h2d", _h2d(layer, sharding), Category.PARAM, _AG)]))
+            buffer = ("all_gather_input", _bytes(shard_numel(layer, sharding), sharding, "c"), Category.PARAM, _AG)
+        moments.append(_moment(role, phase, [*common, this, buffer,
+                                             ("unsharded.prefetch", nxt, Category.PARAM, _PREFETCH)]))
     return moments
 
 
