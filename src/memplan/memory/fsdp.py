@@ -121,7 +121,7 @@ def fsdp_units(tree: ParamModule, *, layer_container: str = "model.layers") -> t
     auto-wrap of the same layer class; the root FSDP takes the remaining parameters).
     Assumes: the tree's layer modules are the ``_no_split_modules`` class; buffers are not sharded; the
     untied input embedding's gradient is the last of the root's (it is the first op of forward).
-    Checked by: tests/memory/test_fsdp.py::test_units_match_real_fsdp
+    Checked by: tests/memory/test_fsdp.py::test_units_follow_verl_wrapping
     """
     layers: tuple[ParamModule, ...] = ()
     for module in tree.walk():
@@ -149,7 +149,7 @@ def fsdp2_shard_numel(shape: tuple[int, ...], shard_size: int) -> int:
     (``_chunk_with_empty`` = ``torch.chunk``, _fsdp_common.py:114-120; ``padded_sharded_size = chunks[0]``;
     ``new_zeros(padded_sharded_size)`` is the rank's storage, the DTensor's local tensor a narrow view).
     Assumes: ``Shard(0)`` (verl sets no ``shard_placement_fn``); a 0-dim parameter counts as one element.
-    Checked by: tests/memory/test_fsdp.py::test_fsdp2_states_match_real_fsdp
+    Checked by: tests/memory/test_fsdp.py::test_fsdp2_dim0_chunking_by_hand, ::test_states_match_real_fsdp
     """
     if not shape:
         return 1
@@ -163,7 +163,7 @@ def fsdp2_local_numel(shape: tuple[int, ...], shard_size: int, rank: int) -> int
 
     Source: _fsdp_param.py@v2.11.0 :381-404 (``sharded_param = padded_sharded_param.narrow(0, 0, length)``).
     Rank 0 always holds a full chunk, so its value equals :func:`fsdp2_shard_numel`.
-    Checked by: tests/memory/test_fsdp.py::test_fsdp2_states_match_real_fsdp
+    Checked by: tests/memory/test_fsdp.py::test_fsdp2_dim0_chunking_by_hand, ::test_states_match_real_fsdp
     """
     if not shape:
         return 1 if rank == 0 else 0
@@ -181,7 +181,7 @@ def fsdp1_flat_numel(unit: FsdpUnit, sharding: FsdpSharding) -> int:
     Source: torch/distributed/fsdp/_flat_param.py@v2.11.0 ``_init_flat_param_and_metadata`` :711-720
     (alignment padding before each parameter), :760-777 (world-size padding, only when aligning),
     ``_get_aligned_numel`` :2774-2779; ``align_addresses = use_orig_params`` :566.
-    Checked by: tests/memory/test_fsdp.py::test_fsdp1_states_match_real_fsdp
+    Checked by: tests/memory/test_fsdp.py::test_fsdp1_flat_padding_by_hand, ::test_states_match_real_fsdp
     """
     if not sharding.use_orig_params:
         return unit.numel
@@ -199,7 +199,7 @@ def shard_numel(unit: FsdpUnit, sharding: FsdpSharding) -> int:
         FSDP1:  ceil(flat / N)          (``_get_shard`` pads the last chunk, _flat_param.py:1089-1140)
         FSDP2:  Σ_params ceil(d0/N)·prod(d1..)
 
-    Checked by: tests/memory/test_fsdp.py::test_fsdp2_states_match_real_fsdp, ::test_fsdp1_states_match_real_fsdp
+    Checked by: tests/memory/test_fsdp.py::test_states_match_real_fsdp
     """
     n = sharding.shard_size
     if sharding.version == FsdpVersion.FSDP1:
@@ -216,7 +216,7 @@ def local_numel(unit: FsdpUnit, sharding: FsdpSharding, rank: int) -> int:
 
     Source: torch/optim/adam.py@v2.11.0 :177-184 (``zeros_like(p)``); FSDP2 local tensor as in
     :func:`fsdp2_local_numel`.
-    Checked by: tests/memory/test_fsdp.py::test_fsdp2_states_match_real_fsdp, ::test_fsdp1_states_match_real_fsdp
+    Checked by: tests/memory/test_fsdp.py::test_states_match_real_fsdp
     """
     if sharding.version == FsdpVersion.FSDP1:
         return shard_numel(unit, sharding)
@@ -263,7 +263,7 @@ def sharded_params(units: Sequence[FsdpUnit], sharding: FsdpSharding, *, role: s
     ``new_zeros``, _fsdp_param.py:895-903, so the host copy is still S per parameter).
     Assumes: the padded size on the host for every rank (ranks > 0 may hold unpadded pinned tensors too,
     briefly, during the move).
-    Checked by: tests/memory/test_fsdp.py::test_fsdp2_states_match_real_fsdp
+    Checked by: tests/memory/test_fsdp.py::test_states_match_real_fsdp
     """
     numel = sum(shard_numel(u, sharding) for u in units)
     on_host = sharding.param_offload or sharding.cpu_offload
@@ -290,7 +290,7 @@ def sharded_grads(units: Sequence[FsdpUnit], sharding: FsdpSharding, *, role: st
     ``_cast_grad_to_param_dtype`` :1030; CPU offload copies to host (FSDP1 ``_cpu_grad``, pinned,
     _flat_param.py:1264-1266; FSDP2 ``new_sharded_grad.to("cpu")`` in foreach_reduce).
     Assumes: ``phase`` None = resident (the caller places gradients in the update phases).
-    Checked by: tests/memory/test_fsdp.py::test_fsdp2_states_match_real_fsdp, ::test_fsdp1_states_match_real_fsdp
+    Checked by: tests/memory/test_fsdp.py::test_states_match_real_fsdp
     """
     numel = sum(shard_numel(u, sharding) for u in units)
     device = Device.CPU if sharding.cpu_offload else Device.GPU
@@ -312,7 +312,7 @@ def adam_states(units: Sequence[FsdpUnit], sharding: FsdpSharding, *, role: str,
     ``.to("cpu", non_blocking=True)``: pinned) or FSDP CPU offload (the parameters, hence the state, are
     on the host).
     Assumes: no ``amsgrad`` (verl does not set it), not ``fused``/``capturable``.
-    Checked by: tests/memory/test_fsdp.py::test_fsdp2_states_match_real_fsdp, ::test_fsdp1_states_match_real_fsdp
+    Checked by: tests/memory/test_fsdp.py::test_states_match_real_fsdp
     """
     numel = sum(local_numel(u, sharding, rank) for u in units)
     on_host = sharding.optimizer_offload or sharding.cpu_offload
