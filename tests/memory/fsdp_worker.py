@@ -156,6 +156,65 @@ class Fsdp2Probe:
         coll.foreach_reduce_scatter_copy_in = foreach_reduce_scatter_copy_in
 
 
+class Fsdp1Probe:
+    """The FSDP1 counterpart: every flat parameter's padded unsharded buffer and low-precision shard, the
+    unsharded gradient autograd hands to the post-backward hook, and the reduce-scatter tensors."""
+
+    def __init__(self):
+        self.handles: list = []
+        self.forward: list[int] = []
+        self.backward: list[int] = []
+        self.extra: list = []
+
+    def now(self) -> int:
+        tensors = list(self.extra)
+        for h in self.handles:
+            fp = h.flat_param
+            tensors += [getattr(fp, "_full_param_padded", None), getattr(fp, "_mp_shard", None)]
+            if fp.grad is not None and fp.grad.numel() != fp._local_shard.numel():  # unsharded grad
+                tensors.append(fp.grad)
+        return _sum_storages(tensors)
+
+    def record(self) -> None:
+        (self.backward if torch._C._current_graph_task_id() != -1 else self.forward).append(self.now())
+
+    def install(self):
+        from torch.distributed.fsdp import _runtime_utils as ru
+        from torch.distributed.fsdp._flat_param import FlatParamHandle
+
+        probe = self
+        unshard, hook, rs = FlatParamHandle.unshard, ru._post_backward_hook, ru._get_reduce_scatter_tensors
+
+        def unshard_probe(handle):
+            unshard(handle)
+            probe.record()
+
+        def post_backward_hook(state, handle, *args):
+            grad = handle.flat_param.grad
+            probe.extra = [grad.data] if grad is not None else []  # autograd's grad, alive through the hook
+            probe.record()
+            try:
+                return hook(state, handle, *args)
+            finally:
+                probe.extra = []
+
+        def reduce_scatter_tensors(state, unsharded_grad):
+            padded, sharded = rs(state, unsharded_grad)
+            probe.extra = [*probe.extra, unsharded_grad, padded, sharded]
+            probe.record()
+            return padded, sharded
+
+        FlatParamHandle.unshard = unshard_probe
+        ru._post_backward_hook = post_backward_hook
+        ru._get_reduce_scatter_tensors = reduce_scatter_tensors
+        self.restore = lambda: (setattr(FlatParamHandle, "unshard", unshard),
+                                setattr(ru, "_post_backward_hook", hook),
+                                setattr(ru, "_get_reduce_scatter_tensors", rs))
+
+    def uninstall(self):
+        self.restore()
+
+
 def _probe_foreach_sqrt(record: list[int]):
     original = torch._foreach_sqrt
 
@@ -228,7 +287,12 @@ def _run(version: str, config_path: str, group) -> dict:
         probe = Fsdp2Probe([*layers, model])
         probe.install()
     else:
+        probe = Fsdp1Probe()
+        probe.install()
         model = _fsdp1(model, group)
+        from torch.distributed.fsdp._traversal_utils import _get_fsdp_handles
+
+        probe.handles = _get_fsdp_handles(model)
     sqrt_bytes: list[int] = []
     original_sqrt = _probe_foreach_sqrt(sqrt_bytes)
     params = list(model.parameters())

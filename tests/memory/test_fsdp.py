@@ -216,11 +216,30 @@ def test_fsdp2_backward_matches_real_fsdp(real: list[dict[str, Any]]) -> None:
         predicted = total_bytes(fsdp_transient_terms(units, sharding, role="a", phase=Phase.BACKWARD))
         measured = max(run["backward_fsdp_bytes"])
         assert abs(predicted - measured) <= TRANSIENT_TOLERANCE * measured, (size, predicted, measured)
-        # every moment the model walks is one the real run passes through (root unshard excepted)
+        # every moment the model walks is one the real run passes through
         moments = sorted({total_bytes(m) for m in backward_moments(units, sharding, role="a")})
         assert set(moments) <= set(run["backward_fsdp_bytes"]), (size, moments, run["backward_fsdp_bytes"])
         forward = {total_bytes(m) for m in forward_moments(units, sharding, role="a")}
         assert forward <= set(run["forward_fsdp_bytes"])
+
+
+@pytest.mark.tracing
+def test_fsdp1_transients_match_real_fsdp(real: list[dict[str, Any]]) -> None:
+    """FSDP1 forward at every shard size, backward where it reduce-scatters (N > 1). The root's gradient
+    until its last use is an autograd input buffer (the flat parameter's views feed one split), which
+    no tensor the probe can reach holds, so ``unsharded_grads.root_so_far`` is left out of the comparison;
+    at the root's own post-backward the flat gradient is real and compared."""
+    units = _units()
+    for size, run in _runs(real, "fsdp1"):
+        sharding = _sharding(FsdpVersion.FSDP1, size)
+        forward = total_bytes(fsdp_transient_terms(units, sharding, role="a", phase=Phase.FORWARD))
+        assert abs(forward - max(run["forward_fsdp_bytes"])) <= TRANSIENT_TOLERANCE * forward, (size, forward)
+        if size == 1:
+            continue
+        visible = max(sum(t.bytes for t in m if not t.path.endswith("root_so_far"))
+                      for m in backward_moments(units, sharding, role="a"))
+        measured = max(run["backward_fsdp_bytes"])
+        assert abs(visible - measured) <= TRANSIENT_TOLERANCE * measured, (size, visible, measured)
 
 
 @pytest.mark.tracing

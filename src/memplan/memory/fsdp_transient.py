@@ -100,7 +100,8 @@ def forward_moments(units: Sequence[FsdpUnit], sharding: FsdpSharding, *, role: 
     FSDP2, N > 1, while layer i computes: + layer i N·S_i·c + its flat output N·S_i·c
              (+ N·S_{i+1}·c with forward_prefetch)
     FSDP2, N = 1: + layer i N·S_i·c + the excess of its one-parameter-at-a-time copy (:func:`_all_gather_input`)
-    FSDP1:   + layer i N·S_i·c + the low-precision shard ``_mp_shard`` S_i·c during its all-gather
+    FSDP1:   + layer i N·S_i·c + the low-precision shard ``_mp_shard`` S_i·c during its all-gather (N > 1;
+             at N = 1 FSDP1 runs NO_SHARD and the low-precision shard is the unsharded parameter)
              (+ N·S_{i+1}·c with forward_prefetch)
     CPU offload: + the H2D copy (:func:`_h2d`)
 
@@ -111,7 +112,8 @@ def forward_moments(units: Sequence[FsdpUnit], sharding: FsdpSharding, *, role: 
     so a root given True reshards after forward); FSDP1 _flat_param.py ``_use_low_precision_shard``
     :1343-1358, ``_free_low_precision_sharded_param`` :1534.
     Assumes: activation checkpointing re-gathers in backward, not here; with no decoder layers, nothing.
-    Checked by: tests/memory/test_fsdp.py::test_fsdp2_unshard_matches_real_fsdp
+    Checked by: tests/memory/test_fsdp.py::test_fsdp2_unshard_matches_real_fsdp, ::test_fsdp1_transients_match_real_fsdp,
+    ::test_forward_worst_moment_by_hand
     """
     *layers, root = units
     n = sharding.shard_size
@@ -133,8 +135,9 @@ def forward_moments(units: Sequence[FsdpUnit], sharding: FsdpSharding, *, role: 
             buffer = ("all_gather_buffer", _unsharded(layer, sharding), Category.PARAM, _AG)
         elif fsdp2:
             buffer = ("all_gather_input", _all_gather_input(layer, sharding), Category.PARAM, _AG)
-        else:
-            buffer = ("all_gather_input", _bytes(shard_numel(layer, sharding), sharding, "c"), Category.PARAM, _AG)
+        else:  # FSDP1's low-precision shard; at N = 1 (NO_SHARD) it is the parameter itself
+            mp_shard = _bytes(shard_numel(layer, sharding), sharding, "c") if n > 1 else 0
+            buffer = ("all_gather_input", mp_shard, Category.PARAM, _AG)
         moments.append(_moment(role, phase, [*common, this, buffer,
                                              ("unsharded.prefetch", nxt, Category.PARAM, _PREFETCH)]))
     return moments
@@ -145,6 +148,7 @@ def _reduce_buffers(unit: FsdpUnit, sharding: FsdpSharding) -> list[tuple[str, i
 
         FSDP2: reduce-scatter input N·S·r (+ output S·r on the GPU before the D2H copy with cpu_offload)
         FSDP1: U·r cast copy, + N·S·r padded copy when U < N·S, + S·r padded sharded output
+               (N = 1, NO_SHARD: the cast copy only, all-reduced in place)
     """
     s = shard_numel(unit, sharding)
     n = sharding.shard_size
@@ -154,6 +158,8 @@ def _reduce_buffers(unit: FsdpUnit, sharding: FsdpSharding) -> list[tuple[str, i
                 ("reduce_scatter_output", out, Category.GRAD, _RS2)]
     same = sharding.compute_dtype == sharding.reduce_dtype
     cast = 0 if same else _bytes(unit.numel, sharding, "r")
+    if n == 1:  # NO_SHARD: the cast gradient is all-reduced in place (_reduce_grad_no_shard)
+        return [("grad_reduce_cast", cast, Category.GRAD, _RS1)]
     pad = _bytes(n * s, sharding, "r") if unit.numel < n * s else 0
     return [("grad_reduce_cast", cast, Category.GRAD, _RS1), ("reduce_scatter_input", pad, Category.GRAD, _RS1),
             ("reduce_scatter_output", _bytes(s, sharding, "r"), Category.GRAD, _RS1)]
@@ -187,10 +193,11 @@ def backward_moments(units: Sequence[FsdpUnit], sharding: FsdpSharding, *, role:
     :533-541); _fsdp_collectives.py ``foreach_reduce`` :448-616; FSDP1 _runtime_utils.py
     ``_post_backward_hook`` :701-770 (reshard, then cast and reduce), ``_reduce_grad`` :831-890.
     Assumes: the root's unsharded gradients other than ``late_grad_numel`` (the input embedding when untied)
-    appear at the start of backward and live to its end; sharded gradients are the caller's
+    appear at the start of backward and live to its end (``root_so_far``: in FSDP1, and for a tied
+    embedding, autograd holds them in its input buffer until the parameter's last use); sharded gradients are the caller's
     ``sharded_grads`` term, counted whole for the phase; torch 2.13's ``reduce_scatter_max_input_buffers``
     (default 1) keeps the same single held input.
-    Checked by: tests/memory/test_fsdp.py::test_fsdp2_backward_matches_real_fsdp
+    Checked by: tests/memory/test_fsdp.py::test_fsdp2_backward_matches_real_fsdp, ::test_fsdp1_transients_match_real_fsdp
     """
     *layers, root = units
     root_early = _bytes(root.numel - root.late_grad_numel, sharding, "c")
@@ -204,7 +211,7 @@ def backward_moments(units: Sequence[FsdpUnit], sharding: FsdpSharding, *, role:
         if sharding.version == FsdpVersion.FSDP2 and i + 1 < len(layers):
             held = _bytes(unsharded_numel(layers[i + 1], sharding), sharding, "r")
         common = [("unsharded.root", _unsharded(root, sharding), Category.PARAM, _AG),
-                  ("unsharded_grads.root", root_early, Category.GRAD, _GRADS),
+                  ("unsharded_grads.root_so_far", root_early, Category.GRAD, _GRADS),
                   ("unsharded.prefetch", prev, Category.PARAM, _PREFETCH),
                   ("unsharded.kept", kept, Category.PARAM, _AG),
                   ("unsharded_grads.layer", _bytes(layer.numel, sharding, "c"), Category.GRAD, _GRADS),
