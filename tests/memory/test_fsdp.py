@@ -251,3 +251,12 @@ def test_adam_foreach_temporary_matches_real(real: list[dict[str, Any]]) -> None
             temp = adam_step_temporaries(units, sharding, role="a", rank=run["rank"])
             assert [t.bytes for t in temp] == run["foreach_sqrt_bytes"], (version, size, run["rank"])
             assert adam_states(units, sharding, role="a", rank=run["rank"])[1].bytes == temp[0].bytes
+
+
+def test_activation_offload_by_hand() -> None:
+    from memplan.memory.fsdp_transient import activation_offload_terms
+
+    # 28 wrapped layers of 100 MB saved each: 27 go to pinned host memory, 2 stay in the GPU window.
+    terms = activation_offload_terms(100_000_000, 28, role="actor")
+    assert [(t.device, t.bytes) for t in terms] == [(Device.GPU, 200_000_000), (Device.CPU, 2_700_000_000)]
+    assert [t.bytes for t in activation_offload_terms(5, 1, role="a")] == [5, 0]

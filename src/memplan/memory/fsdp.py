@@ -268,10 +268,12 @@ def sharded_params(units: Sequence[FsdpUnit], sharding: FsdpSharding, *, role: s
     numel = sum(shard_numel(u, sharding) for u in units)
     on_host = sharding.param_offload or sharding.cpu_offload
     where = "host" if on_host else "GPU"
+    if sharding.version == FsdpVersion.FSDP2:
+        src = torch_source(f"{FSDP2_DIR}/_fsdp_param.py", f"padded dim-0 shard per parameter ({where}) :381-399")
+    else:
+        src = torch_source(f"{FSDP1_DIR}/_flat_param.py", f"padded flat shard per unit ({where}) _get_shard :1089-1140")
     return _term(f"{role}.params", numel, sharding.param_dtype, Category.PARAM, Device.CPU if on_host else Device.GPU,
-                 torch_source(f"{FSDP2_DIR}/_fsdp_param.py" if sharding.version == FsdpVersion.FSDP2
-                              else f"{FSDP1_DIR}/_flat_param.py",
-                              f"padded shard per rank ({where}) :381-399 / _get_shard :1089-1140"))
+                 src)
 
 
 def sharded_grads(units: Sequence[FsdpUnit], sharding: FsdpSharding, *, role: str,

@@ -29,7 +29,7 @@ from memplan.memory.fsdp import (
     torch_source,
     unsharded_numel,
 )
-from memplan.sources import Source
+from memplan.sources import Source, code
 
 _AG = torch_source(f"{FSDP2_DIR}/_fsdp_param_group.py", "wait_for_unshard keeps the last all-gather output "
                    "in forward :348-420; FSDP1 _flat_param.py _full_param_padded :1286-1293")
@@ -293,3 +293,29 @@ def fsdp_transient_terms(units: Sequence[FsdpUnit], sharding: FsdpSharding, *, r
     if phase == Phase.OPTIMIZER_STEP:
         return adam_step_temporaries(units, sharding, role=role, rank=rank, phase=phase)
     return _worst(forward_moments(units, sharding, role=role, phase=phase))
+
+
+def activation_offload_terms(saved_bytes_per_layer: int, num_groups: int, *, role: str,
+                             phase: Phase = Phase.FORWARD) -> list[Term]:
+    """Activation offload as verl implements it for FSDP: each wrapped layer's saved tensors are copied to
+    pinned host memory when the next layer commits, except the last group's; one group is reloaded ahead
+    in backward (a double buffer).
+
+        GPU:  min(2, G) · a      (the group being produced or consumed + the one in flight)
+        host: (G − 1) · a        pinned (``torch.empty(..., pin_memory=True)``)
+
+    Symbols: ``a`` = ``saved_bytes_per_layer`` (from memory/activations.py), ``G`` = ``num_groups``, the
+    FSDP-wrapped layers verl finds.
+    Source: verl 0.9.1 ``verl/utils/activation_offload.py``: ``offload`` :172-185, ``bulk_offload_group``
+    :298-317, ``synchronize_on_group_commit_forward`` :319-345 (the previous group's GPU buffers dropped at
+    the window's commit), ``bulk_reload_group`` :355-371, :543
+    (``num_offload_group = len(layers) − 1``).
+    Assumes: equal groups (decoder layers); host bytes per micro-batch (freed at reload).
+    Checked by: tests/memory/test_fsdp.py::test_activation_offload_by_hand
+    """
+    src = code("verl-project/verl:verl/utils/activation_offload.py@v0.9.1",
+               "per-layer saved tensors to pinned host, double-buffered :172-371, len(layers)-1 groups :543")
+    return [Term(path=f"{role}.activations.offload_window", bytes=min(2, num_groups) * saved_bytes_per_layer,
+                 category=Category.ACTIVATION, device=Device.GPU, source=src, phase=phase),
+            Term(path=f"{role}.activations.offloaded", bytes=max(num_groups - 1, 0) * saved_bytes_per_layer,
+                 category=Category.ACTIVATION, device=Device.CPU, source=src, phase=phase)]
