@@ -13,6 +13,8 @@ import argparse
 import sys
 from typing import Any
 
+from memplan.cli.trace_verl import register_verl
+
 MISSING_EXTRA = "memplan: error: memplan trace needs the trace extra: pip install 'memplan[trace]'"
 
 #: Methods with one model group (``deepspeed`` launcher scripts) and the RL family (``train_ppo_ray``).
@@ -38,8 +40,11 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
                     "rloo) trace one role of train_ppo_ray with --role: its make-experience forward and, for the "
                     "actor and critic, its training step (fake engine).")
     parser.add_argument("model", metavar="MODEL", help="preset name, hub id, config.json or its directory")
-    parser.add_argument("--method", required=True, choices=[*SINGLE_METHODS, *RL_METHODS])
-    parser.add_argument("--engine", default="fake", choices=["fake", "deepspeed-cpu"])
+    parser.add_argument("--framework", default="openrlhf", choices=["openrlhf", "verl"],
+                        help="whose step code to trace (default openrlhf; verl: see the verl options)")
+    parser.add_argument("--method", default=None, choices=[*SINGLE_METHODS, *RL_METHODS],
+                        help="the OpenRLHF method (required with --framework openrlhf)")
+    parser.add_argument("--engine", default="fake", choices=["fake", "deepspeed-cpu", "fsdp-cpu"])
     parser.add_argument("--max_len", "--max-len", "--data.max_len", dest="max_len", type=int, default=None,
                         help="tokens per sequence (default per method: sft/kto/kd/prm 2048, rm/dpo 512)")
     parser.add_argument("--micro_train_batch_size", "--micro-train-batch-size", "--train.micro_batch_size",
@@ -63,6 +68,7 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     parser.add_argument("--teacher_model", dest="teacher_model", default=None, help="teacher for kd (default MODEL)")
     parser.add_argument("--packing_samples", "--ds.packing_samples", dest="packing_samples", action="store_true")
     _register_rl(parser)
+    register_verl(parser)
     parser.add_argument("--modules", type=int, nargs="?", const=2, default=0, metavar="DEPTH",
                         help="also print a per-module table, modules up to DEPTH levels deep (default 2)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -168,6 +174,17 @@ def _check_models(request: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Resolve the request, check its models, run the engine, render the result."""
+    from memplan.errors import ConfigError
+
+    if args.framework == "verl":
+        from memplan.cli.trace_verl import run_verl
+
+        return run_verl(args, _progress(args.quiet))
+    if args.method is None:
+        raise ConfigError("--method", f"required with --framework openrlhf (one of "
+                                      f"{', '.join((*SINGLE_METHODS, *RL_METHODS))})")
+    if args.engine == "fsdp-cpu":
+        raise ConfigError("--engine", "fsdp-cpu traces verl's FSDP workers: give --framework verl")
     request = _request(args)
     _check_models(request)
     try:
