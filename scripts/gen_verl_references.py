@@ -15,14 +15,8 @@ import fnmatch
 import json
 import shlex
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-VALIDATION = REPO / "validation"
-
-TINY_QWEN2 = "tests/data/tiny/qwen2-tiny.json"
-SMALL_QWEN2 = "tests/data/tiny/qwen2-small.json"
-SMALL_LLAMA = "tests/data/tiny/llama-small.json"
+from gen_references import SMALL_LLAMA, SMALL_QWEN2, TINY_QWEN2, VALIDATION  # the same tiny configs
 
 #: Common settings of the small FSDP cases: 2 sequences of 128 + 128 tokens per rank.
 SMALL = "--micro_batch_size 2 --prompt_length 128 --response_length 128"

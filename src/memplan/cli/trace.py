@@ -4,6 +4,9 @@ Single-model methods (sft, rm, dpo, kto, kd, prm) trace their trainer's step. RL
 reinforce, rloo: ``train_ppo_ray``) trace one role with ``--role actor|critic|ref|reward``: its
 make-experience forward and, for the actor and critic, its training step.
 
+``--framework verl`` traces verl's FSDP workers instead (:mod:`memplan.cli.trace_verl`): real FSDP2 on the
+CPU (``--engine fsdp-cpu``) or verl's log-prob and loss code at full size (``--engine fake``).
+
 Needs the optional ``trace`` extra (torch, transformers, peft, deepspeed), imported only inside :func:`run`.
 """
 
@@ -38,7 +41,9 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
                     "under FakeTensorMode (no memory used). --engine deepspeed-cpu: real DeepSpeed on the CPU "
                     "accelerator, one process per rank (small models only). RL methods (ppo, grpo, reinforce, "
                     "rloo) trace one role of train_ppo_ray with --role: its make-experience forward and, for the "
-                    "actor and critic, its training step (fake engine).")
+                    "actor and critic, its training step (fake engine). --framework verl: verl's FSDP workers, with "
+                    "--engine fsdp-cpu (real FSDP2 on the CPU, --gpus ranks) or --engine fake (verl's log-prob and "
+                    "loss code at full size; needs verl installed).")
     parser.add_argument("model", metavar="MODEL", help="preset name, hub id, config.json or its directory")
     parser.add_argument("--framework", default="openrlhf", choices=["openrlhf", "verl"],
                         help="whose step code to trace (default openrlhf; verl: see the verl options)")

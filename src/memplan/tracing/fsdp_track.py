@@ -17,9 +17,8 @@ from __future__ import annotations
 from typing import Any
 
 from torch.distributed._tools.fsdp2_mem_tracker import _FSDPRefType, FSDPMemTracker
-from torch.distributed._tools.mem_tracker import _TOTAL_KEY
 
-from memplan.tracing.track import PhasePeaks, _allocates
+from memplan.tracing.track import PhasePeaks, to_categories
 
 #: FSDPMemTracker reference type -> category name in the records.
 FSDP_CATEGORY_OF = {
@@ -46,11 +45,4 @@ class FsdpPhaseTracker(PhasePeaks, FSDPMemTracker):
         self._init_phases()
 
     def _categories(self, snapshot: dict[Any, dict[Any, int]]) -> dict[str, int]:
-        out = dict.fromkeys(FSDP_CATEGORIES, 0)
-        for device, dev_snap in snapshot.items():
-            if not _allocates(device):
-                continue
-            for key, value in dev_snap.items():
-                if key != _TOTAL_KEY:
-                    out[FSDP_CATEGORY_OF[key]] += value
-        return out
+        return to_categories(snapshot, FSDP_CATEGORY_OF, FSDP_CATEGORIES)

@@ -48,15 +48,18 @@ def _allocates(device: Any) -> bool:
     return getattr(device, "type", str(device)) != "meta"
 
 
-def to_categories(snapshot: dict[Any, dict[Any, int]]) -> dict[str, int]:
-    """Sum a MemTracker snapshot over devices that allocate into memplan categories (every category present)."""
-    out = dict.fromkeys(CATEGORIES, 0)
+def to_categories(snapshot: dict[Any, dict[Any, int]], category_of: dict[Any, str] | None = None,
+                  categories: tuple[str, ...] = CATEGORIES) -> dict[str, int]:
+    """Sum a MemTracker snapshot over devices that allocate into named categories (every category present);
+    ``category_of`` maps the tracker's reference types to names (default :data:`CATEGORY_OF`)."""
+    names = CATEGORY_OF if category_of is None else category_of
+    out = dict.fromkeys(categories, 0)
     for device, dev_snap in snapshot.items():
         if not _allocates(device):
             continue
         for key, value in dev_snap.items():
             if key != _TOTAL_KEY:
-                out[CATEGORY_OF[key]] += value
+                out[names[key]] += value
     return out
 
 
