@@ -4,6 +4,9 @@ Single-model methods (sft, rm, dpo, kto, kd, prm) trace their trainer's step. RL
 reinforce, rloo: ``train_ppo_ray``) trace one role with ``--role actor|critic|ref|reward``: its
 make-experience forward and, for the actor and critic, its training step.
 
+``--framework verl`` traces verl's FSDP workers instead (:mod:`memplan.cli.trace_verl`): real FSDP2 on the
+CPU (``--engine fsdp-cpu``) or verl's log-prob and loss code at full size (``--engine fake``).
+
 Needs the optional ``trace`` extra (torch, transformers, peft, deepspeed), imported only inside :func:`run`.
 """
 
@@ -12,6 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 from typing import Any
+
+from memplan.cli.trace_verl import register_verl
 
 MISSING_EXTRA = "memplan: error: memplan trace needs the trace extra: pip install 'memplan[trace]'"
 
@@ -36,10 +41,15 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
                     "under FakeTensorMode (no memory used). --engine deepspeed-cpu: real DeepSpeed on the CPU "
                     "accelerator, one process per rank (small models only). RL methods (ppo, grpo, reinforce, "
                     "rloo) trace one role of train_ppo_ray with --role: its make-experience forward and, for the "
-                    "actor and critic, its training step (fake engine).")
+                    "actor and critic, its training step (fake engine). --framework verl: verl's FSDP workers, with "
+                    "--engine fsdp-cpu (real FSDP2 on the CPU, --gpus ranks) or --engine fake (verl's log-prob and "
+                    "loss code at full size; needs verl installed).")
     parser.add_argument("model", metavar="MODEL", help="preset name, hub id, config.json or its directory")
-    parser.add_argument("--method", required=True, choices=[*SINGLE_METHODS, *RL_METHODS])
-    parser.add_argument("--engine", default="fake", choices=["fake", "deepspeed-cpu"])
+    parser.add_argument("--framework", default="openrlhf", choices=["openrlhf", "verl"],
+                        help="whose step code to trace (default openrlhf; verl: see the verl options)")
+    parser.add_argument("--method", default=None, choices=[*SINGLE_METHODS, *RL_METHODS],
+                        help="the OpenRLHF method (required with --framework openrlhf)")
+    parser.add_argument("--engine", default="fake", choices=["fake", "deepspeed-cpu", "fsdp-cpu"])
     parser.add_argument("--max_len", "--max-len", "--data.max_len", dest="max_len", type=int, default=None,
                         help="tokens per sequence (default per method: sft/kto/kd/prm 2048, rm/dpo 512)")
     parser.add_argument("--micro_train_batch_size", "--micro-train-batch-size", "--train.micro_batch_size",
@@ -63,6 +73,7 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     parser.add_argument("--teacher_model", dest="teacher_model", default=None, help="teacher for kd (default MODEL)")
     parser.add_argument("--packing_samples", "--ds.packing_samples", dest="packing_samples", action="store_true")
     _register_rl(parser)
+    register_verl(parser)
     parser.add_argument("--modules", type=int, nargs="?", const=2, default=0, metavar="DEPTH",
                         help="also print a per-module table, modules up to DEPTH levels deep (default 2)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -168,6 +179,17 @@ def _check_models(request: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Resolve the request, check its models, run the engine, render the result."""
+    from memplan.errors import ConfigError
+
+    if args.framework == "verl":
+        from memplan.cli.trace_verl import run_verl
+
+        return run_verl(args, _progress(args.quiet))
+    if args.method is None:
+        raise ConfigError("--method", f"required with --framework openrlhf (one of "
+                                      f"{', '.join((*SINGLE_METHODS, *RL_METHODS))})")
+    if args.engine == "fsdp-cpu":
+        raise ConfigError("--engine", "fsdp-cpu traces verl's FSDP workers: give --framework verl")
     request = _request(args)
     _check_models(request)
     try:

@@ -60,13 +60,14 @@ def _check_size(request: TraceRequest) -> None:
                                    f"this machine; limit {MAX_PARAMS:,}); use --engine fake")
 
 
-def _launch(request: TraceRequest, out_dir: Path, progress: Callable[[str], None]) -> tuple[int, str]:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={request.gpus}",
-           "-m", "memplan.tracing.ds_worker", json.dumps(request.as_dict()), str(out_dir)]
-    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
-               PYTHONWARNINGS="ignore")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True)
+def launch_ranks(module: str, payload: dict[str, Any], num_ranks: int, out_dir: Path,
+                 progress: Callable[[str], None], env: dict[str, str]) -> tuple[int, str]:
+    """Run ``python -m torch.distributed.run --nproc_per_node num_ranks -m module PAYLOAD OUT_DIR`` in its own
+    process group; forward its ``PROGRESS`` lines; return (exit status, the workers' error lines or the tail)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={num_ranks}",
+           "-m", module, json.dumps(payload), str(out_dir)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, **env), start_new_session=True)
     tail: deque[str] = deque(maxlen=20)
     errors: list[str] = []
     try:
@@ -74,7 +75,7 @@ def _launch(request: TraceRequest, out_dir: Path, progress: Callable[[str], None
         for line in proc.stdout:
             line = line.rstrip("\n")
             if line.startswith("PROGRESS "):
-                progress(f"{request.gpus} rank(s): {line[len('PROGRESS '):]}")
+                progress(f"{num_ranks} rank(s): {line[len('PROGRESS '):]}")
             else:
                 tail.append(line)
                 if _ERROR_LINE.search(line) and line not in errors:
@@ -87,6 +88,12 @@ def _launch(request: TraceRequest, out_dir: Path, progress: Callable[[str], None
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
         raise
+
+
+def _launch(request: TraceRequest, out_dir: Path, progress: Callable[[str], None]) -> tuple[int, str]:
+    env = {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONWARNINGS": "ignore"}
+    return launch_ranks("memplan.tracing.ds_worker", request.as_dict(), request.gpus, out_dir, progress, env)
 
 
 def run_deepspeed_cpu(request: TraceRequest, progress: Callable[[str], None], module_depth: int = 0) -> TraceResult:

@@ -48,28 +48,100 @@ def _allocates(device: Any) -> bool:
     return getattr(device, "type", str(device)) != "meta"
 
 
-def to_categories(snapshot: dict[Any, dict[Any, int]]) -> dict[str, int]:
-    """Sum a MemTracker snapshot over devices that allocate into memplan categories (every category present)."""
-    out = dict.fromkeys(CATEGORIES, 0)
+def to_categories(snapshot: dict[Any, dict[Any, int]], category_of: dict[Any, str] | None = None,
+                  categories: tuple[str, ...] = CATEGORIES) -> dict[str, int]:
+    """Sum a MemTracker snapshot over devices that allocate into named categories (every category present);
+    ``category_of`` maps the tracker's reference types to names (default :data:`CATEGORY_OF`)."""
+    names = CATEGORY_OF if category_of is None else category_of
+    out = dict.fromkeys(categories, 0)
     for device, dev_snap in snapshot.items():
         if not _allocates(device):
             continue
         for key, value in dev_snap.items():
             if key != _TOTAL_KEY:
-                out[CATEGORY_OF[key]] += value
+                out[names[key]] += value
     return out
 
 
-class PhaseTracker(MemTracker):
+class PhasePeaks:
+    """Per-(iteration, phase) peaks for a MemTracker subclass: the snapshot at each phase's total peak and at
+    its transient peak (the sum of :attr:`TRANSIENT_KEYS`). Subclasses say how a tracker snapshot maps to
+    category names (:meth:`_categories`) and must call ``_init_phases`` in ``__init__``."""
+
+    #: Category names whose sum is the computation's own (transient) memory.
+    TRANSIENT_KEYS: tuple[str, ...] = ("activation", "temp")
+
+    phase: tuple[int, str]
+    phase_peaks: dict[tuple[int, str], dict[str, int]]
+    transient_peaks: dict[tuple[int, str], dict[str, int]]
+    _curr_mem_snap: Any
+
+    def _init_phases(self) -> None:
+        self.phase = (0, "setup")
+        self.phase_peaks = {}
+        self.transient_peaks = {}
+
+    def _categories(self, snapshot: dict[Any, dict[Any, int]]) -> dict[str, int]:
+        raise NotImplementedError
+
+    def set_phase(self, iteration: int, phase: str) -> None:
+        """Start a phase; what is resident now counts towards its peak."""
+        self.phase = (iteration, phase)
+        self._note_phase_peak()
+
+    def current_categories(self) -> dict[str, int]:
+        """Bytes resident now, by category."""
+        return self._categories(self._curr_mem_snap)
+
+    def current_total(self) -> int:
+        """Bytes resident now."""
+        return sum(dev[_TOTAL_KEY] for device, dev in self._curr_mem_snap.items() if _allocates(device))
+
+    def _update_peak_stats(self, peak_state: Any) -> None:
+        super()._update_peak_stats(peak_state)  # type: ignore[misc]
+        self._note_phase_peak()
+
+    def _transient(self, snap: dict[str, int]) -> int:
+        return sum(snap.get(k, 0) for k in self.TRANSIENT_KEYS)
+
+    def _note_phase_peak(self) -> None:
+        total = self.current_total()
+        best = self.phase_peaks.get(self.phase)
+        snap = None
+        if best is None or total > best["total"]:
+            snap = self.current_categories()
+            snap["total"] = total
+            self.phase_peaks[self.phase] = snap
+        # The computation's own peak (activation + temp) can come earlier than the phase's total peak: in
+        # a backward without ZeRO's gradient hand-off, gradients pile up until the very end.
+        snap = snap or self.current_categories()
+        seen = self.transient_peaks.get(self.phase)
+        if seen is None or self._transient(snap) > self._transient(seen):
+            self.transient_peaks[self.phase] = {**snap, "total": total}
+
+    def iteration_peaks(self) -> tuple[dict[int, dict[str, dict[str, int]]], dict[int, dict[str, dict[str, int]]]]:
+        """(each iteration's phase snapshots at the total peak, at the activation + temp peak), setup and the
+        "end" marker left out."""
+        iterations: dict[int, dict[str, dict[str, int]]] = {}
+        transient: dict[int, dict[str, dict[str, int]]] = {}
+        for (it, phase), snap in self.phase_peaks.items():
+            if it >= 1 and phase != "end":
+                iterations.setdefault(it, {})[phase] = snap
+                transient.setdefault(it, {})[phase] = self.transient_peaks[(it, phase)]
+        return iterations, transient
+
+
+class PhaseTracker(PhasePeaks, MemTracker):
     """MemTracker that also records the peak snapshot of each (iteration, phase)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.phase: tuple[int, str] = (0, "setup")
-        self.phase_peaks: dict[tuple[int, str], dict[str, int]] = {}
-        self.transient_peaks: dict[tuple[int, str], dict[str, int]] = {}
+        self._init_phases()
         self._frozen: list[torch.Tensor] = []
         self._forced: Any = None
+
+    def _categories(self, snapshot: dict[Any, dict[Any, int]]) -> dict[str, int]:
+        return to_categories(snapshot)
 
     def guard_frozen(self, params: Iterable[torch.Tensor]) -> None:
         """Register parameters that must get no gradient hooks (they do not require grad)."""
@@ -91,19 +163,6 @@ class PhaseTracker(MemTracker):
                 self._param_to_grad_hook_handles[param] = (_NoopHandle(), _NoopHandle())
         return self
 
-    def set_phase(self, iteration: int, phase: str) -> None:
-        """Start a phase; what is resident now counts towards its peak."""
-        self.phase = (iteration, phase)
-        self._note_phase_peak()
-
-    def current_categories(self) -> dict[str, int]:
-        """Bytes resident now, by category."""
-        return to_categories(self._curr_mem_snap)
-
-    def current_total(self) -> int:
-        """Bytes resident now."""
-        return sum(dev[_TOTAL_KEY] for device, dev in self._curr_mem_snap.items() if _allocates(device))
-
     @contextlib.contextmanager
     def category(self, name: str) -> Iterator[None]:
         """File every tensor created inside the block under ``name`` (grad, optimizer or param)."""
@@ -124,37 +183,6 @@ class PhaseTracker(MemTracker):
 
     def _track(self, reftype: Any, t: torch.Tensor) -> None:
         super()._track(self._forced or reftype, t)
-
-    def _update_peak_stats(self, peak_state: Any) -> None:
-        super()._update_peak_stats(peak_state)
-        self._note_phase_peak()
-
-    def _note_phase_peak(self) -> None:
-        total = self.current_total()
-        best = self.phase_peaks.get(self.phase)
-        snap = None
-        if best is None or total > best["total"]:
-            snap = self.current_categories()
-            snap["total"] = total
-            self.phase_peaks[self.phase] = snap
-        # The computation's own peak (activation + temp) can come earlier than the phase's total peak: in
-        # a backward without ZeRO's gradient hand-off, gradients pile up until the very end.
-        snap = snap or self.current_categories()
-        transient = snap["activation"] + snap["temp"]
-        seen = self.transient_peaks.get(self.phase)
-        if seen is None or transient > seen["activation"] + seen["temp"]:
-            self.transient_peaks[self.phase] = {**snap, "total": total}
-
-    def iteration_peaks(self) -> tuple[dict[int, dict[str, dict[str, int]]], dict[int, dict[str, dict[str, int]]]]:
-        """(each iteration's phase snapshots at the total peak, at the activation + temp peak), setup and the
-        "end" marker left out."""
-        iterations: dict[int, dict[str, dict[str, int]]] = {}
-        transient: dict[int, dict[str, dict[str, int]]] = {}
-        for (it, phase), snap in self.phase_peaks.items():
-            if it >= 1 and phase != "end":
-                iterations.setdefault(it, {})[phase] = snap
-                transient.setdefault(it, {})[phase] = self.transient_peaks[(it, phase)]
-        return iterations, transient
 
     def module_rows(self, depth: int, roles: dict[int, str]) -> list[dict[str, Any]]:
         """Per-module figures of the last tracked iteration, modules up to ``depth`` levels deep.

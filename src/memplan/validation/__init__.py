@@ -20,6 +20,7 @@ from memplan.validation.published import published_rows
 from memplan.validation.rl_traces import rl_traced_rows
 from memplan.validation.rows import Kind, KindSummary, Row, Status, Unit, summarize
 from memplan.validation.traces import deepspeed_cpu_rows, traced_rows
+from memplan.validation.verl_traces import fsdp_cpu_rows, verl_fake_rows
 
 __all__ = ["Comparison", "Kind", "KindSummary", "KnownMiss", "Policy", "Row", "Status", "Unit", "compare",
            "load_policy", "summarize"]
@@ -57,6 +58,10 @@ def _rows_of(kind: Kind, validation_dir: Path, policy: Policy) -> list[Row]:
         return traced_rows(validation_dir, policy) + rl_traced_rows(validation_dir, policy)
     if kind is Kind.DEEPSPEED_CPU:
         return deepspeed_cpu_rows(validation_dir, policy)
+    if kind is Kind.FSDP_CPU:
+        return fsdp_cpu_rows(validation_dir, policy)
+    if kind is Kind.VERL_FAKE:
+        return verl_fake_rows(validation_dir, policy)
     if kind is Kind.MEASURED:
         return measured_rows(validation_dir, policy)
     return published_rows(validation_dir)

@@ -24,6 +24,10 @@ class Kind(StrEnum):
     """The real Hugging Face code under FakeTensorMode with PyTorch's MemTracker (``memplan trace``)."""
     DEEPSPEED_CPU = "deepspeed-cpu"
     """Real DeepSpeed on its CPU accelerator with gloo, every allocation tracked."""
+    FSDP_CPU = "fsdp-cpu"
+    """Real FSDP2 on the CPU with gloo, wrapped as verl does, every allocation tracked per rank."""
+    VERL_FAKE = "verl-fake"
+    """verl's log-prob and policy-loss code at full size under FakeTensorMode with MemTracker."""
     MEASURED = "measured"
     """GPU measurements (``torch.cuda.max_memory_allocated`` and friends) from ``validation/gpu/measure.py``."""
     PUBLISHED = "published"
@@ -54,6 +58,8 @@ class Status(StrEnum):
     """Outside tolerance, listed in ``validation/known_misses.toml`` with a reason."""
     STALE = "STALE"
     """Listed as a known miss but now within tolerance: the entry must be removed (the gate fails)."""
+    NO_PREDICTION = "no prediction yet"
+    """A reference memplan cannot predict yet (verl/FSDP before its model lands): shown, never gating."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -84,10 +90,14 @@ class Row:
     """The reason given in ``known_misses.toml`` (or in the reference file) when this row is listed there."""
     known_miss_file: str | None = None
     """Where that reason is written: ``known_misses.toml`` or the reference file (relative path)."""
+    no_prediction: bool = False
+    """True when memplan has no prediction for this reference yet (``predicted`` is a placeholder)."""
 
     @property
     def status(self) -> Status:
-        """ok / MISS / known miss / STALE."""
+        """ok / MISS / known miss / STALE / no prediction yet."""
+        if self.no_prediction:
+            return Status.NO_PREDICTION
         if self.known_miss is not None:
             return Status.STALE if self.within else Status.KNOWN_MISS
         return Status.OK if self.within else Status.MISS
@@ -113,6 +123,16 @@ def numeric_row(*, kind: Kind, case: str, metric: str, unit: Unit, predicted: in
                error_pct=err, tolerance_pct=tolerance_pct, within=abs(err) <= tolerance_pct, source=source)
 
 
+#: What a row without a prediction shows as its predicted value.
+NO_PREDICTION_TEXT = "-"
+
+
+def no_prediction_row(*, kind: Kind, case: str, metric: str, unit: Unit, reference: int, source: str) -> Row:
+    """A row for a reference memplan cannot predict yet: reported, never within, never failing the gate."""
+    return Row(kind=kind, case=case, metric=metric, unit=unit, predicted=NO_PREDICTION_TEXT, reference=reference,
+               error_pct=None, tolerance_pct=None, within=False, source=source, no_prediction=True)
+
+
 def categorical_row(*, kind: Kind, case: str, metric: str, unit: Unit, predicted: str,
                     accepted: Sequence[str], source: str) -> Row:
     """A row that is within when ``predicted`` is one of ``accepted``."""
@@ -136,6 +156,8 @@ class KindSummary:
     """Rows outside tolerance that ``known_misses.toml`` lists with a reason."""
     num_gate_failures: int
     """Rows that fail the gate (unlisted misses and stale known misses)."""
+    num_no_prediction: int
+    """Rows memplan cannot predict yet (:attr:`Status.NO_PREDICTION`)."""
     median_abs_error_pct: float | None
     """Median ``|error|`` over the numeric rows (known misses included); None without numeric rows."""
     worst_abs_error_pct: float | None
@@ -154,6 +176,7 @@ def summarize(kind: Kind, rows: Sequence[Row]) -> KindSummary:
         num_within=sum(r.within for r in mine),
         num_known_misses=sum(r.status is Status.KNOWN_MISS for r in mine),
         num_gate_failures=sum(r.gate_fails for r in mine),
+        num_no_prediction=sum(r.no_prediction for r in mine),
         median_abs_error_pct=statistics.median(abs(r.error_pct or 0.0) for r in numeric) if numeric else None,
         worst_abs_error_pct=abs(worst.error_pct or 0.0) if worst else None,
         worst_case=f"{worst.case}:{worst.metric}" if worst else None)
