@@ -47,7 +47,7 @@ except ImportError as exc:  # pragma: no cover - the probe needs the trace extra
     sys.exit(f"probe_activations needs torch and transformers: {exc}")
 
 from memplan.dtypes import DType
-from memplan.jobs.options import AttnImpl
+from memplan.memory.activations import AttnImpl
 from memplan.memory.activations import ActivationConfig
 from memplan.memory.logits import Head, LogProbImpl
 from memplan.memory.transient import HeadConfig, forward_only_terms, micro_step_transients, total

@@ -223,7 +223,7 @@ def run_probe(args: argparse.Namespace) -> None:
 def _print_prediction(args: argparse.Namespace, world: int) -> None:
     """memplan's terms for the same run (GPU and host together: the CPU accelerator holds both)."""
     from memplan.dtypes import DType
-    from memplan.jobs.options import ZeroStage
+    from memplan.memory.sharding import ZeroStage
     from memplan.memory.model_states import trained_model_states
     from memplan.memory.zero import ZeroConfig, layout_from_tree
     from memplan.model import param_tree, spec_from_config

@@ -1,199 +1,54 @@
 """The public entry points: estimate a launch command, or a model + method + flags.
 
-These parse and resolve user intent once (OpenRLHF flags, defaults per version, the GPU and host
-RAM), build a Job, and hand it to the estimator. The CLI and the web UI call only these.
+These parse and resolve user intent once (through the run's framework adapter, ``frameworks.get``: its
+options, defaults per version; the GPU and host RAM), build a Job, and hand it to the estimator. The CLI
+and the web UI call only these.
 """
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import replace
 
+from memplan import frameworks
 from memplan.errors import ConfigError
-from memplan.frameworks.openrlhf import (
-    LATEST,
-    Launcher,
-    ParsedCommand,
-    foreign_keys,
-    newest_with_script,
-    normalize_version,
-    parse_command,
-    resolve_values,
-    scripts_of,
-)
+from memplan.frameworks.base import ResolvedRun
 from memplan.frameworks.openrlhf.bounds import MAX_GPUS, MAX_GPUS_PER_NODE  # noqa: F401 (the web's bounds)
-from memplan.frameworks.openrlhf.checks import Names, check_model, check_run, check_world_options
-from memplan.frameworks.openrlhf.job import (
-    DEFAULT_GPUS_PER_NODE,
-    METHOD_SCRIPT,
-    SCRIPT_METHOD,
-    build_single_model_job,
-    flag_naming_loader,
-    world_of,
-)
-from memplan.frameworks.openrlhf.rl_job import METHOD_ESTIMATOR, build_rl_job
-from memplan.frameworks.openrlhf.unmodelled import unmodelled_notes
+from memplan.frameworks.openrlhf.run import RL_SCRIPT, gpus_note, nodes_of  # noqa: F401 (planner, advice)
 from memplan.hardware import parse_host_ram, resolve_gpu
-from memplan.jobs.rl_estimate import estimate_rl
 from memplan.hardware.gpu import Gpu
-from memplan.jobs.job import GpuGroup
-from memplan.jobs.estimate import estimate_job
 from memplan.jobs.options import Method
 from memplan.jobs.result import Estimate
 from memplan.memory.logits import LogProbImpl
 from memplan.model import load_model_spec
 
-
-#: The RL entry script.
-RL_SCRIPT = "train_ppo_ray"
-#: GPU assumed for RL estimates without ``--gpu`` (vLLM's KV budget is a fraction of the GPU's memory).
-DEFAULT_RL_GPU = "a100-80g"
+#: The framework a command is read as when none is named.
+DEFAULT_FRAMEWORK = "openrlhf"
 
 
-def _notes_from_parse(parsed: object) -> list[str]:
-    notes = [f"unknown flag, not modelled: {flag}" for flag in getattr(parsed, "unknown_flags", ())]
-    notes += list(getattr(parsed, "warnings", ()))
-    return notes
+def resolve_command(command: str | Sequence[str], *, version: str | None = None, whole_run: bool = True,
+                    framework: str = DEFAULT_FRAMEWORK) -> ResolvedRun:
+    """Parse a launch command and apply its framework's defaults for its entry point and version
+    (``frameworks/<name>``; ``whole_run``: the command states the run's world, so start-up checks apply)."""
+    return frameworks.get(framework).resolve_command(command, version=version, whole_run=whole_run)
 
 
-#: How each launcher states GPUs per node (the flag a user adds to say it).
-_GPU_COUNT_FLAG = {"deepspeed": "deepspeed --num_gpus, or memplan estimate --gpus",
-                   "torchrun": "torchrun --nproc_per_node"}
-
-
-def _assumed_gpus_note(launcher: str) -> str:
-    """The note for a command that states no GPUs per node (deepspeed then uses every local GPU)."""
-    flag = _GPU_COUNT_FLAG.get(launcher, "a launcher's GPU count")
-    return (f"no GPUs per node given ({flag}): assumed {DEFAULT_GPUS_PER_NODE} GPUs per node, a full "
-            f"{DEFAULT_GPUS_PER_NODE}-GPU node; give the count to estimate your own")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ResolvedRun:
-    """A launch command with OpenRLHF's defaults applied: what every estimate and suggestion starts from."""
-
-    script: str
-    """Entry script (``train_sft``...)."""
-    values: dict[str, Any]
-    """Every flag's value, defaults included."""
-    group: GpuGroup
-    """The GPUs of the run."""
-    version: str
-    """OpenRLHF version whose defaults apply."""
-    command: str
-    """The command as given, on one line."""
-    notes: tuple[str, ...]
-    """Unknown flags and parser warnings."""
-    options: dict[str, str] = field(default_factory=dict)
-    """Canonical key -> the flag as the user typed it (``--ds.zpg``): errors found later name that spelling."""
-
-
-def resolve_command(command: str | Sequence[str], *, version: str | None = None,
-                    whole_run: bool = True) -> ResolvedRun:
-    """Parse a launch command and apply OpenRLHF's defaults for its script and version.
-
-    The version is ``version`` when given, else the latest release unless the script or a flag exists only
-    in an older one (``ParsedCommand.version_hint``); a note then says which version was assumed and why.
-    ``whole_run``: the command states the run's world, so the start-up assertions between flags, world
-    and model apply (``frameworks.openrlhf.checks``); the planner, which chooses the world, passes False.
-    """
-    parsed = parse_command(command)
-    chosen, version_notes = _choose_version(parsed, version)
-    try:
-        values = resolve_values(parsed, chosen)
-    except ConfigError as exc:
-        raise as_typed(exc, parsed.options) from None
-    if parsed.script not in SCRIPT_METHOD and parsed.script != RL_SCRIPT:
-        raise ConfigError("command", f"{parsed.script} is not supported; memplan estimates "
-                                     f"{', '.join(sorted([*SCRIPT_METHOD, RL_SCRIPT]))}")
-    text = command if isinstance(command, str) else shlex.join(command)
-    notes = (_notes_from_parse(parsed) + version_notes
-             + unmodelled_notes(parsed.script, parsed.values, chosen, parsed.options))
-    if parsed.script != RL_SCRIPT and parsed.world.gpus_per_node is None:
-        notes.append(_assumed_gpus_note(str(parsed.launcher)))
-    run = ResolvedRun(script=parsed.script, values=dict(values), group=world_of(parsed.world.nodes,
-                                                                                parsed.world.gpus_per_node),
-                      version=chosen, command=" ".join(text.split()), notes=tuple(notes),
-                      options=dict(parsed.options))
-    if whole_run:
-        try:
-            _check_whole_run(run, parsed)
-        except ConfigError as exc:
-            raise as_typed(exc, parsed.options) from None
-    return run
-
-
-def _check_whole_run(run: ResolvedRun, parsed: ParsedCommand) -> None:
-    """The start-up assertions of OpenRLHF, DeepSpeed and vLLM, named as the user typed the flags."""
-    names = Names(run.script, normalize_version(run.version), parsed.options)
-    launcher = "torchrun --nnodes" if parsed.launcher is Launcher.TORCHRUN else "deepspeed --num_nodes"
-    check_run(run.script, run.values, world=(run.group.num_nodes, run.group.gpus_per_node), names=names,
-              world_name=launcher)
-    if run.script == RL_SCRIPT and run.values.get("pretrain"):
-        spec = flag_naming_loader(load_model_spec, run.values)(str(run.values["pretrain"]))
-        check_model(run.values, spec, names)
-
-
-def _choose_version(parsed: ParsedCommand, version: str | None) -> tuple[str, list[str]]:
-    """The OpenRLHF version to apply, and notes on the choice (module doc of command.py for the rule)."""
-    if version is None:
-        chosen = parsed.version_hint or LATEST
-        if chosen == LATEST or parsed.version_reason is None:
-            return chosen, []
-        return chosen, [f"OpenRLHF {chosen} assumed, not the latest release ({LATEST}): {parsed.version_reason}; "
-                        "pass --openrlhf-version to choose"]
-    chosen = normalize_version(version)
-    if parsed.script not in scripts_of(chosen):
-        method = SCRIPT_METHOD.get(parsed.script)
-        named = f"openrlhf.cli.{parsed.script}" + (f" (--method {method.value})" if method else "")
-        newest = newest_with_script(parsed.script)
-        raise ConfigError("--openrlhf-version", f"OpenRLHF {chosen} has no {named}; OpenRLHF {newest} has it: "
-                          f"pass --openrlhf-version {newest}")
-    warned = " ".join(parsed.warnings)
-    return chosen, [f"--{key} is not a flag of OpenRLHF {chosen}: not read" for key in foreign_keys(parsed, chosen)
-                    if f"--{key} is not a flag" not in warned]
+def command_for(model: str, method: Method | str, flags: Sequence[str] = (), *, gpus: int | None = None,
+                nodes: int | None = None, gpus_per_node: int | None = None,
+                framework: str = DEFAULT_FRAMEWORK) -> list[str]:
+    """The launch command a model + method + the framework's options stand for."""
+    return frameworks.get(framework).command_for(model, method, flags, gpus=gpus, nodes=nodes,
+                                                 gpus_per_node=gpus_per_node)
 
 
 def estimate_run(run: ResolvedRun, *, gpu: Gpu | None, host_ram_bytes: int | None,
                  logprob_impl: LogProbImpl = LogProbImpl.FLASH_ATTN_TRITON) -> Estimate:
     """Estimate a resolved run (the planner and the suggestions vary ``run.values`` and call this).
 
-    A ConfigError raised deeper names a flag by its legacy spelling (``--zpg``); it is re-raised with the
-    spelling the user typed (``--ds.zpg``).
+    A ConfigError raised deeper is re-raised naming the option as the user typed it.
     """
-    try:
-        return _estimate_run(run, gpu=gpu, host_ram_bytes=host_ram_bytes, logprob_impl=logprob_impl)
-    except ConfigError as exc:
-        raise as_typed(exc, run.options) from None
-
-
-def as_typed(exc: ConfigError, options: dict[str, str]) -> ConfigError:
-    """``exc`` with its location ``--KEY`` or ``KEY`` (a canonical key) replaced by the flag as typed."""
-    typed = options.get(exc.location.removeprefix("--"))
-    return exc if typed is None or typed == exc.location else type(exc)(typed, exc.message)
-
-
-def _estimate_run(run: ResolvedRun, *, gpu: Gpu | None, host_ram_bytes: int | None,
-                  logprob_impl: LogProbImpl) -> Estimate:
-    if run.script == RL_SCRIPT:
-        rl, notes = build_rl_job(run.values, version=run.version, load=flag_naming_loader(load_model_spec, run.values),
-                                 command=run.command,
-                                 logprob_impl=logprob_impl)
-        extra: tuple[str, ...] = ()
-        if gpu is None:
-            gpu = resolve_gpu(DEFAULT_RL_GPU, location="--gpu")
-            extra = (f"vLLM sizes its KV cache from the GPU's memory: no --gpu given, assumed {DEFAULT_RL_GPU}",)
-        est = estimate_rl(rl, gpu=gpu, host_ram_bytes=host_ram_bytes)
-        if extra:
-            est = replace(est, devices=tuple(replace(d, capacity_bytes=None) for d in est.devices))
-        return replace(est, notes=run.notes + notes + est.notes + extra)
-    job, notes = build_single_model_job(run.script, run.values, group=run.group, version=run.version,
-                                        load=flag_naming_loader(load_model_spec, run.values), command=run.command,
-                                        logprob_impl=logprob_impl)
-    est = estimate_job(job, gpu=gpu, host_ram_bytes=host_ram_bytes)
-    return replace(est, notes=run.notes + notes + est.notes)
+    return frameworks.get(run.framework).estimate_run(run, gpu=gpu, host_ram_bytes=host_ram_bytes,
+                                                      logprob_impl=logprob_impl)
 
 
 def resolve_capacity(gpu: str | None, host_ram: str | int | None) -> tuple[Gpu | None, int | None]:
@@ -215,66 +70,14 @@ def estimate_command(command: str | Sequence[str], *, gpu: str | None = None, ho
     return estimate_run(run, gpu=gpu_spec, host_ram_bytes=host_bytes, logprob_impl=logprob_impl)
 
 
-def command_for(model: str, method: Method | str, flags: Sequence[str] = (), *, gpus: int | None = None,
-                nodes: int | None = None, gpus_per_node: int | None = None) -> list[str]:
-    """The ``deepspeed`` launch command a model + method + OpenRLHF flags stand for."""
-    try:
-        method = Method(method)
-    except ValueError:
-        raise ConfigError("--method", f"unknown method {method!r}; choose from "
-                                      f"{', '.join(m.value for m in Method)}") from None
-    if method in METHOD_ESTIMATOR:
-        if gpus is not None or nodes is not None or gpus_per_node is not None:
-            raise ConfigError("--gpus", "RL runs place each model with OpenRLHF's flags "
-                                        "(--actor_num_gpus_per_node, --vllm_num_engines, ...), not --gpus")
-        return ["python3", "-m", f"openrlhf.cli.{RL_SCRIPT}", "--pretrain", model,
-                "--advantage_estimator", METHOD_ESTIMATOR[method], *flags]
-    script = METHOD_SCRIPT[method]
-    if gpus is not None and nodes is not None:
-        raise ConfigError("--gpus", "give either --gpus (in total) or --nodes, not both")
-    check_world_options(gpus=gpus, nodes=nodes, gpus_per_node=gpus_per_node)
-    if gpus is not None:
-        spanned, gpus_per_node = nodes_of(gpus, gpus_per_node)
-        nodes = spanned if spanned > 1 else None
-    launcher = ["deepspeed"]
-    if nodes is not None:
-        launcher += ["--num_nodes", str(nodes)]
-    if gpus_per_node is not None:
-        launcher += ["--num_gpus", str(gpus_per_node)]
-    return [*launcher, "--module", f"openrlhf.cli.{script}", "--pretrain", model, *flags]
-
-
-def nodes_of(gpus: int, gpus_per_node: int | None) -> tuple[int, int]:
-    """``--gpus`` (GPUs in total) as (nodes, GPUs per node): up to a node's GPUs (``--gpus-per-node``,
-    default 8, as OpenRLHF's ``--*_num_gpus_per_node``) on one node, more on whole nodes of that size."""
-    per_node = gpus_per_node or DEFAULT_GPUS_PER_NODE
-    if gpus <= per_node:
-        return 1, gpus
-    if gpus % per_node:
-        raise ConfigError("--gpus", f"{gpus} GPUs do not fill whole nodes of {per_node} (--gpus-per-node, "
-                                    f"default {DEFAULT_GPUS_PER_NODE}): give a multiple of {per_node}, or "
-                                    "--nodes and --gpus-per-node")
-    return gpus // per_node, per_node
-
-
-def gpus_note(gpus: int | None, gpus_per_node: int | None) -> str | None:
-    """The note saying how ``--gpus`` was laid out on nodes, when it spans more than one."""
-    if gpus is None:
-        return None
-    nodes, per_node = nodes_of(gpus, gpus_per_node)
-    if nodes == 1:
-        return None
-    given = "--gpus-per-node" if gpus_per_node else f"--gpus-per-node default {DEFAULT_GPUS_PER_NODE}"
-    return f"--gpus {gpus}: {nodes} nodes of {per_node} GPUs ({given}); host RAM is per node"
-
-
 def resolve_model_run(model: str, method: Method | str, flags: Sequence[str] = (), *, gpus: int | None = None,
                       nodes: int | None = None, gpus_per_node: int | None = None,
-                      version: str | None = None) -> ResolvedRun:
+                      version: str | None = None, framework: str = DEFAULT_FRAMEWORK) -> ResolvedRun:
     """``resolve_command`` of :func:`command_for`, noting how ``--gpus`` was laid out on nodes."""
-    argv = command_for(model, method, flags, gpus=gpus, nodes=nodes, gpus_per_node=gpus_per_node)
-    run = resolve_command(argv, version=version)
-    note = gpus_note(gpus, gpus_per_node)
+    fw = frameworks.get(framework)
+    argv = fw.command_for(model, method, flags, gpus=gpus, nodes=nodes, gpus_per_node=gpus_per_node)
+    run = fw.resolve_command(argv, version=version)
+    note = fw.gpus_note(gpus, gpus_per_node)
     return replace(run, notes=run.notes + (note,)) if note else run
 
 

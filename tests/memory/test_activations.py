@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from memplan.errors import ConfigError
-from memplan.jobs.options import AttnImpl
+from memplan.memory.activations import AttnImpl
 from memplan.memory import activations as act
 from memplan.memory import transient as tr
 from memplan.memory.activations import ActivationConfig, LinearModule
@@ -38,7 +38,7 @@ def cfg(**kw: object) -> ActivationConfig:
 
 def test_num_tokens_ring() -> None:
     # 2 × 4097 = 8194 tokens over 4 ring ranks: ceil(8194 / 4) = 2049
-    assert act.num_tokens(cfg(micro_batch_size=2, seq_len=4097, ring_attn_size=4, packing=True,
+    assert act.num_tokens(cfg(micro_batch_size=2, seq_len=4097, ring_size=4, packing=True,
                               attn_impl=AttnImpl.FLASH_ATTENTION_2)) == 2049
 
 

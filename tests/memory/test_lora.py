@@ -30,5 +30,5 @@ def test_lm_head_never_in_all_linear() -> None:
 
 def test_no_match_is_an_error() -> None:
     tree = param_tree(load_model_spec("llama-2-7b"))
-    with pytest.raises(ConfigError, match="--target_modules"):
+    with pytest.raises(ConfigError, match="lora.target_modules"):
         lora.adapter_params(tree, ("c_attn",), 8)

@@ -6,7 +6,7 @@ import pytest
 
 from memplan.dtypes import DType
 from memplan.errors import ConfigError
-from memplan.jobs.options import ZeroStage
+from memplan.memory.sharding import ZeroStage
 from memplan.memory import host
 from memplan.memory.breakdown import Device, Phase, Term
 from memplan.memory.model_states import frozen_model_states, nf4_base_weights, trained_model_states
@@ -121,13 +121,13 @@ def test_resolver_openrlhf_defaults() -> None:
     assert (ref.stage, ref.offload_param) == (ZeroStage.ZERO_0, False)  # --ref_offload inert below stage 3
     ref3 = eval_zero_config(zero_stage=3, dp_degree=8, ranks_per_node=8, offload=True)
     assert (ref3.stage, ref3.offload_param) == (ZeroStage.ZERO_3, True)
-    with pytest.raises(ConfigError, match="--adam_offload"):
+    with pytest.raises(ConfigError, match="zero.offload_optimizer"):
         train_zero_config(zero_stage=0, dp_degree=8, ranks_per_node=8, adam_offload=True)
-    with pytest.raises(ConfigError, match="--grad_accum_dtype"):
+    with pytest.raises(ConfigError, match="zero.grad_accum_dtype"):
         train_zero_config(zero_stage=0, dp_degree=8, ranks_per_node=8, grad_accum_dtype=DType.FP32)
-    with pytest.raises(ConfigError, match="--zpg"):
+    with pytest.raises(ConfigError, match="zero.zpg"):
         train_zero_config(zero_stage=3, dp_degree=12, ranks_per_node=8, zpg=8)
-    with pytest.raises(ConfigError, match="--zero_stage"):
+    with pytest.raises(ConfigError, match="zero.stage"):
         train_zero_config(zero_stage=4, dp_degree=8, ranks_per_node=8)
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 
 from memplan.dtypes import DType
-from memplan.jobs.options import ZeroStage
+from memplan.memory.sharding import ZeroStage
 from memplan.memory import host
 from memplan.memory.breakdown import Device, Phase, Term
 from memplan.memory.model_states import trained_model_states

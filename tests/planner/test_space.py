@@ -6,6 +6,7 @@ import pytest
 
 from memplan.api import resolve_command
 from memplan.errors import ConfigError
+from memplan.frameworks.openrlhf.plan import parse_keep
 from memplan.planner.knobs import saving_flags, size_ladder
 from memplan.planner.space import (
     Layout,
@@ -13,7 +14,6 @@ from memplan.planner.space import (
     build_space,
     command_text,
     flag_set,
-    parse_keep,
     unit_of,
     values_for,
 )

@@ -212,10 +212,11 @@ def estimate_text(est: Any, suggestions: Sequence[Any] = (), *, explain: bool = 
 # --- plans (memplan plan) ----------------------------------------------------------------------
 
 
-def _layout_text(layout: Any) -> str:
+def _layout_text(plan: Any) -> str:
     """``separate: actor 8, critic 8, ref 4, reward 4; vLLM 4 × TP2 (gpu_memory_utilization 0.85)``."""
+    layout = plan.layout
     groups = ", ".join(f"{role} {n}" for role, n in layout.sizes)
-    text = f"{layout.placement}: {groups}"
+    text = f"{plan.placement or layout.placement}: {groups}"
     if layout.engines:
         text += f"; vLLM {layout.engines} × TP{layout.tp} (gpu_memory_utilization {layout.gmu})"
     return text
@@ -269,7 +270,7 @@ def plan_text(title: str, plan: Any) -> str:
     est = plan.estimate
     nodes = est.num_nodes
     lines = [f"{title}: {plural(est.num_gpus, 'GPU')} on {plural(nodes, 'node')} ({est.verdict or 'no capacity'})",
-             f"  layout: {_layout_text(plan.layout)}", f"  flags:  {_flags_text(plan.flags)}", ""]
+             f"  layout: {_layout_text(plan)}", f"  flags:  {_flags_text(plan.flags)}", ""]
     table_text = table(["roles", "GPUs", "peak", "reserved", "capacity", "free", "verdict", "peak phase"],
                        plan_role_rows(est), "lrrrrrll")
     lines += ["  " + line for line in table_text.splitlines()]
@@ -327,7 +328,7 @@ def plan_comparison_text(results: Sequence[Any]) -> str:
     for r in results:
         m = r.minimum
         rows.append([r.gpu.name, str(m.num_gpus) if m else "no plan",
-                     _layout_text(m.layout) if m else binding_limit_text(r.binding_limit, r.gpu.name) if r.binding_limit else "-",
+                     _layout_text(m) if m else binding_limit_text(r.binding_limit, r.gpu.name) if r.binding_limit else "-",
                      gib(max(d.reserved_bytes for d in m.estimate.devices)) if m else "-",
                      gib(m.max_host_bytes) if m else "-",
                      str(r.recommended.num_gpus) if r.recommended else "-", str(r.candidates_evaluated)])
@@ -352,7 +353,7 @@ def plan_json(plan: Any, gpu_name: str) -> dict[str, Any] | None:
     layout = plan.layout
     data["command"] = plan.command
     data["gpu"] = gpu_name
-    data["layout"] = {"placement": str(layout.placement), "groups": dict(layout.sizes),
+    data["layout"] = {"placement": plan.placement or str(layout.placement), "groups": dict(layout.sizes),
                       "vllm": {"num_engines": layout.engines, "tensor_parallel_size": layout.tp,
                                "gpu_memory_utilization": layout.gmu} if layout.engines else None}
     data["flags"] = dict(plan.flags)

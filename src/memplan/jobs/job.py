@@ -8,12 +8,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from memplan.dtypes import DType
-from memplan.jobs.options import AttnImpl, Method, ZeroStage
+from memplan.jobs.options import Method
+from memplan.memory.activations import AttnImpl
+from memplan.memory.sharding import Sharding
 from memplan.memory.breakdown import Phase
 from memplan.memory.logits import Head, LogProbImpl
 from memplan.model.spec import ModelSpec
+
+if TYPE_CHECKING:
+    from memplan.jobs.schedule import Schedule
 
 
 class RoleName(StrEnum):
@@ -64,19 +70,9 @@ class Role:
     group: str
     """Name of the GPU group the role runs on."""
     param_dtype: DType
-    """Dtype of the weights DeepSpeed holds (bf16/fp16; fp32 without mixed precision)."""
-    zero_stage: ZeroStage
-    """ZeRO stage of this model's DeepSpeed config (eval models: 3 only when training uses 3)."""
-    offload_optimizer: bool
-    """``--adam_offload``: optimizer state in pinned host RAM (DeepSpeedCPUAdam)."""
-    offload_params: bool
-    """ZeRO-3 parameter offload (eval models with ``--ref_offload`` etc.)."""
-    grad_accum_dtype: DType | None
-    """``--grad_accum_dtype``; None keeps DeepSpeed's default."""
-    zpg: int
-    """ZeRO++ hierarchical partition size (``--zpg``)."""
-    overlap_comm: bool
-    """``--overlap_comm`` (also turns on contiguous gradients)."""
+    """Dtype of the weights the sharding engine holds (bf16/fp16; fp32 without mixed precision)."""
+    sharding: Sharding
+    """How the model's states are sharded over its group and where they live (DeepSpeed ZeRO or FSDP)."""
     lora: LoraOptions | None
     """LoRA adapter options; None for full fine-tuning."""
     load_in_4bit: bool
@@ -92,8 +88,8 @@ class Role:
     seq_len: int
     """Tokens per sequence (the padded maximum, the worst case)."""
     packing: bool
-    """``--packing_samples``: padding removed, the micro-batch is one packed row."""
-    ring_attn_size: int
+    """Padding removed: the micro-batch is one packed row."""
+    ring_size: int
     """Ring attention degree (sequence split over this many GPUs)."""
     ds_tp_size: int
     """DeepSpeed AutoTP degree."""
@@ -104,7 +100,7 @@ class Role:
     keeps_output_to_step: bool = False
     """The trainer holds the micro-step's ``output`` through the optimizer step (PPO actor)."""
     entropy: bool = False
-    """``--entropy_loss_coef`` given: the actor's forward computes the entropy (a softmax over its fp32 logits)."""
+    """An entropy coefficient is given: the actor's forward computes the entropy (a softmax over its fp32 logits)."""
     entropy_in_loss: bool = False
     """The entropy coefficient is non-zero, so the entropy is backwarded."""
     saves_hf_model: bool = False
@@ -234,7 +230,7 @@ NodePlacement = tuple[tuple[NodeRoleRanks, int], ...]
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RlJob:
-    """A resolved ``train_ppo_ray`` run: roles, their GPU placement, and the rollout."""
+    """A resolved RL run: roles, their GPU placement, the rollout and the iteration's schedule."""
 
     job: Job
     """Roles and groups (each role's ``group`` names its own group)."""
@@ -244,12 +240,10 @@ class RlJob:
     """The GPUs with the roles placed on them, in node-major order."""
     node_gpus: int
     """GPUs per node the placement packs into."""
-    deepspeed_sleep: bool
-    """``--deepspeed_enable_sleep``: optimizer state, grads and fp32 master go to host RAM outside training."""
-    colocate_all: bool
-    """Hybrid engine (``--colocate_all_models``): vLLM weights sync through CUDA IPC clones."""
+    schedule: Schedule
+    """The iteration's phases, what each role does in them and where its states are."""
     entropy: bool
-    """``--entropy_loss_coef`` set: the actor computes a softmax over its fp32 logits."""
+    """The actor computes the entropy of its policy: a softmax over its fp32 logits."""
     ray_placements: tuple[NodePlacement, ...] = ()
     """Every placement Ray's PACK policy may choose for the same groups (frameworks/openrlhf/ray_placement.py),
     each as ``((ranks per role on a node, how many such nodes), ...)``; ``runs`` is the one estimated per GPU."""

@@ -1,35 +1,11 @@
-"""Option enums shared by the memory formulas, the jobs and the framework adapters.
+"""Option enums of a job shared by the jobs and the framework adapters.
 
 Strings from users are converted to these at the boundary (CLI, OpenRLHF parser, web).
 """
 
 from __future__ import annotations
 
-from enum import IntEnum, StrEnum
-
-
-class ZeroStage(IntEnum):
-    """DeepSpeed ZeRO stage (Rajbhandari et al., arXiv:1910.02054 §5): ordered, so ``>=`` works."""
-
-    ZERO_0 = 0
-    """No partitioning (data parallel with a full replica of all model states)."""
-    ZERO_1 = 1
-    """Optimizer states partitioned (P_os)."""
-    ZERO_2 = 2
-    """Optimizer states and gradients partitioned (P_os+g)."""
-    ZERO_3 = 3
-    """Optimizer states, gradients and parameters partitioned (P_os+g+p)."""
-
-
-class AttnImpl(StrEnum):
-    """Attention implementation of the Hugging Face model (``attn_implementation``)."""
-
-    FLASH_ATTENTION_2 = "flash_attention_2"
-    """flash-attn varlen kernels: saves output + logsumexp, no T×T matrix."""
-    SDPA = "sdpa"
-    """torch scaled_dot_product_attention (flash / memory-efficient backends on GPU)."""
-    EAGER = "eager"
-    """Explicit matmul + softmax: materialises B×H×T×T scores and probabilities."""
+from enum import StrEnum
 
 
 class Method(StrEnum):
@@ -50,8 +26,8 @@ class Method(StrEnum):
     PPO = "ppo"
     """PPO with GAE (``train_ppo_ray``): actor, critic, reference, reward, vLLM."""
     GRPO = "grpo"
-    """GRPO (``train_ppo_ray --advantage_estimator group_norm``): no critic."""
+    """GRPO (group-normalised advantages): no critic."""
     REINFORCE = "reinforce"
-    """REINFORCE++ (``--advantage_estimator reinforce``): no critic."""
+    """REINFORCE++: no critic."""
     RLOO = "rloo"
-    """RLOO (``--advantage_estimator rloo``): no critic."""
+    """RLOO (leave-one-out baseline): no critic."""

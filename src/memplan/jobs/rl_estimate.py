@@ -1,10 +1,9 @@
-"""RL iteration (OpenRLHF ``train_ppo_ray``) → per-GPU and per-node peaks, phase by phase.
+"""RL iteration → per-GPU and per-node peaks, phase by phase, as the job's schedule (``jobs.schedule``,
+built by the framework) orders it: what each role does in each phase, which of its states are on the GPU,
+with its activity only, or in host RAM, and whether roles sharing a GPU run at the same time.
 
-Phases of one synchronous iteration: rollout (vLLM generates) → make-experience (reward, actor,
-critic, reference forward passes, one micro-rollout-batch at a time) → training (critic and actor,
-concurrently unless DeepSpeed sleep serialises them) → weight sync to vLLM.
-Source: OpenRLHF/OpenRLHF openrlhf/trainer/ppo_trainer.py and ppo_utils/experience_maker.py at
-v0.11.0 (3c3be623); ../shared/reference/openrlhf.md §4–§6.
+The activities: a no-grad forward (one micro-batch of sequences at a time), a training micro-step, a
+weight send to the rollout engines; the engines' own terms come from ``jobs/rollout.py``.
 """
 
 from __future__ import annotations
@@ -23,75 +22,78 @@ from memplan.jobs import rollout as rollout_terms
 from memplan.memory import host_process, overhead
 from memplan.memory.host_limit import HostLimit, ray_limit
 from memplan.memory.breakdown import Category, Device, Phase, Term
+from memplan.jobs.schedule import Activity, Residence, State, WeightTransport
+from memplan.memory.sharding import ZeroSharding, ZeroStage
 from memplan.memory.transient import HeadConfig, forward_only_terms
 from memplan.model.params import largest_tensor_numel
 from memplan.dtypes import bytes_for
 from memplan.sources import code
 
-#: Phases of one RL iteration, in order.
-RL_PHASES = (Phase.ROLLOUT, Phase.MAKE_EXPERIENCE, Phase.TRAINING, Phase.WEIGHT_SYNC)
 #: The sub-phases of one training micro-step that the TRAINING phase takes the worst of.
 TRAIN_SUBPHASES = (Phase.FORWARD, Phase.BACKWARD, Phase.OPTIMIZER_STEP)
-#: What DeepSpeed sleep moves to host RAM between training phases: optimizer states, fp32 master
-#: params, the contiguous gradient buffer and lp grads; the lp (bf16) params stay
-#: (OpenRLHF openrlhf/utils/deepspeed/deepspeed_utils.py ``offload_deepspeed_states``).
-SLEEP_CATEGORIES = frozenset({Category.OPTIMIZER, Category.GRAD})
+#: The term categories each schedule state covers (the optimizer state includes the fp32 master copy).
+STATE_CATEGORIES = {State.WEIGHTS: Category.PARAM, State.GRADS: Category.GRAD, State.OPTIMIZER: Category.OPTIMIZER,
+                    State.KV_CACHE: Category.KV_CACHE}
 
 _OPENRLHF = "OpenRLHF/OpenRLHF"
 #: Ranks of each role on one node, in the order the roles first appear there.
 NodeRanks = RanksPerNode[RoleName]
 
 
+def _where(rl: RlJob, role: RoleName, phase: Phase, term: Term) -> Residence:
+    """Where the schedule puts a persistent term of ``role`` in ``phase`` (categories no state covers stay)."""
+    state = next((s for s, c in STATE_CATEGORIES.items() if c == term.category), None)
+    return Residence.GPU if state is None else rl.schedule.residence(role, phase, state)
+
+
 def _retag(terms: list[Term] | tuple[Term, ...], phase: Phase) -> list[Term]:
     return [replace(t, phase=phase) for t in terms]
 
 
-def training_activity(mem: RoleMemory, rl: RlJob) -> list[Term]:
-    """The worst instant of a trained role's micro-step (forward, backward or optimizer step). With
-    DeepSpeed sleep the role reloads its optimizer state and gradients for its own fit only
-    (``reload_states`` → fit → ``offload_states``), so they belong to its activity."""
+def training_activity(mem: RoleMemory, rl: RlJob, phase: Phase = Phase.TRAINING) -> list[Term]:
+    """The worst instant of a trained role's micro-step (forward, backward or optimizer step). States the
+    schedule moves onto the GPU for the role's own update only (``Residence.WHILE_ACTIVE``: DeepSpeed sleep's
+    ``reload_states`` → fit → ``offload_states``) belong to its activity."""
     candidates = [[t for t in mem.gpu_terms if t.phase == sub] + list(mem.activity.get(sub, ()))
                   for sub in TRAIN_SUBPHASES]
-    worst = _retag(max(candidates, key=lambda ts: sum(t.bytes for t in ts)), Phase.TRAINING)
-    if rl.deepspeed_sleep:
-        worst += [t for t in mem.gpu_terms if t.phase is None and t.category in SLEEP_CATEGORIES]
+    worst = _retag(max(candidates, key=lambda ts: sum(t.bytes for t in ts)), phase)
+    worst += [t for t in mem.gpu_terms
+              if t.phase is None and _where(rl, mem.role.name, phase, t) == Residence.WHILE_ACTIVE]
     return worst
 
 
-def experience_activity(mem: RoleMemory, rl: RlJob) -> list[Term]:
-    """A role's no-grad forward in make-experience, at ``micro_rollout_batch_size`` over prompt + generation."""
+def experience_activity(mem: RoleMemory, rl: RlJob, phase: Phase = Phase.MAKE_EXPERIENCE) -> list[Term]:
+    """A role's no-grad forward in ``phase``, at the rollout's forward micro-batch over prompt + generation."""
     role = mem.role
-    tagged = [t for t in mem.gpu_terms if t.phase == Phase.MAKE_EXPERIENCE]
+    tagged = [t for t in mem.gpu_terms if t.phase == phase]
     if not role.trained:
-        return tagged + list(mem.activity.get(Phase.MAKE_EXPERIENCE, ()))
+        return tagged + list(mem.activity.get(phase, ()))
     frozen = replace(role, trained=False, micro_batch_size=rl.rollout.micro_rollout_batch_size,
                      gradient_checkpointing=False)
     cfg = activation_config(frozen, role_tree(frozen))
     head = HeadConfig(head=role.head, logprob_impl=rl.job.logprob_impl)
-    return tagged + list(forward_only_terms(role.spec, cfg, head, str(role.name), phase=Phase.MAKE_EXPERIENCE))
+    return tagged + list(forward_only_terms(role.spec, cfg, head, str(role.name), phase=phase))
 
 
 def weight_sync_activity(mem: RoleMemory, rl: RlJob) -> list[Term]:
-    """Actor → vLLM broadcast: ZeRO-3 gathers one parameter at a time; CUDA IPC (hybrid engine, nccl)
-    clones each gathered parameter (``broadcast_to_vllm``, openrlhf/trainer/ray/ppo_actor.py)."""
+    """Actor → rollout engines: ZeRO-3 gathers one parameter at a time; CUDA IPC (same-GPU engines) clones
+    each gathered parameter (OpenRLHF ``broadcast_to_vllm``, openrlhf/trainer/ray/ppo_actor.py)."""
     role = mem.role
     largest = bytes_for(largest_tensor_numel(role.spec), role.param_dtype)
     src = code(f"{_OPENRLHF}:openrlhf/trainer/ray/ppo_actor.py@v0.11.0", "broadcast_to_vllm: GatheredParameters([param])")
     terms = []
-    if int(role.zero_stage) == 3:
+    if isinstance(role.sharding, ZeroSharding) and role.sharding.stage == ZeroStage.ZERO_3:
         terms.append(Term(path="actor.weight_sync.gathered_param", bytes=largest, category=Category.PARAM,
                           device=Device.GPU, source=src, phase=Phase.WEIGHT_SYNC))
-    if rl.colocate_all:
+    if rl.schedule.weight_transport == WeightTransport.CUDA_IPC:
         terms.append(Term(path="actor.weight_sync.ipc_clone", bytes=largest, category=Category.TEMP,
                           device=Device.GPU, source=src, phase=Phase.WEIGHT_SYNC))
     return terms
 
 
 def _resident(mem: RoleMemory, phase: Phase, rl: RlJob) -> list[Term]:
-    persistent = [t for t in mem.gpu_terms if t.phase is None]
-    if rl.deepspeed_sleep and mem.role.trained:
-        return [t for t in persistent if t.category not in SLEEP_CATEGORIES]
-    return persistent
+    """The role's persistent GPU terms the schedule keeps on the GPU throughout ``phase``."""
+    return [t for t in mem.gpu_terms if t.phase is None and _where(rl, mem.role.name, phase, t) == Residence.GPU]
 
 
 def _activities(mems: dict[RoleName, RoleMemory], roles: tuple[RoleName, ...], phase: Phase,
@@ -101,11 +103,13 @@ def _activities(mems: dict[RoleName, RoleMemory], roles: tuple[RoleName, ...], p
         mem = mems.get(name)
         if mem is None:
             continue
-        if phase == Phase.MAKE_EXPERIENCE:
-            acts.append(experience_activity(mem, rl))
-        elif phase == Phase.TRAINING and mem.role.trained:
-            acts.append(training_activity(mem, rl))
-        elif phase == Phase.WEIGHT_SYNC and name == RoleName.ACTOR and rl.rollout.num_engines:
+        entry = rl.schedule.at(phase)
+        activity = entry.step(name).activity if entry is not None else Activity.IDLE
+        if activity == Activity.FORWARD:
+            acts.append(experience_activity(mem, rl, phase))
+        elif activity == Activity.TRAIN_STEP and mem.role.trained:
+            acts.append(training_activity(mem, rl, phase))
+        elif activity == Activity.SYNC_SEND:
             acts.append(weight_sync_activity(mem, rl))
     return acts
 
@@ -120,12 +124,13 @@ def slot_phases(roles: tuple[RoleName, ...], mems: dict[RoleName, RoleMemory], r
         fixed.append(overhead.cuda_context(f"{name}.cuda_context"))
         fixed += overhead.nccl_buffers(f"{name}.nccl", mems[name].world_size)
     usages = []
-    for phase in RL_PHASES:
+    for entry in rl.schedule.phases:
+        phase = entry.phase
         base = [t for name in roles if name in mems for t in _resident(mems[name], phase, rl)]
         if RoleName.ROLLOUT in roles:
             base += rollout_terms.gpu_terms(rl, gpu, phase)
         acts = _activities(mems, roles, phase, rl)
-        concurrent = phase == Phase.TRAINING and not rl.deepspeed_sleep
+        concurrent = entry.concurrent
         chosen = [t for a in acts for t in a] if concurrent else max(acts, key=lambda a: sum(t.bytes for t in a),
                                                                      default=[])
         usages.append(PhaseUsage(phase=phase, terms=tuple(base + fixed + chosen)))
@@ -144,9 +149,8 @@ def _host_terms(counts: NodeRanks, mems: dict[RoleName, RoleMemory], rl: RlJob, 
         else:
             mem = mems[name]
             per_rank += [t for t in mem.cpu_terms if host_resident(t, phase)]
-            if rl.deepspeed_sleep and mem.role.trained and phase not in (Phase.TRAINING, Phase.LOAD):
-                per_rank += [replace(t, device=Device.CPU) for t in mem.gpu_terms
-                             if t.phase is None and t.category in SLEEP_CATEGORIES]
+            per_rank += [replace(t, device=Device.CPU) for t in mem.gpu_terms
+                         if t.phase is None and _where(rl, name, phase, t) == Residence.HOST]
             if name in (RoleName.ACTOR, RoleName.CRITIC):
                 per_rank += [t for t in rollout_terms.replay_buffer_terms(rl, str(name), mem.world_size)
                              if host_resident(t, phase)]
@@ -174,7 +178,7 @@ class _NodePhases:
             self._seen[key] = tuple(
                 PhaseUsage(phase=p, terms=tuple(_host_terms(counts, self._mems, self._rl, p, rank0)
                                                 + host_process.ray_node(head=head)))
-                for p in (Phase.LOAD, *RL_PHASES, *save_phases(self._rl.job)))
+                for p in (Phase.LOAD, *self._rl.schedule.order, *save_phases(self._rl.job)))
         return self._seen[key]
 
 
@@ -251,7 +255,8 @@ def estimate_rl(rl: RlJob, *, gpu: Gpu, host_ram_bytes: int | None) -> Estimate:
     groups = {g.name: g for g in rl.job.groups}
     mems: dict[RoleName, RoleMemory] = {}
     for role in rl.job.roles:
-        phases = (Phase.FORWARD, Phase.MAKE_EXPERIENCE) if role.trained else (Phase.MAKE_EXPERIENCE,)
+        forward = tuple(p.phase for p in rl.schedule.phases if p.step(role.name).activity == Activity.FORWARD)
+        phases = (Phase.FORWARD, *forward) if role.trained else forward
         mems[role.name] = role_memory(role, groups[role.group], rl.job.logprob_impl, forward_phases=phases,
                                       under_ray=True)
     by_roles: dict[tuple[RoleName, ...], list[GpuBlock]] = defaultdict(list)

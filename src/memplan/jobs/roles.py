@@ -20,6 +20,8 @@ from memplan.memory.transient import (
     BackwardStage, HeadConfig, backward_moment_bytes, backward_moments, forward_only_terms, held_output_terms,
     micro_step_transients, training_transients,
 )
+from memplan.memory.fsdp import FsdpSharding
+from memplan.memory.sharding import ZeroSharding
 from memplan.memory.zero import ParamLayout, ZeroConfig, eval_zero_config, layout_from_tree, train_zero_config
 from memplan.model.params import ModuleKind, ParamModule, ParamTensor, param_tree
 from memplan.model.spec import ModelSpec
@@ -91,15 +93,20 @@ def _grad_order(spec: ModelSpec, head: Head, lora_options: LoraOptions | None) -
 
 
 def role_zero(role: Role, group: GpuGroup) -> ZeroConfig:
-    """The DeepSpeed config OpenRLHF builds for the role: train config for trained roles, eval otherwise."""
+    """The DeepSpeed config of a ZeRO role: the train config for trained roles, the eval one otherwise
+    (the configs OpenRLHF builds, memory/zero.py)."""
+    sharding = role.sharding
+    if not isinstance(sharding, ZeroSharding):
+        raise TypeError(f"{role.name} is not sharded by DeepSpeed ZeRO")
     dp = max(group.num_gpus // role.ds_tp_size, 1)
     if role.trained:
-        return train_zero_config(zero_stage=int(role.zero_stage), dp_degree=dp, ranks_per_node=group.gpus_per_node,
-                                 param_dtype=role.param_dtype, adam_offload=role.offload_optimizer, zpg=role.zpg,
-                                 grad_accum_dtype=role.grad_accum_dtype, overlap_comm=role.overlap_comm,
+        return train_zero_config(zero_stage=int(sharding.stage), dp_degree=dp, ranks_per_node=group.gpus_per_node,
+                                 param_dtype=role.param_dtype, adam_offload=sharding.offload_optimizer,
+                                 zpg=sharding.zpg, grad_accum_dtype=sharding.grad_accum_dtype,
+                                 overlap_comm=sharding.overlap_comm,
                                  gradient_accumulation_steps=role.grad_accum_steps)
-    return eval_zero_config(zero_stage=int(role.zero_stage), dp_degree=dp, ranks_per_node=group.gpus_per_node,
-                            param_dtype=role.param_dtype, offload=role.offload_params)
+    return eval_zero_config(zero_stage=int(sharding.stage), dp_degree=dp, ranks_per_node=group.gpus_per_node,
+                            param_dtype=role.param_dtype, offload=sharding.offload_params)
 
 
 @lru_cache(maxsize=64)
@@ -115,13 +122,13 @@ def activation_config(role: Role, tree: ParamModule) -> ActivationConfig:
     return ActivationConfig(
         micro_batch_size=role.micro_batch_size * role.sequences_per_sample, seq_len=role.seq_len,
         attn_impl=role.attn_impl, gradient_checkpointing=role.gradient_checkpointing and role.trained,
-        packing=role.packing, ring_attn_size=role.ring_attn_size, ds_tp_size=role.ds_tp_size,
+        packing=role.packing, ring_size=role.ring_size, ds_tp_size=role.ds_tp_size,
         compute_dtype=role.param_dtype if role.param_dtype != DType.FP32 else DType.FP32,
         lora_rank=role.lora.rank if role.lora and role.trained else 0, trainable=role.trained, **kwargs)
 
 
 def _state_layout(role: Role, layout: ParamLayout) -> ParamLayout:
-    """The layout DeepSpeed manages: with ``--load_in_4bit`` only the adapters (the NF4 base is outside it)."""
+    """The layout DeepSpeed manages: with 4-bit base weights only the adapters (the NF4 base is outside it)."""
     if not role.load_in_4bit:
         return layout
     return ParamLayout(trainable_groups=layout.trainable_groups, frozen_tensors=(),
@@ -170,7 +177,19 @@ def role_memory(role: Role, group: GpuGroup, logprob_impl: LogProbImpl,
     ``partner`` is the frozen model a trained role's trainer runs between its forward and backward
     (DPO/KTO reference, KD teacher): its forward rides on the policy's forward-end tensors.
     ``under_ray``: the rank is a Ray actor (``train_ppo_ray``), so its process also imports ray.
+
+    The one dispatch on the sharding engine: ZeRO roles are computed here; FSDP roles will be computed by
+    memory/fsdp.py (issue 14, item 2).
     """
+    if isinstance(role.sharding, FsdpSharding):
+        raise NotImplementedError(f"{role.name}: FSDP roles are computed by memory/fsdp.py, not yet wired into "
+                                  "the estimate (issue 14, items 2-3)")
+    return _zero_role_memory(role, group, logprob_impl, forward_phases, partner, under_ray)
+
+
+def _zero_role_memory(role: Role, group: GpuGroup, logprob_impl: LogProbImpl, forward_phases: tuple[Phase, ...],
+                      partner: Role | None, under_ray: bool) -> RoleMemory:
+    """:func:`role_memory` of a role sharded by DeepSpeed ZeRO."""
     tree = role_tree(role)
     layout, total = _layout(role.spec, role.head, role.lora if role.trained else None)
     zero = role_zero(role, group)

@@ -6,7 +6,7 @@ and PyTorch 2.13 autograd (which tensors each op saves for backward), and checke
 
 Symbols (per device, after ring-attention slicing and AutoTP sharding):
 
-    N   tokens of one micro-batch on this device (micro_batch_size × seq_len / ring_attn_size)
+    N   tokens of one micro-batch on this device (micro_batch_size × seq_len / ring_size)
     B   sequences (1 when packed), T tokens per sequence
     h   hidden_size                 f   intermediate_size (f' = moe_intermediate_size)
     qd  query width  H × head_dim   kvd key (or value) width  KV × head_dim
@@ -35,9 +35,20 @@ from enum import StrEnum
 
 from memplan.dtypes import DType, bytes_for
 from memplan.errors import ConfigError
-from memplan.jobs.options import AttnImpl
 from memplan.model.spec import ModelSpec
 from memplan.sources import Source, code
+
+
+class AttnImpl(StrEnum):
+    """Attention implementation of the Hugging Face model (``attn_implementation``)."""
+
+    FLASH_ATTENTION_2 = "flash_attention_2"
+    """flash-attn varlen kernels: saves output + logsumexp, no T×T matrix."""
+    SDPA = "sdpa"
+    """torch scaled_dot_product_attention (flash / memory-efficient backends on GPU)."""
+    EAGER = "eager"
+    """Explicit matmul + softmax: materialises B×H×T×T scores and probabilities."""
+
 
 #: transformers release the coefficients were read from.
 HF = "huggingface/transformers"
@@ -102,13 +113,13 @@ class ActivationConfig:
     gradient_checkpointing: bool = False
     """HF non-reentrant checkpointing of every decoder layer."""
     packing: bool = False
-    """OpenRLHF ``--packing_samples``: one row of micro_batch_size × seq_len tokens, varlen flash."""
-    ring_attn_size: int = 1
-    """``--ring_attn_size``: the sequence is split over this many ranks."""
+    """Padding removed (samples packed): one row of micro_batch_size × seq_len tokens, varlen flash."""
+    ring_size: int = 1
+    """Ring attention degree: the sequence is split over this many ranks."""
     ds_tp_size: int = 1
-    """``--ds_tensor_parallel_size`` (DeepSpeed AutoTP): attention heads and MLP width are split."""
+    """Tensor-parallel degree (DeepSpeed AutoTP): attention heads and MLP width are split."""
     compute_dtype: DType = DType.BF16
-    """Dtype of activations (``--param_dtype``)."""
+    """Dtype of activations (the model's compute dtype)."""
     lora_rank: int = 0
     """LoRA rank; 0 means full fine-tuning (when ``trainable``)."""
     lora_targets: frozenset[LinearModule] = ALL_LINEAR
@@ -117,12 +128,12 @@ class ActivationConfig:
     """False for a frozen model run without gradients (reference, reward, teacher, make-experience)."""
 
     def __post_init__(self) -> None:
-        for name in ("micro_batch_size", "seq_len", "ring_attn_size", "ds_tp_size"):
+        for name in ("micro_batch_size", "seq_len", "ring_size", "ds_tp_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"activations.{name}", "must be >= 1")
         if self.lora_rank < 0:
             raise ConfigError("activations.lora_rank", "must be >= 0")
-        if (self.packing or self.ring_attn_size > 1) and self.attn_impl == AttnImpl.EAGER:
+        if (self.packing or self.ring_size > 1) and self.attn_impl == AttnImpl.EAGER:
             raise ConfigError("activations.attn_impl", "packing and ring attention need flash_attention_2")
 
     @property
@@ -141,14 +152,14 @@ def hf_source(family: str, detail: str) -> Source:
 
 
 def num_tokens(cfg: ActivationConfig) -> int:
-    """Tokens one device processes per micro-batch: N = ceil(B·T / ring_attn_size).
+    """Tokens one device processes per micro-batch: N = ceil(B·T / ring_size).
 
     Source: OpenRLHF/OpenRLHF:openrlhf/models/ring_attn_utils.py@3c3be62 (``unpad_and_slice_tensor``
     pads the packed row to a multiple of the ring size and keeps this rank's slice).
     Checked by: tests/memory/test_activations.py::test_num_tokens_ring
     """
     total = cfg.micro_batch_size * cfg.seq_len
-    return -(-total // cfg.ring_attn_size)
+    return -(-total // cfg.ring_size)
 
 
 def _rows(cfg: ActivationConfig) -> tuple[int, int]:
@@ -374,7 +385,7 @@ def lora_saved_bytes(spec: ModelSpec, cfg: ActivationConfig, layer_idx: int) -> 
 
     Source: huggingface/peft:src/peft/tuners/lora/layer.py@v0.21.0 (``Linear.forward``:
     ``lora_B(lora_A(dropout(x))) * scaling``; dropout 0 is ``nn.Identity``).
-    Assumes: ``--lora_dropout 0`` (OpenRLHF's default; dropout > 0 keeps a mask and a copy of x);
+    Assumes: LoRA dropout 0 (OpenRLHF's default; dropout > 0 keeps a mask and a copy of x);
     adapters in the model dtype (DeepSpeed casts every parameter to bf16).
     Checked by: tests/memory/test_activations.py::test_lora_layer_by_hand
     """

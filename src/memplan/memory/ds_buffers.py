@@ -10,7 +10,7 @@ gradient-path ones (bucket, flat copy, module gradients) at the backward moments
 from __future__ import annotations
 
 from memplan.dtypes import DType
-from memplan.jobs.options import ZeroStage
+from memplan.memory.sharding import ZeroStage
 from memplan.memory.breakdown import Category, Device, Phase, Term
 from memplan.memory.zero import (
     NON_ZERO_ALLREDUCE_BUCKET_SIZE, ParamLayout, ZeroConfig, ds_source, ds_term, persistent_numel,
@@ -161,7 +161,7 @@ def zero3_module_grads(layout: ParamLayout, zero: ZeroConfig, *, role: str,
 
 
 def hpz_secondary_params(layout: ParamLayout, zero: ZeroConfig, *, role: str) -> list[Term]:
-    """ZeRO++ hpZ (``--zpg`` > 1): a secondary copy of every weight partitioned over ``zpg`` ranks,
+    """ZeRO++ hpZ (``zero_hpz_partition_size`` > 1): a secondary copy of every weight partitioned over ``zpg`` ranks,
     ``aligned(t) / zpg`` elements per tensor (``_partition_param_sec`` partition_parameters.py:1909-1916),
     kept from the first gather to the end of the step (``invalidate_secondary_tensor`` stage3.py:755-759).
 
@@ -200,7 +200,7 @@ def compact_grad_upcast(layout: ParamLayout, zero: ZeroConfig, *, role: str) -> 
 
         numel = min(largest tensor, ps)   (one rank slice of one tensor at a time)
 
-    Source: the line above; probe: stage 2, --grad_accum_dtype fp32, 2 ranks: +1,049,240 B at the backward
+    Source: the line above; probe: stage 2, fp32 gradient accumulation, 2 ranks: +1,049,240 B at the backward
     peak for a 262,144-element embedding slice (4 B each). Assumes: counts-only layouts know no tensor (0).
     Checked by: tests/memory/test_model_states.py::test_grad_accum_dtype_fp32
     """

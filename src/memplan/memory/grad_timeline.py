@@ -37,7 +37,7 @@ from functools import cached_property
 from itertools import accumulate
 
 from memplan.dtypes import bytes_for
-from memplan.jobs.options import ZeroStage
+from memplan.memory.sharding import ZeroStage
 from memplan.memory.breakdown import Phase, Term
 from memplan.memory.ds_buffers import reduce_buckets, reduce_flat_copy, zero3_module_grads
 from memplan.memory.model_states import grads_in_partition, lp_grads

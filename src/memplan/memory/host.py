@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from enum import StrEnum
 
 from memplan.dtypes import DType, bytes_for
-from memplan.jobs.options import ZeroStage
+from memplan.memory.sharding import ZeroStage
 from memplan.memory import host_alloc
 from memplan.memory.breakdown import SAVE_PHASES, Category, Device, Phase, Term
 from memplan.memory.zero import (
@@ -34,7 +34,7 @@ def accumulates_on_host(zero: ZeroConfig) -> bool:
 
 
 def offloaded_optimizer_buffers(layout: ParamLayout, zero: ZeroConfig, *, role: str) -> list[Term]:
-    """Host buffers DeepSpeed adds with ``offload_optimizer: cpu`` (``--adam_offload``), per rank.
+    """Host buffers DeepSpeed adds with ``offload_optimizer: cpu`` (DeepSpeedCPUAdam), per rank.
 
         stage 1/2: fp32 gradient partition Σps·4, pinned (``single_partition_of_fp32_groups[i].grad`` :934-941)
                    lp parameter staging Σps, pinned (``param_buffer_of_bit16_for_cpu_offload_groups`` :564-574)
@@ -74,7 +74,7 @@ def pinned_allocations(layout: ParamLayout, zero: ZeroConfig, *, role: str) -> l
     """Every separate pinned host allocation DeepSpeed makes on one rank, grouped by the term it backs:
     ``(term path, bytes of each allocation, whether it pins a copy of a filled pageable tensor)``.
 
-        offload_param (``--ref_offload``...): {role}.params.partition, one lp partition per tensor above the
+        offload_param (a frozen ZeRO-3 model's offloaded parameters): {role}.params.partition, one lp partition per tensor above the
                    persistence threshold (partition_parameters.py:1836-1843, pinned from an untouched torch.empty)
         stage 3:   {role}.grads              one flat lp buffer p3 (``grad_partitions_flat_buffer`` :791-795)
                    {role}.offload.fp32_grads one fp32 buffer per optimizer sub-group (:1337-1342)

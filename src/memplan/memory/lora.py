@@ -43,14 +43,14 @@ def targeted_linears(tree: ParamModule, target_modules: tuple[str, ...]) -> tupl
         names = set(target_modules)
         chosen = [m for m in linears if m.name in names or any(m.path.endswith(f".{n}") for n in names)]
     if not chosen:
-        raise ConfigError("--target_modules", f"no linear layer of the model matches {', '.join(target_modules)}")
+        raise ConfigError("lora.target_modules", f"no linear layer of the model matches {', '.join(target_modules)}")
     return tuple(chosen)
 
 
 def adapter_tensor_numels(tree: ParamModule, target_modules: tuple[str, ...], rank: int) -> tuple[int, ...]:
     """Element counts of every ``lora_A`` (r × in) and ``lora_B`` (out × r) weight."""
     if rank < 1:
-        raise ConfigError("--lora_rank", f"must be >= 1 for LoRA, got {rank}")
+        raise ConfigError("lora.rank", f"must be >= 1 for LoRA, got {rank}")
     numels: list[int] = []
     for module in targeted_linears(tree, target_modules):
         out_features, in_features = module.tensors[0].shape

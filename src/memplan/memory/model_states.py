@@ -28,7 +28,7 @@ MemTracker; "probe" below): resident bytes between steps equal memplan's persist
 from __future__ import annotations
 
 from memplan.dtypes import DType, bytes_for
-from memplan.jobs.options import ZeroStage
+from memplan.memory.sharding import ZeroStage
 from memplan.memory import host
 from memplan.memory.breakdown import Category, Device, Phase, Term
 from memplan.memory.ds_buffers import (
@@ -110,12 +110,12 @@ def lp_grads(layout: ParamLayout, zero: ZeroConfig, *, role: str) -> list[Term]:
         stage 3:    p3 in grad_accum (``grad_partitions_flat_buffer`` :791-795; pinned host with offload)
 
     Source: the lines above. grad_accum defaults to the model dtype (engine.py:1806-1807), so ZeRO-3
-    keeps bf16 gradient partitions unless ``--grad_accum_dtype fp32``.
+    keeps bf16 gradient partitions unless gradients accumulate in fp32.
     Assumes: as resident (every phase). Estimates of a run place them in time instead where
     memory/grad_timeline.py models the engine (``trained_model_states(placed_gradients=...)``): growing
     through backward, then the step's ``grads_in_partition`` (stage 1/2) or T (stage 0).
     Probe: after backward the ZeRO-2 worst rank holds 2,106,880 B (= this formula), ZeRO-3 a bf16
-    partition, and ``--grad_accum_dtype fp32`` at ZeRO-2 a 4,213,248 B fp32 partition (both exact).
+    partition, and fp32 gradient accumulation at ZeRO-2 a 4,213,248 B fp32 partition (both exact).
     Checked by: tests/memory/test_model_states.py::test_zero_paper_figure_1, ::test_grad_accum_dtype_fp32
     """
     lp, acc, t, path = zero.param_dtype, zero.grad_accum_dtype, layout.trainable_params, f"{role}.grads"
@@ -188,7 +188,7 @@ def adam_moments(layout: ParamLayout, zero: ZeroConfig, *, role: str) -> list[Te
 
     Source: FusedAdam deepspeed/ops/adam/fused_adam.py:155-157 (GPU); DeepSpeedCPUAdam
     ops/adam/cpu_adam.py:161-164 (host, pageable ``zeros_like``), created at the first step.
-    Assumes: OpenRLHF's AdamW (``create_optimizer``: FusedAdam, or DeepSpeedCPUAdam with --adam_offload).
+    Assumes: OpenRLHF's AdamW (``create_optimizer``: FusedAdam, or DeepSpeedCPUAdam with the optimizer offloaded).
     Checked by: tests/memory/test_model_states.py::test_zero_paper_figure_1
     """
     numel = _optimizer_numel(layout, zero)
@@ -278,7 +278,7 @@ def frozen_model_states(layout: ParamLayout, zero: ZeroConfig, *, role: str,
                         forward_phases: tuple[Phase, ...] = (Phase.FORWARD,)) -> list[Term]:
     """A frozen model under OpenRLHF's eval config (reference, reward, KD teacher): weights only.
 
-        stage 0: the whole model in lp on every GPU (a replica; ``--ref_offload`` has no effect)
+        stage 0: the whole model in lp on every GPU (a replica; parameter offload has no effect)
         stage 3: partitions (pinned host with ``offload_param``) + persistent tensors + the weights gathered
                  for the running module and the prefetch (forward only, nothing retained)
 
@@ -306,7 +306,7 @@ NF4_ABSMAX_DTYPE = DType.INT8
 
 
 def nf4_base_weights(tree: ParamModule, *, role: str, value_head_params: int = 0) -> list[Term]:
-    """Frozen QLoRA base under OpenRLHF ``--load_in_4bit``: NF4 for every ``nn.Linear`` weight but the LM head.
+    """Frozen QLoRA base loaded in 4 bit (bitsandbytes): NF4 for every ``nn.Linear`` weight but the LM head.
 
         packed   = ceil(n / 2) bytes                                    (two 4-bit codes per byte)
         absmax   = ceil(n / 64) bytes (uint8) + 4·ceil(ceil(n/64) / 256) + 4·17 bytes per tensor

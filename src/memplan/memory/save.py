@@ -9,7 +9,7 @@ parameters), ZeRO 0-2 copy GPU tensors straight to the host, and ``torch.save`` 
 from __future__ import annotations
 
 from memplan.dtypes import bytes_for
-from memplan.jobs.options import ZeroStage
+from memplan.memory.sharding import ZeroStage
 from memplan.memory.breakdown import Category, Device, Phase, Term
 from memplan.memory.model_states import MASTER_DTYPE
 from memplan.memory.zero import ParamLayout, ZeroConfig, ds_source, largest_sub_group_numel, stage12_partition_numels

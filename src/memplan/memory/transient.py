@@ -34,7 +34,7 @@ from enum import StrEnum
 from functools import lru_cache
 
 from memplan.dtypes import bytes_for
-from memplan.jobs.options import AttnImpl
+from memplan.memory.activations import AttnImpl
 from memplan.memory import activations as act
 from memplan.memory import logits as lg
 from memplan.memory.activations import ActivationConfig, LinearModule
@@ -80,7 +80,7 @@ class HeadConfig:
     before the next micro-step: the PPO actor's ``training_step`` binds it and returns after
     ``optimizer_step`` (openrlhf/trainer/ray/ppo_actor.py@3c3be62 ``training_step``)."""
     entropy_in_loss: bool = False
-    """``--entropy_loss_coef`` non-zero: the entropy is part of the loss, so its graph is backwarded (and
+    """The entropy coefficient is non-zero: the entropy is part of the loss, so its graph is backwarded (and
     freed); with coefficient 0 it is computed, never backwarded, and its softmax stays with ``output``."""
 
 

@@ -219,7 +219,7 @@ class VllmConfig:
     enable_prefix_caching: bool = False
     """Reuses KV blocks across requests; no effect on the pool size."""
     sleep_level: int = 0
-    """0: never sleeps; 1: ``sleep(level=1)`` between rollouts (OpenRLHF ``--vllm.enable_sleep``); 2:
+    """0: never sleeps; 1: ``sleep(level=1)`` between rollouts (weights to host RAM, KV cache freed); 2:
     ``sleep(level=2)``: weights discarded, not backed up (:mod:`memplan.memory.vllm_sleep`)."""
     kv_cache_dtype: DType = DType.BF16
     """KV element type (``auto`` = the model dtype, which OpenRLHF forces to bfloat16)."""
@@ -230,13 +230,13 @@ class VllmConfig:
 
     def __post_init__(self) -> None:
         checks = {
-            "vllm.tensor_parallel_size": self.tensor_parallel_size >= 1,
-            "vllm.gpu_memory_utilization": 0 < self.gpu_memory_utilization <= 1,
-            "vllm.max_model_len": self.max_model_len >= 1,
-            "vllm.max_num_seqs": self.max_num_seqs >= 1,
-            "vllm.max_num_batched_tokens": self.max_num_batched_tokens >= 1,
-            "vllm.block_size": self.block_size >= 1,
-            "vllm.enable_sleep": self.sleep_level in (0, 1, 2),
+            "VllmConfig.tensor_parallel_size": self.tensor_parallel_size >= 1,
+            "VllmConfig.gpu_memory_utilization": 0 < self.gpu_memory_utilization <= 1,
+            "VllmConfig.max_model_len": self.max_model_len >= 1,
+            "VllmConfig.max_num_seqs": self.max_num_seqs >= 1,
+            "VllmConfig.max_num_batched_tokens": self.max_num_batched_tokens >= 1,
+            "VllmConfig.block_size": self.block_size >= 1,
+            "VllmConfig.sleep_level": self.sleep_level in (0, 1, 2),
         }
         for location, ok in checks.items():
             if not ok:
@@ -300,16 +300,16 @@ def kv_heads_per_rank(spec: ModelSpec, tp: int) -> int:
     kv = spec.num_key_value_heads
     if tp >= kv:
         if tp % kv:
-            raise ConfigError("vllm.tensor_parallel_size", f"{tp} is not a multiple of {kv} KV heads")
+            raise ConfigError("VllmConfig.tensor_parallel_size", f"{tp} is not a multiple of {kv} KV heads")
         return 1
     if kv % tp:
-        raise ConfigError("vllm.tensor_parallel_size", f"{kv} KV heads do not split over {tp} ranks")
+        raise ConfigError("VllmConfig.tensor_parallel_size", f"{kv} KV heads do not split over {tp} ranks")
     return kv // tp
 
 
 def _divide(n: int, tp: int, what: str) -> int:
     if n % tp:
-        raise ConfigError("vllm.tensor_parallel_size", f"{what} ({n}) does not split over {tp} ranks")
+        raise ConfigError("VllmConfig.tensor_parallel_size", f"{what} ({n}) does not split over {tp} ranks")
     return n // tp
 
 

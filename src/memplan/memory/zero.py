@@ -19,7 +19,7 @@ from functools import cached_property, lru_cache
 
 from memplan.dtypes import DType, bytes_for
 from memplan.errors import ConfigError
-from memplan.jobs.options import ZeroStage
+from memplan.memory.sharding import ZeroStage
 from memplan.memory.breakdown import Category, Device, Phase, Term
 from memplan.model.params import ParamModule
 from memplan.sources import Source, code
@@ -93,19 +93,19 @@ class ZeroConfig:
     grad_accum_dtype: DType
     """Gradient accumulation dtype; DeepSpeed uses the model dtype when unset (engine.py:1806-1807)."""
     offload_optimizer: bool = False
-    """``offload_optimizer.device == cpu`` (OpenRLHF ``--adam_offload``): DeepSpeedCPUAdam on host."""
+    """``offload_optimizer.device == cpu``: DeepSpeedCPUAdam, the optimizer state and step in pinned host RAM."""
     offload_param: bool = False
-    """``offload_param.device == cpu`` (ZeRO-3 only; OpenRLHF eval engines with ``--ref_offload``...)."""
+    """``offload_param.device == cpu`` (ZeRO-3 only; OpenRLHF's eval engines of offloaded frozen models)."""
     pin_memory: bool = True
     """OpenRLHF sets ``pin_memory: true`` for both offload blocks."""
     overlap_comm: bool = False
-    """Default True at stage 3, else False (config.py:384-386); OpenRLHF ``--overlap_comm`` sets True."""
+    """Default True at stage 3, else False (config.py:384-386); OpenRLHF can set it True at any stage."""
     contiguous_gradients: bool = CONTIGUOUS_GRADIENTS_DEFAULT
     """Copy gradients into the reduce bucket; forced on with optimizer offload (stage_1_and_2.py:300)."""
     reduce_scatter: bool = REDUCE_SCATTER_DEFAULT
     """Reduce-scatter (True) or all-reduce gradients."""
     zpg: int = HPZ_PARTITION_SIZE_DEFAULT
-    """ZeRO++ hpZ secondary partition size (``zero_hpz_partition_size``, OpenRLHF ``--zpg``)."""
+    """ZeRO++ hpZ secondary partition size (``zero_hpz_partition_size``)."""
     gradient_accumulation_steps: int = 1
     """Micro-batches per optimizer step (host gradient accumulation buffers with offload)."""
     reduce_bucket_size: int = REDUCE_BUCKET_SIZE_DEFAULT
@@ -134,12 +134,12 @@ class ZeroConfig:
         if self.offload_optimizer and self.stage == ZeroStage.ZERO_0:
             # engine.py:2295-2321 wraps the client DeepSpeedCPUAdam in FP16_Optimizer at stage 0; its init
             # step asserts CPU parameters (ops/adam/cpu_adam.py:148).
-            raise ConfigError("--adam_offload", "DeepSpeed's CPU Adam needs --zero_stage 1, 2 or 3")
+            raise ConfigError("zero.offload_optimizer", "DeepSpeed's CPU Adam needs ZeRO stage 1, 2 or 3")
         if (self.stage == ZeroStage.ZERO_0 and self.param_dtype != self.grad_accum_dtype):
-            raise ConfigError("--grad_accum_dtype", "DeepSpeed 0.19.8 rejects a gradient accumulation dtype other "
+            raise ConfigError("zero.grad_accum_dtype", "DeepSpeed 0.19.8 rejects a gradient accumulation dtype other "
                               "than the model dtype at ZeRO stage 0 (engine.py:2323)")
         if self.zpg > 1 and self.dp_degree % min(self.zpg, self.dp_degree):
-            raise ConfigError("--zpg", f"{self.zpg} must divide the {self.dp_degree} data-parallel ranks")
+            raise ConfigError("zero.zpg", f"{self.zpg} must divide the {self.dp_degree} data-parallel ranks")
 
     @property
     def uses_bf16_optimizer(self) -> bool:
@@ -164,7 +164,7 @@ def train_zero_config(*, zero_stage: int, dp_degree: int, ranks_per_node: int, p
     """What ``get_train_ds_config`` gives DeepSpeed for a trained model (actor, critic, SFT/RM/DPO policy).
 
     ``offload_param`` is hard-coded off for training models; ``overlap_comm`` and
-    ``contiguous_gradients`` are only written with ``--overlap_comm``, otherwise DeepSpeed's defaults
+    ``contiguous_gradients`` are only written when overlap is asked for, otherwise DeepSpeed's defaults
     apply (overlap True at stage 3 only, config.py:384-386; contiguous True); ``reduce_scatter`` True.
     ``grad_accum_dtype=None`` (flag absent) resolves to the model dtype (engine.py:1806-1807).
 
@@ -182,9 +182,9 @@ def eval_zero_config(*, zero_stage: int, dp_degree: int, ranks_per_node: int, pa
                      offload: bool = False) -> ZeroConfig:
     """What ``get_eval_ds_config`` gives DeepSpeed for a frozen model (reference, reward, teacher, EMA).
 
-    The stage is 3 only when ``--zero_stage 3``, else 0 (a full bf16 replica per GPU). ``offload``
-    (``--ref_offload``, ``--teacher_offload``, ...) writes ``offload_param: cpu``, which DeepSpeed only
-    honours at stage 3; at stage 0 the flag changes nothing.
+    The stage is 3 only when training uses stage 3, else 0 (a full bf16 replica per GPU). ``offload``
+    (the frozen model's parameter offload) writes ``offload_param: cpu``, which DeepSpeed only honours at
+    stage 3; at stage 0 it changes nothing.
 
     Source: OpenRLHF deepspeed.py ``get_ds_eval_config`` (``stage=self.stage if self.stage == 3 else 0``).
     Checked by: tests/memory/test_model_states.py::test_resolver_openrlhf_defaults
@@ -199,7 +199,7 @@ def _stage(value: int) -> ZeroStage:
     try:
         return ZeroStage(value)
     except ValueError:
-        raise ConfigError("--zero_stage", f"must be 0, 1, 2 or 3, got {value}") from None
+        raise ConfigError("zero.stage", f"must be 0, 1, 2 or 3, got {value}") from None
 
 
 # --- the parameters as DeepSpeed's optimizer sees them --------------------------------------------

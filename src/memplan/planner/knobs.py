@@ -1,7 +1,8 @@
-"""What the planner may choose, and in which order: flag sets, group sizes, vLLM options, placements.
+"""What the planner may choose, and in which order: knob settings, group sizes, engine options, placements.
 
-``saving_flags`` is the most memory-saving flag set (the searches start there: a setting that does
-not fit with it fits with nothing less saving); ``speedups`` lists the changes back towards faster
+Knobs are named by kind (``jobs.knobs.Knob``); ``Space.key`` spells each as the run's framework keys it,
+and a flag set holds values under those keys. ``saving_flags`` is the most memory-saving setting (the
+searches start there: a setting that does not fit with it fits with nothing less saving); ``speedups`` lists the changes back towards faster
 training, in the order OpenRLHF's maintainers advise; ``size_ladder`` the group sizes a role may take.
 """
 
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from memplan.jobs.job import RoleName
+from memplan.jobs.knobs import Knob, KnobKey
 from memplan.planner.space import TRAIN, FlagSet, Placement, Space, flag_set
 from memplan.units import GiB
 
@@ -32,30 +35,29 @@ TP_SIZES = (1, 2, 4, 8, 16)
 
 
 def saving_flags(space: Space, *, hybrid: bool = False, ring: int = 1) -> FlagSet:
-    """The searched flags at their most memory-saving values (pinned ones as pinned)."""
-    out: dict[str, Any] = {"zero_stage": 3, "adam_offload": True, "gradient_checkpointing": True,
-                           "micro_train_batch_size": 1, "ring_attn_size": ring,
-                           "lora_rank": LORA_RANK if space.allow_lora else 0}
+    """The searched knobs at their most memory-saving values (pinned ones as pinned)."""
+    k = space.key
+    out: dict[str, Any] = {k(Knob.SHARDING_STAGE): 3, k(Knob.OPTIMIZER_OFFLOAD): True, k(Knob.CHECKPOINTING): True,
+                           k(Knob.MICRO_BATCH): 1, k(Knob.SEQUENCE_PARALLEL): ring,
+                           k(Knob.LORA_RANK): LORA_RANK if space.allow_lora else 0}
     if space.rl:
-        out.update(micro_rollout_batch_size=1, ref_offload=True, reward_offload=True,
-                   vllm_enable_sleep=hybrid, deepspeed_enable_sleep=hybrid)
-    elif space.run.script in ("train_dpo", "train_kto"):
-        out["ref_offload"] = True
-    elif space.run.script == "train_kd":
-        out["teacher_offload"] = True
+        out.update({k(Knob.FORWARD_MICRO_BATCH): 1, k(Knob.PARAM_OFFLOAD, "ref"): True,
+                    k(Knob.PARAM_OFFLOAD, "reward"): True, k(Knob.ENGINE_SLEEP): hybrid, k(Knob.TRAINER_SLEEP): hybrid})
+    elif space.partner is not None:
+        out[k(Knob.PARAM_OFFLOAD, space.partner)] = True
     if ring > 1 and not space.rl:
-        out["packing_samples"] = True  # train_sft/rm/dpo assert packing with ring attention
-    if not space.allow_lora and not space.free("lora_rank"):
-        out.pop("lora_rank")
-    return flag_set({k: v for k, v in out.items() if space.free(k)})
+        out[k(Knob.PACKING)] = True  # the single-model trainers assert packing with ring attention
+    if not space.allow_lora and not space.free(Knob.LORA_RANK):
+        out.pop(k(Knob.LORA_RANK))
+    return flag_set({key: v for key, v in out.items() if space.free(key)})
 
 
 def ring_options(space: Space) -> tuple[int, ...]:
     """Ring-attention degrees worth a search (only for long sequences, unless pinned; it needs packing)."""
-    if "ring_attn_size" not in space.run.values:  # train_kto/train_prm have no ring attention
+    if not space.has(Knob.SEQUENCE_PARALLEL):  # some single-model trainers have no ring attention
         return (1,)
-    if not space.free("ring_attn_size") or (not space.free("packing_samples") and not space.value("packing_samples")):
-        return (int(space.value("ring_attn_size") or 1),)
+    if not space.free(Knob.SEQUENCE_PARALLEL) or (not space.free(Knob.PACKING) and not space.value(Knob.PACKING)):
+        return (int(space.value(Knob.SEQUENCE_PARALLEL) or 1),)
     return (1, *RING_SIZES) if space.long_sequence else (1,)
 
 
@@ -67,33 +69,42 @@ def speedups(space: Space, flags: FlagSet, *, hybrid: bool) -> list[tuple[str, l
     batches 4 and 8), then no checkpointing (no recomputed forward), then ZeRO-2 (less communication).
     """
     f = dict(flags)
+    k = space.key
     knobs: list[tuple[str, list[dict[str, Any]]]] = []
 
     def add(key: str, options: list[dict[str, Any]]) -> None:
         if space.free(key) and options:
             knobs.append((key, options))
 
-    if f.get("lora_rank"):
-        add("lora_rank", [{"lora_rank": 0}])
-    if f.get("adam_offload"):
-        add("adam_offload", [{"adam_offload": False}])
-    for key in ("ref_offload", "teacher_offload"):
+    lora, adam = k(Knob.LORA_RANK), k(Knob.OPTIMIZER_OFFLOAD)
+    if f.get(lora):
+        add(lora, [{lora: 0}])
+    if f.get(adam):
+        add(adam, [{adam: False}])
+    reward = k(Knob.PARAM_OFFLOAD, "reward")
+    for role in ("ref", "teacher"):
+        key = k(Knob.PARAM_OFFLOAD, role)
         if f.get(key):
-            add(key, [{key: False, **({"reward_offload": False} if key == "ref_offload" and space.rl else {})}])
-    mtbs = int(f.get("micro_train_batch_size", space.value("micro_train_batch_size")) or 1)
-    add("micro_train_batch_size", [{"micro_train_batch_size": m} for m in (2, 4, 8) if m > mtbs])
+            add(key, [{key: False, **({reward: False} if role == "ref" and space.rl else {})}])
+    micro = k(Knob.MICRO_BATCH)
+    mtbs = int(f.get(micro, space.value(micro)) or 1)
+    add(micro, [{micro: m} for m in (2, 4, 8) if m > mtbs])
     if space.rl:
-        mrbs = int(f.get("micro_rollout_batch_size", space.value("micro_rollout_batch_size")) or 1)
-        add("micro_rollout_batch_size", [{"micro_rollout_batch_size": m} for m in (2, 4, 8, 16) if m > mrbs])
-    if f.get("gradient_checkpointing"):
-        add("gradient_checkpointing", [{"gradient_checkpointing": False}])
-    if int(f.get("zero_stage", 2)) == 3:
-        add("zero_stage", [{"zero_stage": 2}])
+        forward = k(Knob.FORWARD_MICRO_BATCH)
+        mrbs = int(f.get(forward, space.value(forward)) or 1)
+        add(forward, [{forward: m} for m in (2, 4, 8, 16) if m > mrbs])
+    checkpointing, stage = k(Knob.CHECKPOINTING), k(Knob.SHARDING_STAGE)
+    if f.get(checkpointing):
+        add(checkpointing, [{checkpointing: False}])
+    if int(f.get(stage, 2)) == 3:
+        add(stage, [{stage: 2}])
     if hybrid:
-        add("deepspeed_enable_sleep", [{"deepspeed_enable_sleep": False}] if f.get("deepspeed_enable_sleep") else [])
-    ring = int(f.get("ring_attn_size", 1) or 1)
+        sleep = k(Knob.TRAINER_SLEEP)
+        add(sleep, [{sleep: False}] if f.get(sleep) else [])
+    ring_key = k(Knob.SEQUENCE_PARALLEL)
+    ring = int(f.get(ring_key, 1) or 1)
     if ring > 1:
-        add("ring_attn_size", [{"ring_attn_size": r} for r in reversed((1, *RING_SIZES)) if r < ring])
+        add(ring_key, [{ring_key: r} for r in reversed((1, *RING_SIZES)) if r < ring])
     return knobs
 
 
@@ -108,7 +119,7 @@ def base_sizes(space: Space) -> tuple[int, ...]:
 
 
 def _pinned_size(space: Space, role: str) -> int | None:
-    keys = (f"{role}_num_nodes", f"{role}_num_gpus_per_node")
+    keys = (KnobKey(knob=Knob.GROUP_NODES, role=RoleName(role)), KnobKey(knob=Knob.GROUP_GPUS_PER_NODE, role=RoleName(role)))
     if all(space.free(k) for k in keys):
         return None
     return int(space.value(keys[0]) or 1) * int(space.value(keys[1]) or 1)
@@ -117,17 +128,18 @@ def _pinned_size(space: Space, role: str) -> int | None:
 def size_ladder(space: Space, role: str, flags: FlagSet) -> tuple[int, ...]:
     """Valid group sizes of ``role`` under ``flags``, smallest first.
 
-    A trained group's world must divide ``train_batch_size × ring × ds_tp / micro_train_batch_size``
-    (DeepSpeed asserts train_batch_size = micro × grad_accum × dp) and be a multiple of ring × ds_tp.
+    A trained group's world must divide ``global batch × ring × tp / micro batch`` (DeepSpeed asserts
+    global batch = micro × grad_accum × dp) and be a multiple of ring × tp.
     """
     f = dict(flags)
-    ring = int(f.get("ring_attn_size", space.value("ring_attn_size")) or 1)
-    ds_tp = int(space.value("ds_tensor_parallel_size") or 1)
+    k = space.key
+    ring = int(f.get(k(Knob.SEQUENCE_PARALLEL), space.value(Knob.SEQUENCE_PARALLEL)) or 1)
+    ds_tp = int(space.value(Knob.TENSOR_PARALLEL) or 1)
     pinned = None if role == TRAIN else _pinned_size(space, role)
     sizes = (pinned,) if pinned is not None else base_sizes(space)
     trained = role in ("actor", "critic", TRAIN)
-    mtbs = int(f.get("micro_train_batch_size", space.value("micro_train_batch_size")) or 1)
-    batch = int(space.value("train_batch_size") or 1) * ring * ds_tp
+    mtbs = int(f.get(k(Knob.MICRO_BATCH), space.value(Knob.MICRO_BATCH)) or 1)
+    batch = int(space.value(Knob.GLOBAL_BATCH) or 1) * ring * ds_tp
     out = []
     for s in sizes:
         if s % (ring * ds_tp):
@@ -140,16 +152,16 @@ def size_ladder(space: Space, role: str, flags: FlagSet) -> tuple[int, ...]:
 
 def tp_options(space: Space, limit: int | None = None) -> tuple[int, ...]:
     """vLLM TP sizes: within a node, dividing the attention heads (vLLM's requirement)."""
-    if not space.free("vllm_tensor_parallel_size"):
-        return (int(space.value("vllm_tensor_parallel_size") or 1),)
+    if not space.free(Knob.ENGINE_TP):
+        return (int(space.value(Knob.ENGINE_TP) or 1),)
     cap = min(space.gpus_per_node, limit or space.gpus_per_node, max(space.max_gpus, 1))
     return tuple(t for t in TP_SIZES if t <= cap and space.heads % t == 0)
 
 
 def gmu_options(space: Space) -> tuple[float, ...]:
     """vLLM memory shares, ascending (only the pinned one when pinned)."""
-    if not space.free("vllm_gpu_memory_utilization"):
-        return (float(space.value("vllm_gpu_memory_utilization")),)
+    if not space.free(Knob.ENGINE_MEMORY_SHARE):
+        return (float(space.value(Knob.ENGINE_MEMORY_SHARE)),)
     return GMU_GRID
 
 
@@ -159,7 +171,8 @@ def placements(space: Space) -> tuple[Placement, ...]:
         return (Placement.SINGLE,)
     roles = set(space.roles)
     pins = space.pinned
-    if pins.get("colocate_all_models"):
+    colocate_all = space.key(Knob.COLOCATE_ALL)
+    if pins.get(colocate_all):
         return (Placement.HYBRID,) if space.has_vllm else ()
     out = [Placement.SEPARATE]
     if "ref" in roles:
@@ -168,10 +181,10 @@ def placements(space: Space) -> tuple[Placement, ...]:
         out.append(Placement.CRITIC_REWARD)
     if "ref" in roles and {"critic", "reward"} <= roles:
         out.append(Placement.PAIRS)
-    if space.has_vllm and pins.get("colocate_all_models", True):
+    if space.has_vllm and pins.get(colocate_all, True):
         out.append(Placement.HYBRID)
-    for key, needs in (("colocate_actor_ref", (Placement.ACTOR_REF, Placement.PAIRS)),
-                       ("colocate_critic_reward", (Placement.CRITIC_REWARD, Placement.PAIRS))):
+    for key, needs in ((space.key(Knob.COLOCATE_ACTOR_REF), (Placement.ACTOR_REF, Placement.PAIRS)),
+                       (space.key(Knob.COLOCATE_CRITIC_REWARD), (Placement.CRITIC_REWARD, Placement.PAIRS))):
         if key in pins:
             keep = [p for p in out if (p in needs) == bool(pins[key]) or p == Placement.HYBRID]
             out = keep

@@ -68,9 +68,11 @@ class Plan:
     flags: FlagSet
     """Searched flag values."""
     command: str
-    """The OpenRLHF launch command (``memplan check`` reads it back to ``estimate``)."""
+    """The framework's launch command (``memplan check`` reads it back to ``estimate``)."""
     estimate: Estimate
     """The estimate of ``command``."""
+    placement: str = ""
+    """The layout's placement as plans name it (``Space.placement_name``)."""
 
     @property
     def num_gpus(self) -> int:
@@ -114,9 +116,10 @@ class PlanResult:
 def _plan_of(space: Space, found: Found, gpu: Gpu, host_ram_bytes: int | None) -> Plan:
     layout, flags = found.candidate.layout, found.candidate.flags
     command = command_text(space, layout, flags)
-    est = estimate_run(resolve_command(command, version=space.run.version, whole_run=False), gpu=gpu,
-                       host_ram_bytes=host_ram_bytes)
-    return Plan(layout=layout, flags=flags, command=command, estimate=est)
+    est = estimate_run(resolve_command(command, version=space.run.version, whole_run=False,
+                                       framework=space.run.framework), gpu=gpu, host_ram_bytes=host_ram_bytes)
+    return Plan(layout=layout, flags=flags, command=command, estimate=est,
+                placement=space.placement_name(layout.placement))
 
 
 def _binding(space: Space, gpu: Gpu, trace: Trace, last_error: str | None) -> BindingLimit | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from memplan.hardware.gpu import Gpu
+from memplan.jobs.knobs import Knob
 from memplan.planner.knobs import gmu_options, placements, ring_options, saving_flags, size_ladder, tp_options
 from memplan.planner.probe import Candidate, Evaluator, kv_cache_bytes
 from memplan.planner.search import (
@@ -35,7 +36,7 @@ MIN_KV_SHARE = 0.5
 
 
 def _engines(space: Space) -> int:
-    return int(space.value("vllm_num_engines") or 1) if not space.free("vllm_num_engines") else 1
+    return int(space.value(Knob.ENGINES) or 1) if not space.free(Knob.ENGINES) else 1
 
 
 def _record(trace: Trace, searches: dict[str, UnitSearch]) -> None:
@@ -125,7 +126,7 @@ def pair_layouts(ev: Evaluator, space: Space, gpu: Gpu, flags: FlagSet, sep: Sep
 
 def _hybrid_tp(space: Space):  # type: ignore[no-untyped-def]
     options = tp_options(space)
-    pinned_engines = None if space.free("vllm_num_engines") else int(space.value("vllm_num_engines") or 1)
+    pinned_engines = None if space.free(Knob.ENGINES) else int(space.value(Knob.ENGINES) or 1)
 
     def tp_for(n: int) -> int | None:
         if pinned_engines is not None:
@@ -207,7 +208,7 @@ def balanced_layout(space: Space, gpu: Gpu, sep: Separate, flags: FlagSet) -> La
             half = max(sep.sizes[role], sizes.get(partner, actor) // 2)
             sizes[role] = next_size(size_ladder(space, role, flags), half) or sep.sizes[role]
     layout = sep.layout(space, **sizes)
-    if space.has_vllm and space.free("vllm_num_engines"):
+    if space.has_vllm and space.free(Knob.ENGINES):
         layout = Layout(placement=layout.placement, sizes=layout.sizes, engines=max(1, ceil_div(actor, layout.tp)),
                         tp=layout.tp, gmu=layout.gmu)
     return layout
@@ -226,7 +227,7 @@ def _upgrade_hybrid(ev: Evaluator, space: Space, gpu: Gpu, found: Found, *, upto
     layout = found.candidate.layout
     n = layout.size("actor")
     shares = [g for g in HYBRID_GMU_UPGRADES if layout.gmu is not None and layout.gmu < g <= upto] \
-        if space.free("vllm_gpu_memory_utilization") else []
+        if space.free(Knob.ENGINE_MEMORY_SHARE) else []
     for gmu in shares:
         bigger = Layout(placement=layout.placement, sizes=layout.sizes, engines=layout.engines, tp=layout.tp, gmu=gmu)
         better = check(ev, gpu, Candidate(layout=bigger, flags=found.candidate.flags), Fit.HEADROOM)
@@ -234,7 +235,7 @@ def _upgrade_hybrid(ev: Evaluator, space: Space, gpu: Gpu, found: Found, *, upto
             break
         found, layout = better, bigger
     smaller = [t for t in sorted(tp_options(space), reverse=True) if t < layout.tp and n % t == 0] \
-        if engines and space.free("vllm_tensor_parallel_size") and space.free("vllm_num_engines") else []
+        if engines and space.free(Knob.ENGINE_TP) and space.free(Knob.ENGINES) else []
     for tp in smaller:
         more = Layout(placement=layout.placement, sizes=layout.sizes, engines=n // tp, tp=tp, gmu=layout.gmu)
         better = check(ev, gpu, Candidate(layout=more, flags=found.candidate.flags), Fit.HEADROOM)
@@ -258,7 +259,7 @@ def _hybrid_recommended(ev: Evaluator, space: Space, gpu: Gpu, at_least: int, ri
 def rl_recommended(ev: Evaluator, space: Space, gpu: Gpu, minimum: Found | None) -> Found | None:
     """The balanced layout with at least 10% headroom everywhere, with the fastest flags that keep it."""
     trace = Trace()
-    ring = int(dict(minimum.candidate.flags).get("ring_attn_size", 1)) if minimum else 1
+    ring = int(dict(minimum.candidate.flags).get(space.key(Knob.SEQUENCE_PARALLEL), 1)) if minimum else 1
     flags = saving_flags(space, ring=ring)
     if placements(space) == (Placement.HYBRID,):
         found = _hybrid_recommended(ev, space, gpu, 0, ring, trace)

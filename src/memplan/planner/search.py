@@ -190,7 +190,7 @@ class RolloutSearch(UnitSearch):
 
 
 class HybridSearch(UnitSearch):
-    """``--colocate_all_models`` on N GPUs: the largest TP dividing N, the smallest memory share
+    """The hybrid engine (every model and the engines on the same GPUs) on N GPUs: the largest TP dividing N, the smallest memory share
     whose KV budget clears the floor; bisection over N."""
 
     def __init__(self, ladder: tuple[int, ...], tp_for: Callable[[int], int | None], gmus: tuple[float, ...],

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from memplan.hardware.gpu import Gpu
+from memplan.jobs.job import RoleName
+from memplan.jobs.knobs import Knob, KnobKey
 from memplan.jobs.result import Estimate
 from memplan.planner.knobs import size_ladder, speedups
 from memplan.planner.probe import Candidate, Evaluator, UnitObs, estimate_fits, gpus_fit, host_rank
@@ -96,15 +98,20 @@ def grow(space: Space, layout: Layout, role: str, flags: FlagSet) -> Layout | No
 
 #: Attempts to make a layout fit its nodes' host RAM (each one estimate).
 HOST_REPAIR_STEPS = 6
-#: Host-lighter flag changes tried first (the CPU Adam state, offloaded parameters, sleeping copies).
-HOST_LIGHTER = ({"adam_offload": False}, {"ref_offload": False, "reward_offload": False},
-                {"teacher_offload": False}, {"deepspeed_enable_sleep": False, "vllm_enable_sleep": False})
+#: Host-lighter knob changes tried first (the CPU Adam state, offloaded parameters, sleeping copies).
+HOST_LIGHTER: tuple[tuple[KnobKey, ...], ...] = (
+    (KnobKey(knob=Knob.OPTIMIZER_OFFLOAD),),
+    (KnobKey(knob=Knob.PARAM_OFFLOAD, role=RoleName.REF), KnobKey(knob=Knob.PARAM_OFFLOAD, role=RoleName.REWARD)),
+    (KnobKey(knob=Knob.PARAM_OFFLOAD, role=RoleName.TEACHER),),
+    (KnobKey(knob=Knob.TRAINER_SLEEP), KnobKey(knob=Knob.ENGINE_SLEEP)),
+)
 
 
 def host_repair(ev: Evaluator, space: Space, gpu: Gpu, candidate: Candidate, est: Estimate, fit: Fit) -> Found | None:
     """Make a layout whose GPUs fit but whose nodes do not fit: lighter host flags, else a larger
     group for the role holding the most host RAM on the worst node (it spreads over more nodes)."""
-    for change in HOST_LIGHTER:
+    for knobs in HOST_LIGHTER:
+        change = {space.key(k): False for k in knobs}
         flags = dict(candidate.flags)
         if not all(k in flags and space.free(k) for k in change) or all(flags[k] == v for k, v in change.items()):
             continue
@@ -183,7 +190,8 @@ def settle(ev: Evaluator, space: Space, gpu: Gpu, candidate: Candidate, fit: Fit
 
 def lighter_host(ev: Evaluator, space: Space, gpu: Gpu, best: Found, fit: Fit) -> Found:
     """At the same layout, flags that need less host RAM when the GPUs still fit (the tie-break)."""
-    for change in HOST_LIGHTER:
+    for knobs in HOST_LIGHTER:
+        change = {space.key(k): False for k in knobs}
         flags = dict(best.candidate.flags)
         if not all(k in flags for k in change) or all(flags[k] == v for k, v in change.items()):
             continue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from memplan.hardware.gpu import Gpu
+from memplan.jobs.knobs import Knob
 from memplan.planner.knobs import ring_options, saving_flags, size_ladder
 from memplan.planner.probe import Candidate, Evaluator
 from memplan.planner.search import LadderSearch, lockstep
@@ -38,7 +39,7 @@ def single_minimum(ev: Evaluator, space: Space, gpu: Gpu, trace: Trace) -> Found
 def single_recommended(ev: Evaluator, space: Space, gpu: Gpu, minimum: Found | None) -> Found | None:
     """The fewest GPUs with 10% headroom, then the fastest flags that keep it."""
     trace = Trace()
-    ring = int(dict(minimum.candidate.flags).get("ring_attn_size", 1)) if minimum else 1
+    ring = int(dict(minimum.candidate.flags).get(space.key(Knob.SEQUENCE_PARALLEL), 1)) if minimum else 1
     flags = saving_flags(space, ring=ring)
     n = smallest_group(ev, space, gpu, flags, Fit.HEADROOM, trace)
     if n is None:

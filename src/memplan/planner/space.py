@@ -1,17 +1,19 @@
-"""The planner's search space: what it may change in an OpenRLHF run, the layouts, and the orders.
+"""The planner's search space: what it may change in a run, the layouts, and the orders.
 
 Glossary (used across ``memplan.planner``):
 
 * *role*: a model of the run (``actor``, ``critic``, ``ref``, ``reward``; ``train`` is the one GPU
-  group of a single-model script); ``rollout`` is the vLLM engines.
+  group of a single-model run); ``rollout`` is the rollout engines.
 * *unit*: a set of roles that share GPUs, and so one per-GPU peak: ``actor``, ``actor+ref``
-  (``--colocate_actor_ref``), ``critic+reward``, ``rollout`` (one engine's TP shard), ``hybrid``
-  (``--colocate_all_models``: every model and the engines), ``train``.
-* *layout*: GPUs per role, which roles share GPUs, and the vLLM engines (count, TP, memory share).
-* *flag set*: the values of the searched OpenRLHF flags (ZeRO stage, offload, checkpointing,
-  micro batches, LoRA, ring attention, sleep).
+  (actor and reference colocated), ``critic+reward``, ``rollout`` (one engine's TP shard), ``hybrid``
+  (every model and the engines on the same GPUs), ``train``.
+* *layout*: GPUs per role, which roles share GPUs, and the rollout engines (count, TP, memory share).
+* *knob*: a setting the planner may choose (``jobs.knobs.Knob``: sharding stage, offload, checkpointing,
+  micro batches, LoRA, ring attention, sleep, colocation, engines); the run's framework spells each
+  (``Space.key``).
+* *flag set*: the values of the searched knobs, under the framework's keys.
 * *saving* flags: the flag set that needs the least GPU memory; *speed-ups*: the changes back
-  towards faster training, tried in the order OpenRLHF's maintainers advise.
+  towards faster training, tried in the order the framework's maintainers advise.
 
 The space only describes candidates (``knobs`` says what may change); ``search`` evaluates them
 (through ``memplan.api.estimate_run``).
@@ -24,14 +26,11 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
-from memplan.api import ResolvedRun, command_for, resolve_command
-from memplan.errors import ConfigError
-from memplan.frameworks.openrlhf import LauncherWorld, format_command, load_table, parse_command, resolve_values
+from memplan import frameworks
+from memplan.frameworks.base import ResolvedRun
 from memplan.frameworks.openrlhf.bounds import MAX_GPUS, MAX_GPUS_PER_NODE, check_count
-from memplan.frameworks.openrlhf.defaults import LEGACY_DERIVED_KEYS
-from memplan.frameworks.openrlhf.flags import FlagKind, check_value, tables_with
-from memplan.frameworks.openrlhf.job import SCRIPT_METHOD
-from memplan.frameworks.openrlhf.rl_job import rl_roles
+from memplan.jobs.job import RoleName
+from memplan.jobs.knobs import Knob, KnobKey, KnobValue
 from memplan.model import load_model_spec, num_params
 
 #: From this many tokens per sequence the planner also tries ring attention (context parallel).
@@ -43,35 +42,45 @@ RL_ROLES = ("actor", "critic", "ref", "reward")
 #: Role name of a single-model script's one GPU group.
 TRAIN = "train"
 
-#: OpenRLHF keys the planner chooses (unless pinned by the user), per script kind.
+#: Knobs the planner chooses (unless pinned by the user), per kind of run.
 RL_SEARCHED = frozenset({
-    "zero_stage", "adam_offload", "gradient_checkpointing", "micro_train_batch_size", "micro_rollout_batch_size",
-    "lora_rank", "ring_attn_size", "ref_offload", "reward_offload", "vllm_gpu_memory_utilization",
-    "vllm_enable_sleep", "deepspeed_enable_sleep", "colocate_actor_ref", "colocate_critic_reward",
-    "colocate_all_models", "vllm_num_engines", "vllm_tensor_parallel_size",
-    *(f"{r}_num_{k}" for r in RL_ROLES for k in ("nodes", "gpus_per_node")),
+    *(KnobKey(knob=k) for k in (
+        Knob.SHARDING_STAGE, Knob.OPTIMIZER_OFFLOAD, Knob.CHECKPOINTING, Knob.MICRO_BATCH, Knob.FORWARD_MICRO_BATCH,
+        Knob.LORA_RANK, Knob.SEQUENCE_PARALLEL, Knob.ENGINE_MEMORY_SHARE, Knob.ENGINE_SLEEP, Knob.TRAINER_SLEEP,
+        Knob.COLOCATE_ACTOR_REF, Knob.COLOCATE_CRITIC_REWARD, Knob.COLOCATE_ALL, Knob.ENGINES, Knob.ENGINE_TP)),
+    *(KnobKey(knob=Knob.PARAM_OFFLOAD, role=RoleName(r)) for r in ("ref", "reward")),
+    *(KnobKey(knob=k, role=RoleName(r)) for r in RL_ROLES for k in (Knob.GROUP_NODES, Knob.GROUP_GPUS_PER_NODE)),
 })
-#: Colocation flags: a layout sets them (``placements`` keeps only the layouts a pin allows).
-PLACEMENT_KEYS = frozenset({"colocate_all_models", "colocate_actor_ref", "colocate_critic_reward"})
-SINGLE_SEARCHED = frozenset({"zero_stage", "adam_offload", "gradient_checkpointing", "micro_train_batch_size",
-                             "lora_rank", "ring_attn_size", "packing_samples", "ref_offload", "teacher_offload"})
+#: Colocation knobs: a layout sets them (``placements`` keeps only the layouts a pin allows).
+PLACEMENT_KNOBS = frozenset(KnobKey(knob=k) for k in (Knob.COLOCATE_ALL, Knob.COLOCATE_ACTOR_REF,
+                                                      Knob.COLOCATE_CRITIC_REWARD))
+SINGLE_SEARCHED = frozenset({
+    *(KnobKey(knob=k) for k in (Knob.SHARDING_STAGE, Knob.OPTIMIZER_OFFLOAD, Knob.CHECKPOINTING, Knob.MICRO_BATCH,
+                                Knob.LORA_RANK, Knob.SEQUENCE_PARALLEL, Knob.PACKING)),
+    *(KnobKey(knob=Knob.PARAM_OFFLOAD, role=RoleName(r)) for r in ("ref", "teacher")),
+})
 
 
 class Placement(StrEnum):
-    """Which roles share GPUs (OpenRLHF's colocation flags, reference/openrlhf.md §4)."""
+    """Which roles share GPUs (OpenRLHF's colocation options, reference/openrlhf.md §4)."""
 
     SEPARATE = "separate"
     """Every model and the vLLM engines on their own GPUs."""
-    ACTOR_REF = "colocate_actor_ref"
+    ACTOR_REF = "actor_ref"
     """Actor and reference share GPUs."""
-    CRITIC_REWARD = "colocate_critic_reward"
+    CRITIC_REWARD = "critic_reward"
     """Critic and reward share GPUs."""
     PAIRS = "colocate_pairs"
     """Both pairs above."""
     HYBRID = "hybrid_engine"
-    """``--colocate_all_models``: every model and the engines on the same GPUs."""
+    """The hybrid engine: every model and the engines on the same GPUs."""
     SINGLE = "single"
     """A single-model script's one GPU group."""
+
+
+#: The colocation knob of each pair placement.
+_PAIR_KNOB = {Placement.ACTOR_REF: KnobKey(knob=Knob.COLOCATE_ACTOR_REF),
+              Placement.CRITIC_REWARD: KnobKey(knob=Knob.COLOCATE_CRITIC_REWARD)}
 
 
 class Fit(StrEnum):
@@ -168,9 +177,9 @@ class Space:
     """Everything fixed for one plan request: the base run, the pins, and the roles present."""
 
     run: ResolvedRun
-    """The run with OpenRLHF's defaults, the user's flags and pins (what every candidate starts from)."""
+    """The run with its framework's defaults, the user's options and pins (what every candidate starts from)."""
     rl: bool
-    """``train_ppo_ray`` (roles, vLLM) rather than a single-model script."""
+    """An RL run (roles, rollout engines) rather than a single-model one."""
     roles: tuple[str, ...]
     """Model roles present (``actor``, ``critic``...; or ``train``)."""
     has_vllm: bool
@@ -180,7 +189,7 @@ class Space:
     max_gpus: int
     """Most GPUs a plan may use."""
     pinned: Mapping[str, Any]
-    """Searched keys the user fixed (``--keep`` or a flag given), with their values."""
+    """Searched keys the user fixed (``--keep`` or an option given), with their values."""
     heads: int
     """Attention heads of the actor (vLLM's TP must divide them)."""
     num_params: int
@@ -191,125 +200,68 @@ class Space:
     """Sequences long enough to try ring attention."""
     notes: tuple[str, ...]
     """What the planner assumed."""
+    partner: str | None = None
+    """The frozen model a single-model run trains against (``ref``, ``teacher``), if any."""
 
-    def free(self, key: str) -> bool:
-        """Whether the planner may choose ``key``."""
-        return key not in self.pinned
+    def key(self, knob: Knob | KnobKey | str, role: str | None = None) -> str:
+        """The framework's key of ``knob`` (for ``role``); a key is returned as is."""
+        if isinstance(knob, str) and not isinstance(knob, Knob):
+            return knob
+        if isinstance(knob, Knob):
+            knob = KnobKey(knob=knob, role=RoleName(role) if role is not None else None)
+        return frameworks.get(self.run.framework).knob_keys()[knob]
 
-    def value(self, key: str) -> Any:
-        """The base run's value of ``key``."""
-        return self.run.values.get(key)
+    def placement_name(self, placement: Placement) -> str:
+        """How plans name ``placement``: a pair's colocation after the framework's key for it (OpenRLHF's
+        ``colocate_actor_ref``), the others by their own name."""
+        knob = _PAIR_KNOB.get(placement)
+        keys = frameworks.get(self.run.framework).knob_keys()
+        return keys[knob] if knob is not None and knob in keys else placement.value
+
+    def has(self, knob: Knob) -> bool:
+        """Whether the run's entry point has ``knob`` at all."""
+        return self.key(knob) in self.run.values
+
+    def free(self, knob: Knob | KnobKey | str) -> bool:
+        """Whether the planner may choose ``knob``."""
+        return self.key(knob) not in self.pinned
+
+    def value(self, knob: Knob | KnobKey | str) -> Any:
+        """The base run's value of ``knob``."""
+        return self.run.values.get(self.key(knob))
 
 
 # ---- building the space ------------------------------------------------------------------------
 
 
-def _bool_word(text: str, location: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("true", "1", "yes", "on"):
-        return True
-    if lowered in ("false", "0", "no", "off"):
-        return False
-    raise ConfigError(location, f"expected true or false, got {text!r}")
-
-
-def parse_keep(items: Sequence[str], script: str, version: str) -> dict[str, Any]:
-    """``--keep FLAG=VALUE`` items → canonical keys and typed values (``zero_stage=2``, ``--ds.zero_stage=2``)."""
-    table = load_table(script, version)
-    pinned: dict[str, Any] = {}
-    for item in items:
-        name, sep, text = item.partition("=")
-        location = f"--keep {item}"
-        if not sep or not name.strip("-"):
-            raise ConfigError(location, "expected FLAG=VALUE, e.g. zero_stage=3 or adam_offload=false")
-        spec, key = _keep_spec(name.strip(), script, table)
-        if spec is None:
-            raise ConfigError(location, f"not a flag of openrlhf.cli.{script}")
-        if spec.kind in (FlagKind.STORE_TRUE, FlagKind.STORE_FALSE):
-            value: Any = _bool_word(text, location)
-            if spec.kind is FlagKind.STORE_FALSE and name.lstrip("-") == spec.option.lstrip("-") and key != name:
-                value = not value
-        elif spec.kind is FlagKind.INT:
-            value = _number(int, text, location)
-        elif spec.kind is FlagKind.FLOAT:
-            value = _number(float, text, location)
-        else:
-            value = text
-        pinned[key] = check_value(spec, value, location)
-    return pinned
-
-
-def _number(kind: type, text: str, location: str) -> Any:
-    try:
-        return kind(text)
-    except ValueError:
-        raise ConfigError(location, f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
-
-
-def _keep_spec(name: str, script: str, table: Any) -> tuple[Any, str]:
-    bare = name.lstrip("-")
-    if bare in table.by_key:
-        return table.by_key[bare][0], bare
-    for other in tables_with(script):
-        spec = other.by_option.get(f"--{bare}")
-        if spec is not None:
-            return spec, spec.key
-    return None, bare
-
-
-def _rl_roles(values: Mapping[str, Any]) -> tuple[str, ...]:
-    """Which models ``train_ppo_ray`` builds (rl_job.rl_roles)."""
-    return tuple(str(r) for r in rl_roles(values))
-
-
 def build_space(model: str, method: str, *, flags: Sequence[str] = (), keep: Sequence[str] = (),
                 gpus_per_node: int = 8, max_gpus: int | None = None, allow_lora: bool = False,
-                version: str | None = None) -> Space:
-    """Resolve the request once: OpenRLHF defaults, the user's flags, pins and the roles present."""
+                version: str | None = None, framework: str = "openrlhf") -> Space:
+    """Resolve the request once: the framework's defaults, the user's options, pins and the roles present."""
     check_count("--gpus-per-node", gpus_per_node, 1, MAX_GPUS_PER_NODE)
     check_count("--max-gpus", max_gpus, 0, MAX_GPUS)
     spec = load_model_spec(model)
-    notes: list[str] = []
-    argv = command_for(model, method, list(flags))
-    run = resolve_command(argv, version=version, whole_run=False)
-    notes.extend(run.notes)  # the OpenRLHF version assumed, flags not read
-    given = parse_command(argv).values
-    rl = run.script not in SCRIPT_METHOD
-    searched = RL_SEARCHED if rl else SINGLE_SEARCHED
-    pinned = {k: run.values[k] for k in given if k in searched}
-    pinned.update(parse_keep(keep, run.script, run.version))
-    values = dict(run.values)
-    if rl and "reward" in _rl_roles(values) and not values.get("reward_pretrain"):
-        values["reward_pretrain"] = model
-        notes.append(f"reward model assumed the same as the actor (--reward_pretrain {model}); "
-                     "pass --reward_pretrain or --remote_rm_url to change it")
-    if run.version == "0.8":
-        for key, value in (("bf16", True), ("flash_attn", True)):
-            if key not in given and key not in pinned:
-                values[key] = value
-        notes.append("OpenRLHF 0.8: --bf16 and --flash_attn added, as every official script passes them")
-    values.update(pinned)
-    values = _resolve(run.script, values, run.version)
-    roles = _rl_roles(values) if rl else (TRAIN,)
-    has_vllm = rl and (pinned.get("vllm_num_engines", 1) or 0) > 0
+    fw = frameworks.get(framework)
+    base = fw.plan_run(model, method, options=flags, keep=keep, version=version,
+                       searched=lambda rl: RL_SEARCHED if rl else SINGLE_SEARCHED)
+    notes = list(base.notes)
     if gpus_per_node != 8:
         notes.append("host RAM per node follows the estimator's Ray packing (nodes of at least 8 GPUs)")
-    seq = int(values.get("max_len") or 0) or \
-        int(values.get("prompt_max_len") or 0) + int(values.get("generate_max_len") or 0)
-    return Space(run=replace(run, values=values, notes=()), rl=rl, roles=roles, has_vllm=bool(has_vllm),
+    keys = fw.knob_keys()
+    values = base.run.values
+    engines = keys[KnobKey(knob=Knob.ENGINES)]
+    has_vllm = base.rl and (base.pinned.get(engines, 1) or 0) > 0
+    length = values.get(keys[KnobKey(knob=Knob.MAX_LENGTH)])
+    seq = int(length or 0) or int(values.get(keys[KnobKey(knob=Knob.PROMPT_LENGTH)]) or 0) + \
+        int(values.get(keys[KnobKey(knob=Knob.RESPONSE_LENGTH)]) or 0)
+    return Space(run=base.run, rl=base.rl, roles=base.roles if base.rl else (TRAIN,), has_vllm=bool(has_vllm),
                  gpus_per_node=gpus_per_node, max_gpus=DEFAULT_MAX_GPUS if max_gpus is None else max_gpus,
-                 pinned=pinned, heads=spec.num_attention_heads, num_params=num_params(spec),
-                 allow_lora=allow_lora, long_sequence=seq >= LONG_SEQUENCE_TOKENS, notes=tuple(notes))
+                 pinned=base.pinned, heads=spec.num_attention_heads, num_params=num_params(spec),
+                 allow_lora=allow_lora, long_sequence=seq >= LONG_SEQUENCE_TOKENS, notes=tuple(notes),
+                 partner=base.partner)
 
 
-def _resolve(script: str, values: dict[str, Any], version: str) -> dict[str, Any]:
-    """OpenRLHF's post-parse rules on changed values (0.8's derived dtype and attention keys re-derived)."""
-    if version == "0.8":
-        values = {k: v for k, v in values.items() if k not in LEGACY_DERIVED_KEYS}
-    return resolve_values((script, values), version)
-
-
-# ---- candidates → OpenRLHF values and commands ------------------------------------------------
+# ---- candidates → the framework's values and commands -------------------------------------------
 
 
 def group_shape(size: int, gpus_per_node: int) -> tuple[int, int]:
@@ -319,23 +271,37 @@ def group_shape(size: int, gpus_per_node: int) -> tuple[int, int]:
     return size // gpus_per_node, gpus_per_node
 
 
+def layout_knobs(space: Space, layout: Layout) -> dict[KnobKey, KnobValue]:
+    """The knob settings a layout stands for: group shapes, colocation, engines (and no sleep when apart)."""
+    out: dict[KnobKey, KnobValue] = {}
+    if not space.rl:
+        return out
+    hybrid = layout.placement == Placement.HYBRID
+    for role, size in layout.sizes:
+        nodes, per_node = group_shape(size, space.gpus_per_node)
+        out[KnobKey(knob=Knob.GROUP_NODES, role=RoleName(role))] = nodes
+        out[KnobKey(knob=Knob.GROUP_GPUS_PER_NODE, role=RoleName(role))] = per_node
+    out[KnobKey(knob=Knob.COLOCATE_ALL)] = hybrid
+    out[KnobKey(knob=Knob.COLOCATE_ACTOR_REF)] = layout.placement in (Placement.ACTOR_REF, Placement.PAIRS)
+    out[KnobKey(knob=Knob.COLOCATE_CRITIC_REWARD)] = layout.placement in (Placement.CRITIC_REWARD, Placement.PAIRS)
+    out[KnobKey(knob=Knob.ENGINES)] = layout.engines or None
+    out[KnobKey(knob=Knob.ENGINE_TP)] = layout.tp
+    if layout.gmu is not None:
+        out[KnobKey(knob=Knob.ENGINE_MEMORY_SHARE)] = layout.gmu
+    if not hybrid:
+        out[KnobKey(knob=Knob.ENGINE_SLEEP)] = False
+        out[KnobKey(knob=Knob.TRAINER_SLEEP)] = False
+    return out
+
+
 def values_for(space: Space, layout: Layout, flags: FlagSet) -> dict[str, Any]:
-    """The complete OpenRLHF values of a candidate (OpenRLHF's post-parse rules applied)."""
+    """The complete values of a candidate (the framework's post-parse rules applied)."""
+    fw = frameworks.get(space.run.framework)
     values = {**space.run.values, **dict(flags)}
-    if space.rl:
-        hybrid = layout.placement == Placement.HYBRID
-        for role, size in layout.sizes:
-            values[f"{role}_num_nodes"], values[f"{role}_num_gpus_per_node"] = group_shape(size, space.gpus_per_node)
-        values.update(colocate_all_models=hybrid,
-                      colocate_actor_ref=layout.placement in (Placement.ACTOR_REF, Placement.PAIRS),
-                      colocate_critic_reward=layout.placement in (Placement.CRITIC_REWARD, Placement.PAIRS),
-                      vllm_num_engines=layout.engines or None, vllm_tensor_parallel_size=layout.tp)
-        if layout.gmu is not None:
-            values["vllm_gpu_memory_utilization"] = layout.gmu
-        if not hybrid:
-            values.update(vllm_enable_sleep=False, deepspeed_enable_sleep=False)
-    values.update({k: v for k, v in space.pinned.items() if k not in PLACEMENT_KEYS})  # placements() obeys those
-    return _resolve(space.run.script, values, space.run.version)
+    values.update({space.key(k): v for k, v in layout_knobs(space, layout).items()})
+    placement = {space.key(k) for k in PLACEMENT_KNOBS}
+    values.update({k: v for k, v in space.pinned.items() if k not in placement})  # placements() obeys those
+    return fw.with_values(space.run, values).values
 
 
 def world_for(space: Space, layout: Layout) -> tuple[int, int]:
@@ -353,10 +319,5 @@ def run_for(space: Space, layout: Layout, flags: FlagSet, *, command: str = "(pl
 
 
 def command_text(space: Space, layout: Layout, flags: FlagSet) -> str:
-    """The OpenRLHF launch command of a candidate (``ray job submit ...`` or ``deepspeed ...``)."""
-    values = values_for(space, layout, flags)
-    if space.rl:
-        return format_command(space.run.script, values, version=space.run.version)
-    nodes, per_node = world_for(space, layout)
-    world = LauncherWorld(num_gpus=per_node, num_nodes=nodes if nodes > 1 else None)
-    return format_command(space.run.script, values, version=space.run.version, world=world)
+    """The launch command of a candidate, as the run's framework emits it."""
+    return frameworks.get(space.run.framework).emit(run_for(space, layout, flags))

@@ -317,3 +317,19 @@ def _check_scalar(spec: FlagSpec, value: Any, where: str) -> Any:
     if spec.kind is FlagKind.CHOICE and value not in spec.choices:
         raise ConfigError(where, f"expected one of {', '.join(spec.choices)}, got {value!r}")
     return value
+
+
+def flag_names() -> tuple[frozenset[str], frozenset[str]]:
+    """Every spelling of an OpenRLHF flag, for the test that keeps them out of the framework-neutral code:
+    (options as typed, ``--ds.zero_stage`` and ``--zero_stage``; multi-word keys, ``zero_stage``). A
+    single-word key (``seed``) is too common a word to count on its own; its ``--seed`` form is an option."""
+    options: set[str] = set()
+    keys: set[str] = set()
+    for version in VERSIONS:
+        for script in scripts_of(version):
+            for spec in load_table(script, version).flags:
+                options.add(spec.option)
+                bare = spec.option.lstrip("-")
+                keys.update(k for k in (*spec.keys, bare) if "_" in k)
+                options.update(f"--{k}" for k in spec.keys)
+    return frozenset(options), frozenset(keys)

@@ -8,14 +8,16 @@ rejected double the sequences: openrlhf/cli/train_{sft,rm,dpo,kto,prm,kd}.py and
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from memplan.dtypes import DType
 from memplan.errors import ConfigError
 from memplan.frameworks.openrlhf.saves import save_schedule
 from memplan.jobs.job import GpuGroup, Job, LoraOptions, Role, RoleName
-from memplan.jobs.options import AttnImpl, Method, ZeroStage
+from memplan.jobs.options import Method
+from memplan.memory.activations import AttnImpl
+from memplan.memory.sharding import ZeroSharding, ZeroStage
 from memplan.memory.logits import Head, LogProbImpl
 from memplan.model.spec import ModelSpec
 
@@ -124,17 +126,19 @@ def build_single_model_job(script: str, values: Mapping[str, Any], *, group: Gpu
     stage = int(values.get("zero_stage", 2))
     if stage not in (0, 1, 2, 3):
         raise ConfigError("--zero_stage", f"must be 0, 1, 2 or 3, got {stage}")
-    common = dict(group=group.name, param_dtype=dtype, zero_stage=ZeroStage(stage), zpg=int(values.get("zpg") or 1),
+    zero = ZeroSharding(stage=ZeroStage(stage), zpg=int(values.get("zpg") or 1),
+                        overlap_comm=bool(values.get("overlap_comm")))
+    common = dict(group=group.name, param_dtype=dtype,
                   attn_impl=_attn(values), micro_batch_size=_positive(values, "micro_train_batch_size"),
                   sequences_per_sample=shape.sequences_per_sample, seq_len=_positive(values, "max_len"),
-                  packing=bool(values.get("packing_samples")), ring_attn_size=int(values.get("ring_attn_size") or 1),
+                  packing=bool(values.get("packing_samples")), ring_size=int(values.get("ring_attn_size") or 1),
                   ds_tp_size=int(values.get("ds_tensor_parallel_size") or 1),
-                  load_in_4bit=bool(values.get("load_in_4bit")), overlap_comm=bool(values.get("overlap_comm")))
+                  load_in_4bit=bool(values.get("load_in_4bit")))
     grad_accum = values.get("grad_accum_dtype")
     saves = save_schedule(script, values, version)
     policy = Role(name=RoleName.POLICY, spec=load(str(values["pretrain"])), head=shape.head, trained=True,
-                  offload_optimizer=bool(values.get("adam_offload")), offload_params=False,
-                  grad_accum_dtype=DType.from_name(str(grad_accum)) if grad_accum else None,
+                  sharding=replace(zero, offload_optimizer=bool(values.get("adam_offload")),
+                                   grad_accum_dtype=DType.from_name(str(grad_accum)) if grad_accum else None),
                   lora=_lora(values), gradient_checkpointing=bool(values.get("gradient_checkpointing")),
                   holds_output=shape.holds_output, kd_student=method == Method.KD,
                   grad_accum_steps=grad_accum_steps(values, group.num_gpus), saves_hf_model=True,
@@ -145,7 +149,7 @@ def build_single_model_job(script: str, values: Mapping[str, Any], *, group: Gpu
         partner = str(values.get(key) or values["pretrain"])
         common["load_in_4bit"] = False  # the frozen partner loads in the param dtype (eval config)
         roles.append(Role(name=shape.partner, spec=load(partner), head=Head.LM, trained=False,
-                          offload_optimizer=False, offload_params=bool(values.get(offload)), grad_accum_dtype=None,
+                          sharding=replace(zero, offload_params=bool(values.get(offload))),
                           lora=None, gradient_checkpointing=False, **common))
     job = Job(method=method, roles=tuple(roles), groups=(group,), logprob_impl=logprob_impl,
               framework_version=version, command=command, saves=saves)

@@ -14,10 +14,12 @@ from memplan.dtypes import DType
 from memplan.errors import ConfigError
 from memplan.frameworks.openrlhf.bounds import check_flag_value
 from memplan.frameworks.openrlhf.job import _attn, _lora, _param_dtype, _positive, grad_accum_steps
+from memplan.frameworks.openrlhf.schedule import rl_schedule
 from memplan.frameworks.openrlhf.ray_placement import Group, ray_placements
 from memplan.frameworks.openrlhf.saves import save_schedule, saves_critic
 from memplan.jobs.job import GpuGroup, Job, Role, RoleName, RolloutSettings, RlJob, SlotRun
-from memplan.jobs.options import Method, ZeroStage
+from memplan.jobs.options import Method
+from memplan.memory.sharding import ZeroSharding, ZeroStage
 from memplan.memory.logits import Head, LogProbImpl
 from memplan.memory.vllm import OPENRLHF_GPU_MEMORY_UTILIZATION
 from memplan.model.spec import ModelSpec
@@ -228,16 +230,18 @@ def build_rl_job(values: Mapping[str, Any], *, version: str, load: Callable[[str
     stage = int(values.get("zero_stage", 2))
     if stage not in (0, 1, 2, 3):
         raise ConfigError("--zero_stage", f"must be 0, 1, 2 or 3, got {stage}")
-    common = dict(param_dtype=dtype, zero_stage=ZeroStage(stage), zpg=int(values.get("zpg") or 1),
+    zero = ZeroSharding(stage=ZeroStage(stage), zpg=int(values.get("zpg") or 1),
+                        overlap_comm=bool(values.get("overlap_comm")), grad_accum_dtype=DType.from_name(
+                            str(values["grad_accum_dtype"])) if values.get("grad_accum_dtype") else None)
+    common = dict(param_dtype=dtype,
                   attn_impl=_attn(values), seq_len=rollout.seq_len, sequences_per_sample=1,
-                  packing=bool(values.get("packing_samples")), ring_attn_size=int(values.get("ring_attn_size") or 1),
-                  ds_tp_size=int(values.get("ds_tensor_parallel_size") or 1), overlap_comm=bool(values.get("overlap_comm")),
-                  load_in_4bit=bool(values.get("load_in_4bit")), grad_accum_dtype=DType.from_name(
-                      str(values["grad_accum_dtype"])) if values.get("grad_accum_dtype") else None)
-    trained = dict(offload_optimizer=bool(values.get("adam_offload")), offload_params=False, lora=_lora(values),
+                  packing=bool(values.get("packing_samples")), ring_size=int(values.get("ring_attn_size") or 1),
+                  ds_tp_size=int(values.get("ds_tensor_parallel_size") or 1),
+                  load_in_4bit=bool(values.get("load_in_4bit")))
+    trained = dict(sharding=replace(zero, offload_optimizer=bool(values.get("adam_offload"))), lora=_lora(values),
                    gradient_checkpointing=bool(values.get("gradient_checkpointing")),
                    micro_batch_size=_positive(values, "micro_train_batch_size"))
-    frozen = dict(offload_optimizer=False, lora=None, gradient_checkpointing=False,
+    frozen = dict(lora=None, gradient_checkpointing=False,
                   micro_batch_size=rollout.micro_rollout_batch_size)
     entropy_coef = values.get("entropy_loss_coef")
     saves = save_schedule("train_ppo_ray", values, version)
@@ -254,11 +258,13 @@ def build_rl_job(values: Mapping[str, Any], *, version: str, load: Callable[[str
                           **common, **trained))
     if RoleName.REF in groups:
         roles.append(Role(name=RoleName.REF, spec=load(str(values.get("ref_pretrain") or values["pretrain"])),
-                          head=Head.LM, trained=False, group="ref", offload_params=bool(values.get("ref_offload")),
+                          head=Head.LM, trained=False, group="ref",
+                          sharding=replace(zero, offload_params=bool(values.get("ref_offload"))),
                           **{**common, "load_in_4bit": False}, **frozen))
     if RoleName.REWARD in groups:
         roles.append(Role(name=RoleName.REWARD, spec=load(str(values["reward_pretrain"])), head=Head.VALUE,
-                          trained=False, group="reward", offload_params=bool(values.get("reward_offload")),
+                          trained=False, group="reward",
+                          sharding=replace(zero, offload_params=bool(values.get("reward_offload"))),
                           **{**common, "load_in_4bit": False}, **frozen))
     node_gpus = max([NODE_GPUS] + [g.gpus_per_node for name, g in groups.items() if name != RoleName.ROLLOUT])
     units = _units(values, groups, rollout)
@@ -268,9 +274,11 @@ def build_rl_job(values: Mapping[str, Any], *, version: str, load: Callable[[str
     method = next((m for m, e in METHOD_ESTIMATOR.items() if e == estimator), Method.PPO)
     job = Job(method=method, roles=tuple(roles), groups=tuple(groups.values()), logprob_impl=logprob_impl,
               framework_version=version, command=command, saves=saves)
-    ds_sleep = bool(values.get("deepspeed_enable_sleep")) and not values.get("adam_offload")
-    rl = RlJob(job=job, rollout=rollout, runs=runs, node_gpus=node_gpus, deepspeed_sleep=ds_sleep,
-               colocate_all=bool(values.get("colocate_all_models")) and not values.get("async_train"),
+    schedule = rl_schedule([r.name for r in roles], engines=bool(rollout.num_engines),
+                           deepspeed_sleep=bool(values.get("deepspeed_enable_sleep")) and not values.get("adam_offload"),
+                           engine_sleep=rollout.enable_sleep,
+                           hybrid=bool(values.get("colocate_all_models")) and not values.get("async_train"))
+    rl = RlJob(job=job, rollout=rollout, runs=runs, node_gpus=node_gpus, schedule=schedule,
                entropy=values.get("entropy_loss_coef") is not None, ray_placements=alternatives)
     return rl, tuple(notes)
 
