@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from memplan.errors import ConfigError
 from memplan.frameworks.openrlhf import parse_command
-from memplan.frameworks.openrlhf.shell import _words, split_commands
+from memplan.frameworks.shell import _words, split_commands
 
 ONE_MIB = 1 << 20
 SFT = "deepspeed --module openrlhf.cli.train_sft --pretrain llama-2-7b"

@@ -37,7 +37,7 @@ from memplan.frameworks.openrlhf.flags import (
     tables_with,
 )
 from memplan.frameworks.openrlhf.launchers import Launcher, LauncherWorld, find_launcher, parse_world
-from memplan.frameworks.openrlhf.shell import restore, split_commands, words_of
+from memplan.frameworks.shell import restore, split_commands, words_of
 
 _ENTRY = re.compile(r"^(?:.*/)?openrlhf[./]cli[./]([A-Za-z_][A-Za-z0-9_]*?)(?:\.py)?$")
 _NEGATIVE_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$")

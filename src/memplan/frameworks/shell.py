@@ -1,6 +1,6 @@
 """Just enough shell to read a pasted launch script: simple commands, with heredocs and variables.
 
-This is not a shell. It handles what OpenRLHF's ``examples/scripts`` and users' launch scripts do:
+This is not a shell. It handles what OpenRLHF's and verl's example scripts and users' launch scripts do:
 ``\\`` line continuations, ``#`` comments, quotes spanning lines, ``;``/``&&``/``|`` lists,
 redirections, ``NAME=value`` assignments and environment prefixes, and the heredoc pattern
 
@@ -30,11 +30,14 @@ _LITERAL_DOLLAR = "\x01"
 """Stands for a quoted or escaped ``$`` until expansion is over, so ``'$HOME'`` stays as typed."""
 _ASSIGNMENT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.DOTALL)
 _VARIABLE = (r"\$(?:(?P<plain>[A-Za-z_][A-Za-z0-9_]*)"
-             r"|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:\[[@*]\])?(?::?-(?P<default>[^}]*))?\})")
+             r"|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*|[0-9]+)(?:\[[@*]\])?"
+             r"(?:(?P<colon>:?)-(?P<default>(?:[^}$]|\$(?!\{)|\$\{[^{}]*\})*))?\})")
+"""``$NAME``, ``${NAME}``, ``${NAME:-default}`` (a default may hold one more ``${...}``), and ``${1:-default}``
+(a positional parameter, never set in a pasted script)."""
 _WHOLE_VARIABLE = re.compile(f"^{_VARIABLE}$")
 _ANY_VARIABLE = re.compile(_VARIABLE)
 _ARRAY_START = re.compile(r"(?:^|\s)[A-Za-z_][A-Za-z0-9_]*\+?=$")
-_ARRAY_ASSIGNMENT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\+?=\($")
+_ARRAY_ASSIGNMENT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(\+?)=\($")
 _WHITESPACE = " \t\r\n"
 """The characters ``shlex`` splits words at (``shlex.shlex.whitespace``)."""
 _DOUBLE_QUOTED_BODY = r'[^"\\]*(?:\\.[^"\\]*)*'
@@ -93,7 +96,7 @@ class _Scanner:
             elif self.source.startswith("<<", self.pos) and not self.source.startswith("<<<", self.pos):
                 self._heredoc_operator()
             elif self._array_edge(char):
-                self.current.append(" " if char == "\n" else char + " ")
+                self.current.append({"\n": " ", ")": " ) "}.get(char, char + " "))
                 self.pos += 1
             elif char in _OPERATOR_CHARS:
                 self._operator()
@@ -315,10 +318,12 @@ def _simple_commands(words: list[str]) -> list[list[str]]:
 
 def _lookup(match: re.Match[str], variables: dict[str, str], expanding: frozenset[str]) -> str | None:
     """The value of one ``$NAME``/``${NAME}``/``${NAME:-default}`` reference, or None if unknown.
-    A variable being expanded (``expanding``) is unknown inside its own value."""
+    A variable being expanded (``expanding``) is unknown inside its own value. ``:-`` takes the default
+    for an empty value too, ``-`` only for an unset one (bash(1), Parameter Expansion)."""
     name = match.group("plain") or match.group("braced")
     if name in variables and name not in expanding:
-        return variables[name]
+        if variables[name] or not match.group("colon") or match.group("default") is None:
+            return variables[name]
     return match.group("default")
 
 
@@ -360,7 +365,11 @@ def _expand(word: str, variables: dict[str, str], budget: _Budget,
 
     def substitute(match: re.Match[str]) -> str:
         value = _lookup(match, variables, expanding)
-        return match.group(0) if value is None else value
+        if value is None:
+            return match.group(0)
+        if "${" in value and value == match.group("default"):  # a nested ${B:-x} in ${A:-${B:-x}}
+            return _ANY_VARIABLE.sub(substitute, value)
+        return value
 
     return budget.spend([_ANY_VARIABLE.sub(substitute, word)], word)
 
@@ -394,12 +403,14 @@ def _assign(command: list[str], variables: dict[str, str]) -> list[str]:
 
 
 def _assign_array(command: list[str], variables: dict[str, str]) -> bool:
-    """Record ``NAME=( words... )`` (a bash array) as the text of its words."""
+    """Record ``NAME=( words... )`` (a bash array) as the text of its words; ``NAME+=( ... )`` appends."""
     match = _ARRAY_ASSIGNMENT.match(command[0]) if command else None
     if match is None:
         return False
     items = command[1:-1] if command[-1] == ")" else command[1:]
-    variables[match.group(1)] = shlex.join(items)
+    name, append = match.group(1), match.group(2)
+    before = variables.get(name, "") if append else ""
+    variables[name] = " ".join(filter(None, [before, shlex.join(items)]))
     return True
 
 
