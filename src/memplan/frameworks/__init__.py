@@ -15,7 +15,8 @@ if TYPE_CHECKING:
     from memplan.frameworks.base import Framework
 
 #: Registered frameworks: name -> ``module:attribute`` of the adapter object.
-_REGISTRY: dict[str, str] = {"openrlhf": "memplan.frameworks.openrlhf.framework:FRAMEWORK"}
+_REGISTRY: dict[str, str] = {"openrlhf": "memplan.frameworks.openrlhf.framework:FRAMEWORK",
+                             "verl": "memplan.frameworks.verl.framework:FRAMEWORK"}
 
 
 def names() -> tuple[str, ...]:

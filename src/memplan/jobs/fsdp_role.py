@@ -1,0 +1,118 @@
+"""One rank of a role sharded by PyTorch FSDP: its states, host terms and per-phase activity, as terms.
+
+Reached from ``jobs.roles.role_memory`` (its one dispatch on the sharding engine); reads only ``Role`` and
+``FsdpSharding`` fields. Routes into the formula modules and holds no formula of its own:
+
+* persistent states: memory/fsdp.py ``fsdp_state_terms`` (sharded parameters; AdamW moments of a trained
+  role), computed where they rest *without* a framework's between-phase offload: the job's schedule says
+  where each state is per phase (``jobs.schedule``: ``HOST`` between phases, ``WHILE_ACTIVE`` during the
+  role's own activity). FSDP's own CPU offload (``cpu_offload``) is intrinsic: those shards are host terms.
+* gradients: memory/fsdp.py ``sharded_grads``, alive from the first backward to the end of the update (the
+  framework zeroes them on leaving train mode), so part of the backward and optimizer-step activity.
+* transients: memory/fsdp_transient.py (unshard, reduce-scatter, AdamW step) plus the model's own
+  activations and logits (memory/transient.py) for one micro-batch of ``Role.micro_batch_size`` sequences
+  of ``Role.seq_len`` tokens (one packed row when ``Role.packing``), split over ``Role.ring_size`` ranks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from memplan.jobs.job import GpuGroup, Role
+from memplan.jobs.result import ModelInfo
+from memplan.memory.breakdown import Category, Device, Phase, Term
+from memplan.memory.fsdp import FsdpSharding, fsdp_state_terms, fsdp_units, sharded_grads
+from memplan.memory.fsdp_transient import fsdp_transient_terms
+from memplan.memory.logits import LogProbImpl
+from memplan.memory.transient import HeadConfig, forward_only_terms, training_transients
+from memplan.sources import code
+
+#: The sub-phases of a trained role's micro-step.
+TRAIN_SUBPHASES = (Phase.FORWARD, Phase.BACKWARD, Phase.OPTIMIZER_STEP)
+
+
+def _sharding(role: Role) -> FsdpSharding:
+    sharding = role.sharding
+    if not isinstance(sharding, FsdpSharding):
+        raise TypeError(f"{role.name} is not sharded by FSDP")
+    return sharding
+
+
+def resting_sharding(sharding: FsdpSharding) -> FsdpSharding:
+    """The sharding with the framework's between-phase offload left to the schedule (FSDP's own CPU
+    offload kept: it decides where the shards live during compute)."""
+    return replace(sharding, param_offload=False, optimizer_offload=False)
+
+
+def model_loading_terms(role: Role, num_params: int, ranks_loading: int) -> list[Term]:
+    """Host RAM while the model loads: the full model in the stored dtype on each loading rank (LOAD phase).
+
+        bytes = P · |stored dtype|      (charged on every rank when ``ranks_loading`` > 1)
+
+    Source: verl 0.9.1 ``verl/workers/engine/fsdp/transformer_impl.py`` :207-233 and
+    ``verl/utils/fsdp_utils.py`` ``get_init_weight_context_manager`` :64-75 (rank 0 loads the HF model on the
+    CPU; every rank does when ``tie_word_embeddings``, no meta init); reference/verl.md §3 "Init".
+    Assumes: the caller passes ``ranks_loading`` = 1 for rank 0 only; ranks > 0 build on the meta device.
+    """
+    from memplan.dtypes import bytes_for
+
+    src = code("verl-project/verl:verl/utils/fsdp_utils.py@v0.9.1",
+               "get_init_weight_context_manager: rank 0 (every rank if tied embeddings) loads on CPU :64-75")
+    return [Term(path=f"{role.name}.model_loading", bytes=bytes_for(num_params, _sharding(role).param_dtype),
+                 category=Category.PARAM, device=Device.CPU, source=src, phase=Phase.LOAD)]
+
+
+def _micro(role: Role, phase: Phase, micro: tuple[int, int] | None) -> Role:
+    if micro is None:
+        return role
+    return replace(role, micro_batch_size=micro[0], seq_len=micro[1])
+
+
+def fsdp_role_memory(role: Role, group: GpuGroup, logprob_impl: LogProbImpl,
+                     forward_phases: tuple[Phase, ...], under_ray: bool,
+                     micro_batches: dict[Phase, tuple[int, int]] | None = None):  # type: ignore[no-untyped-def]
+    """:func:`memplan.jobs.roles.role_memory` of a role sharded by FSDP.
+
+    ``micro_batches``: per phase, the (sequences, tokens) of one micro-batch when the phase's pass uses its
+    own batching (a log-prob forward); other phases use the role's. The rank's process (imports, CUDA
+    context) is not here: FSDP workers of several roles can share one process per GPU, which the caller
+    knows (``under_ray`` is accepted for the dispatch's signature).
+    """
+    from memplan.jobs.roles import RoleMemory, activation_config, role_tree
+
+    sharding = _sharding(role)
+    name = str(role.name)
+    tree = role_tree(role)
+    units = fsdp_units(tree)
+    resting = resting_sharding(sharding)
+    states = fsdp_state_terms(units, resting, role=name, trained=role.trained)
+    gpu = [t for t in states if t.device == Device.GPU]
+    cpu = [t for t in states if t.device == Device.CPU]
+    micro_batches = micro_batches or {}
+    head = HeadConfig(head=role.head, logprob_impl=logprob_impl, entropy=role.entropy,
+                      entropy_in_loss=role.entropy_in_loss)
+    activity: dict[Phase, tuple[Term, ...]] = {}
+    if role.trained:
+        train_role = _micro(role, Phase.FORWARD, micro_batches.get(Phase.FORWARD))
+        cfg = activation_config(train_role, tree)
+        model = training_transients(role.spec, cfg, head, name)
+        grads = sharded_grads(units, resting, role=name)
+        for sub in TRAIN_SUBPHASES:
+            terms = list(model[sub]) + fsdp_transient_terms(units, resting, role=name, phase=sub)
+            if sub != Phase.FORWARD:
+                terms.append(replace(grads, phase=sub))
+            activity[sub] = tuple(replace(t, phase=sub) for t in terms)
+    for phase in forward_phases:
+        if role.trained and phase == Phase.FORWARD:
+            continue
+        fwd_role = replace(_micro(role, phase, micro_batches.get(phase)), trained=False, gradient_checkpointing=False)
+        cfg = activation_config(fwd_role, tree)
+        fwd_head = replace(head, entropy=role.entropy)
+        terms = list(forward_only_terms(role.spec, cfg, fwd_head, name, phase=phase))
+        terms += fsdp_transient_terms(units, resting, role=name, phase=phase)
+        activity[phase] = tuple(replace(t, phase=phase) for t in terms)
+    info = ModelInfo(name=role.spec.name, num_params=tree.num_params,
+                     trainable_params=tree.num_params if role.trained else 0)
+    return RoleMemory(role=role, gpu_terms=tuple(gpu), cpu_terms=tuple(cpu), activity=activity,
+                      transient=dict(activity), info=info, world_size=group.num_gpus,
+                      rank0_cpu_terms=tuple(model_loading_terms(role, tree.num_params, 1)))
