@@ -74,6 +74,8 @@ def resolve_model_run(model: str, method: Method | str, flags: Sequence[str] = (
                       nodes: int | None = None, gpus_per_node: int | None = None,
                       version: str | None = None, framework: str = DEFAULT_FRAMEWORK) -> ResolvedRun:
     """``resolve_command`` of :func:`command_for`, noting how ``--gpus`` was laid out on nodes."""
+    if framework != DEFAULT_FRAMEWORK:
+        load_model_spec(model)
     fw = frameworks.get(framework)
     argv = fw.command_for(model, method, flags, gpus=gpus, nodes=nodes, gpus_per_node=gpus_per_node)
     run = fw.resolve_command(argv, version=version)

@@ -109,7 +109,7 @@ def engine_state(schedule: Schedule, phase: Phase) -> EngineState:
     return EngineState.WEIGHTS_ONLY if weights == Residence.GPU else EngineState.ASLEEP
 
 
-def engine_gpu_terms(engine: EngineJob, total: int, state: EngineState, phase: Phase,
+def engine_gpu_terms(engine: EngineJob, total: int, state: EngineState, phase: Phase | None,
                      other_process_bytes: int) -> list[Term]:
     """One GPU's engine shard in ``state`` (memory/vllm_sleep.py, memory/sglang.py)."""
     if engine.vllm is not None:
@@ -145,8 +145,8 @@ def _where(schedule: Schedule, role: RoleName, phase: Phase, term: Term) -> Resi
 
 
 def _on_gpu(mem: RoleMemory, schedule: Schedule, phase: Phase, where: Residence) -> list[Term]:
-    return [replace(t, phase=phase) for t in mem.gpu_terms
-            if t.phase is None and _where(schedule, mem.role.name, phase, t) == where]
+    """The role's persistent terms the schedule puts at ``where`` in ``phase`` (kept untagged: resident)."""
+    return [t for t in mem.gpu_terms if t.phase is None and _where(schedule, mem.role.name, phase, t) == where]
 
 
 def weight_sync_terms(mem: RoleMemory, sync: WeightSync, phase: Phase) -> list[Term]:
@@ -164,7 +164,7 @@ def activity_terms(mem: RoleMemory, hj: HybridJob, phase: Phase) -> list[Term]:
     """What ``mem``'s role adds to the GPU for its own activity in ``phase`` (its states loaded for it included)."""
     entry = hj.schedule.at(phase)
     activity = entry.step(mem.role.name).activity if entry is not None else Activity.IDLE
-    loaded = _on_gpu(mem, hj.schedule, phase, Residence.WHILE_ACTIVE)
+    loaded = [replace(t, phase=phase) for t in _on_gpu(mem, hj.schedule, phase, Residence.WHILE_ACTIVE)]
     if activity == Activity.FORWARD:
         return list(mem.activity.get(phase, ())) + loaded
     if activity == Activity.TRAIN_STEP and mem.role.trained:
@@ -198,7 +198,7 @@ def gpu_phases(mems: dict[RoleName, RoleMemory], hj: HybridJob, gpu: Gpu, startu
         phase = entry.phase
         base = [t for m in mems.values() for t in _on_gpu(m, hj.schedule, phase, Residence.GPU)]
         if hj.engine is not None:
-            base += engine_gpu_terms(hj.engine, gpu.capacity_bytes, engine_state(hj.schedule, phase), phase,
+            base += engine_gpu_terms(hj.engine, gpu.capacity_bytes, engine_state(hj.schedule, phase), None,
                                      startup_bytes)
         acts = [activity_terms(m, hj, phase) for m in mems.values()]
         chosen = [t for a in acts for t in a] if entry.concurrent else max(
@@ -248,12 +248,14 @@ def host_phases(mems: dict[RoleName, RoleMemory], hj: HybridJob, *, head: bool, 
             per_rank += max(saves, key=lambda ts: sum(t.bytes for t in ts), default=[])
         terms = [replace(t, path=f"{t.path} (×{ranks} ranks)" if ranks > 1 else t.path, bytes=t.bytes * ranks)
                  for t in per_rank if t.bytes]
-        if phase == Phase.LOAD:
+        if phase == Phase.LOAD:  # the roles' models load one after another: the largest counts
+            loads = []
             for name, mem in mems.items():
                 loading = (hj.loading_ranks or {}).get(name, 1)
                 count = loading if loading > 1 else (1 if node == 0 else 0)
-                terms += [replace(t, bytes=t.bytes * count) for t in mem.rank0_cpu_terms
-                          if t.phase == Phase.LOAD and count]
+                loads.append([replace(t, bytes=t.bytes * count) for t in mem.rank0_cpu_terms
+                              if t.phase == Phase.LOAD and count])
+            terms += max(loads, key=lambda ts: sum(t.bytes for t in ts), default=[])
         terms += host_process.ray_node(head=head)
         usages.append(PhaseUsage(phase=phase, terms=tuple(terms)))
     return tuple(usages)
