@@ -197,3 +197,22 @@ def test_verl_keys_are_in_the_no_flag_names_scan() -> None:
     options, keys = VERL.flag_names()
     assert "actor_rollout_ref.actor.fsdp_config.param_offload" in keys
     assert "verl" in frameworks.names()
+
+
+def test_old_log_prob_head_follows_verls_own_entropy_estimate() -> None:
+    """verl's perf-tuning guide sizes the entropy at tokens × V × (4 + 2 + 1) bytes (docs/perf/perf_tuning.rst
+    L237-249). Old log-prob with use_remove_padding (verl's default), 8 sequences of 1024 + 2048 tokens packed:
+    24,576 tokens × 152,064 (Qwen2.5's vocabulary) × 7 B = 26.16 GB of entropy temporaries, next to the bf16
+    logits × 2 B = 7.47 GB. Chunking bounds the entropy to 2,048 rows × V × 12 B (fp32 copy, softmax, product);
+    fused kernels never hold the [tokens, V] logits."""
+    tokens, vocab = 8 * (1024 + 2048), 152_064
+    _, est = _estimate("qwen2.5-7b", "grpo", GRPO_7B)
+    old = _phase(est, "old_log_prob")
+    assert _bytes(old, "actor.logits.entropy") == tokens * vocab * 7 == 26_159_874_048
+    assert _bytes(old, "actor.logits.bf16") == tokens * vocab * 2
+    _, chunked = _estimate("qwen2.5-7b", "grpo", GRPO_7B + [
+        "actor_rollout_ref.actor.fsdp_config.entropy_from_logits_with_chunking=true"])
+    assert _bytes(_phase(chunked, "old_log_prob"), "actor.logits.entropy") == 2048 * vocab * 12
+    _, fused = _estimate("qwen2.5-7b", "grpo", GRPO_7B + ["actor_rollout_ref.model.use_fused_kernels=true"])
+    assert _bytes(_phase(fused, "old_log_prob"), "actor.logits.bf16") == 0
+    assert _phase(fused, "old_log_prob").bytes < old.bytes

@@ -23,7 +23,9 @@ from memplan.jobs.result import ModelInfo
 from memplan.memory.breakdown import Category, Device, Phase, Term
 from memplan.memory.fsdp import FsdpSharding, fsdp_state_terms, fsdp_units, sharded_grads
 from memplan.memory.fsdp_transient import fsdp_transient_terms
-from memplan.memory.logits import LogProbImpl
+from memplan.dtypes import bytes_for
+from memplan.memory.activations import num_tokens
+from memplan.memory.logits import Head, LogProbImpl, packed_head_terms
 from memplan.memory.transient import HeadConfig, forward_only_terms, training_transients
 from memplan.sources import code
 
@@ -54,12 +56,43 @@ def model_loading_terms(role: Role, num_params: int, ranks_loading: int) -> list
     CPU; every rank does when ``tie_word_embeddings``, no meta init); reference/verl.md §3 "Init".
     Assumes: the caller passes ``ranks_loading`` = 1 for rank 0 only; ranks > 0 build on the meta device.
     """
-    from memplan.dtypes import bytes_for
-
     src = code("verl-project/verl:verl/utils/fsdp_utils.py@v0.9.1",
                "get_init_weight_context_manager: rank 0 (every rank if tied embeddings) loads on CPU :64-75")
     return [Term(path=f"{role.name}.model_loading", bytes=bytes_for(num_params, _sharding(role).param_dtype),
                  category=Category.PARAM, device=Device.CPU, source=src, phase=Phase.LOAD)]
+
+
+def _head(role: Role, cfg, phase: Phase, *, backward: bool, entropy: bool) -> list[Term]:  # type: ignore[no-untyped-def]
+    return packed_head_terms(role.spec, num_tokens(cfg), role=str(role.name), phase=phase, entropy=entropy,
+                             entropy_chunk=role.entropy_chunk, fused=role.fused_head, backward=backward)
+
+
+def _training_model(role: Role, cfg, head: HeadConfig, name: str) -> dict[Phase, tuple[Term, ...]]:  # type: ignore[no-untyped-def]
+    """The model's own transients of a training micro-step: memory/transient.py's, with an autocast LM head's
+    bf16 logits (``Role.autocast_head``) in place of the fp32 ones; the entropy only when it is in the loss. The head's backward comes first in
+    backward, while the forward's saved tensors are all alive; the layers' backward moments come after."""
+    if not role.autocast_head or role.head != Head.LM:
+        return training_transients(role.spec, cfg, head, name)
+    body = training_transients(role.spec, cfg, replace(head, head=Head.VALUE, entropy=False), name)
+    forward = tuple(body[Phase.FORWARD]) + tuple(_head(role, cfg, Phase.FORWARD, backward=False,
+                                                       entropy=role.entropy_in_loss))
+    head_first = tuple(replace(t, phase=Phase.BACKWARD) for t in body[Phase.FORWARD]) + tuple(
+        _head(role, cfg, Phase.BACKWARD, backward=True, entropy=role.entropy_in_loss))
+    backward = max((tuple(body[Phase.BACKWARD]), head_first), key=lambda ts: sum(t.bytes for t in ts))
+    return {Phase.FORWARD: forward, Phase.BACKWARD: backward, Phase.OPTIMIZER_STEP: tuple(body[Phase.OPTIMIZER_STEP])}
+
+
+def _forward_model(role: Role, cfg, head: HeadConfig, name: str, phase: Phase) -> list[Term]:  # type: ignore[no-untyped-def]
+    """A no-grad forward's own peak: the layers' moment, or the head's (last hidden state + the head's terms)."""
+    if not role.autocast_head or role.head != Head.LM:
+        return list(forward_only_terms(role.spec, cfg, head, name, phase=phase))
+    body = list(forward_only_terms(role.spec, cfg, replace(head, head=Head.VALUE, entropy=False), name, phase=phase))
+    hidden = Term(path=f"{name}.activations.last_hidden", bytes=bytes_for(num_tokens(cfg) * role.spec.hidden_size,
+                                                                         cfg.compute_dtype),
+                  category=Category.ACTIVATION, device=Device.GPU, source=body[0].source if body else
+                  code("huggingface/transformers", "last hidden state"), phase=phase)
+    at_head = [hidden, *_head(role, cfg, phase, backward=False, entropy=role.entropy)]
+    return max((body, at_head), key=lambda ts: sum(t.bytes for t in ts))
 
 
 def _micro(role: Role, phase: Phase, micro: tuple[int, int] | None) -> Role:
@@ -95,7 +128,7 @@ def fsdp_role_memory(role: Role, group: GpuGroup, logprob_impl: LogProbImpl,
     if role.trained:
         train_role = _micro(role, Phase.FORWARD, micro_batches.get(Phase.FORWARD))
         cfg = activation_config(train_role, tree)
-        model = training_transients(role.spec, cfg, head, name)
+        model = _training_model(role, cfg, head, name)
         grads = sharded_grads(units, resting, role=name)
         for sub in TRAIN_SUBPHASES:
             terms = list(model[sub]) + fsdp_transient_terms(units, resting, role=name, phase=sub)
@@ -108,7 +141,7 @@ def fsdp_role_memory(role: Role, group: GpuGroup, logprob_impl: LogProbImpl,
         fwd_role = replace(_micro(role, phase, micro_batches.get(phase)), trained=False, gradient_checkpointing=False)
         cfg = activation_config(fwd_role, tree)
         fwd_head = replace(head, entropy=role.entropy)
-        terms = list(forward_only_terms(role.spec, cfg, fwd_head, name, phase=phase))
+        terms = _forward_model(fwd_role, cfg, fwd_head, name, phase)
         terms += fsdp_transient_terms(units, resting, role=name, phase=phase)
         activity[phase] = tuple(replace(t, phase=phase) for t in terms)
     info = ModelInfo(name=role.spec.name, num_params=tree.num_params,

@@ -80,12 +80,12 @@ def micro_batch(batching: Batching, longest: int, ulysses: int, packed: bool) ->
 
 def _role(name: RoleName, spec: ModelSpec, head: Head, trained: bool, shard: FsdpSharding, micro: Micro,
           packed: bool, ulysses: int, checkpointing: bool, entropy: bool = False,
-          entropy_in_loss: bool = False) -> Role:
+          entropy_in_loss: bool = False, entropy_chunk: int | None = None, fused: bool = False) -> Role:
     return Role(name=name, spec=spec, head=head, trained=trained, group="all", param_dtype=shard.compute_dtype,
                 sharding=shard, lora=None, load_in_4bit=False, gradient_checkpointing=checkpointing and trained,
                 attn_impl=AttnImpl.FLASH_ATTENTION_2, micro_batch_size=micro[0], sequences_per_sample=1,
                 seq_len=micro[1], packing=packed, ring_size=ulysses, ds_tp_size=1, entropy=entropy,
-                entropy_in_loss=entropy_in_loss)
+                entropy_in_loss=entropy_in_loss, entropy_chunk=entropy_chunk, fused_head=fused, autocast_head=True)
 
 
 def engine(run: VerlRun, spec: ModelSpec, gpu_memory_mib: int) -> tuple[EngineJob, int]:
@@ -119,7 +119,7 @@ def hybrid_job(run: VerlRun, command: str, *, gpu_memory_mib: int,
     longest = run.max_prompt_length + run.max_response_length
     a = run.actor
     packed = a.model.use_remove_padding
-    chunked = a.entropy.from_logits_with_chunking or a.model.use_fused_kernels
+    chunk = a.entropy.chunk_size if a.entropy.from_logits_with_chunking else None
     actor_shard = sharding(a.fsdp)
     update = micro_batch(a.update, longest, a.ulysses_sequence_parallel_size, packed)
     micro: dict[tuple[RoleName, Phase], Micro] = {
@@ -128,12 +128,15 @@ def hybrid_job(run: VerlRun, command: str, *, gpu_memory_mib: int,
     }
     roles = [_role(RoleName.ACTOR, spec, Head.LM, True, actor_shard, update, packed,
                    a.ulysses_sequence_parallel_size, a.model.enable_gradient_checkpointing,
-                   entropy=not chunked, entropy_in_loss=a.entropy_in_update and not chunked)]
+                   entropy=True, entropy_in_loss=a.entropy_in_update, entropy_chunk=chunk,
+                   fused=a.model.use_fused_kernels)]
     if run.ref is not None:
         ref_micro = micro_batch(run.ref.log_prob, longest, run.ref.ulysses_sequence_parallel_size, packed)
         micro[(RoleName.REF, Phase.REF_LOG_PROB)] = ref_micro
+        ref_chunk = run.ref.entropy.chunk_size if run.ref.entropy.from_logits_with_chunking else None
         roles.append(_role(RoleName.REF, spec, Head.LM, False, sharding(run.ref.fsdp, cpu_offload=True), ref_micro,
-                           packed, run.ref.ulysses_sequence_parallel_size, False))
+                           packed, run.ref.ulysses_sequence_parallel_size, False, entropy_chunk=ref_chunk,
+                           fused=a.model.use_fused_kernels))
     critic_offload = None
     if run.critic is not None:
         c = run.critic
