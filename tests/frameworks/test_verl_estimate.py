@@ -85,7 +85,8 @@ def test_engine_sleeps_at_level_2_outside_generation() -> None:
 
 def test_offload_moves_actor_states_to_the_host() -> None:
     """param_offload + optimizer_offload: between phases 12P/8 per GPU leave the GPU (4P/8 params, 8P/8 Adam)
-    and 8 ranks × 12P/8 = 12P arrive in the node's host RAM (pinned, fsdp_utils.py :195-262)."""
+    and 8 ranks × 12P/8 = 12P arrive in the node's host RAM, pinned (fsdp_utils.py :195-262): torch's caching
+    host allocator rounds each tensor to a power of two, so the node pins between 12P and 24P."""
     _, base = _estimate("Qwen/Qwen2.5-7B-Instruct", "grpo", GRPO_7B)
     _, off = _estimate("Qwen/Qwen2.5-7B-Instruct", "grpo", GRPO_7B + [
         "actor_rollout_ref.actor.fsdp_config.param_offload=true",
@@ -94,7 +95,10 @@ def test_offload_moves_actor_states_to_the_host() -> None:
     assert moved == pytest.approx(12 * P_7B / 8, rel=1e-4)
     host = next(u for u in off.hosts[0].phases if u.phase.value == "rollout").bytes \
         - next(u for u in base.hosts[0].phases if u.phase.value == "rollout").bytes
-    assert host == pytest.approx(12 * P_7B, rel=1e-4)
+    rounding = sum(t.bytes for t in next(u for u in off.hosts[0].phases if u.phase.value == "rollout").terms
+                   if "pinned_rounding" in t.path and t.path.startswith("actor."))
+    assert host - rounding == pytest.approx(12 * P_7B, rel=1e-4)
+    assert 0 < rounding < 12 * P_7B
     # the update loads both back for itself: its GPU use does not drop by the states
     assert _phase(off, "update_actor").bytes == pytest.approx(_phase(base, "update_actor").bytes, rel=1e-6)
 
@@ -107,7 +111,8 @@ def test_ref_shards_on_the_host_and_tied_model_loads_on_every_rank() -> None:
                "data.train_batch_size=64", "actor_rollout_ref.actor.ppo_mini_batch_size=16"]
     _, est = _estimate("Qwen/Qwen2.5-0.5B-Instruct", "ppo", options)
     host = next(u for u in est.hosts[0].phases if u.phase.value == "rollout")
-    assert 4 * P_05B <= sum(t.bytes for t in host.terms if t.path.startswith("ref.params")) <= 4 * P_05B + 4 * 2 * 25 * 2
+    shards = sum(t.bytes for t in host.terms if t.path.startswith("ref.params") and "rounding" not in t.path)
+    assert 4 * P_05B <= shards <= 4 * P_05B + 4 * 2 * 25 * 2  # FSDP1 pads each of 25 units to 2 elements
     load = next(u for u in est.hosts[0].phases if u.phase.value == "load")
     assert sum(t.bytes for t in load.terms if "model_loading" in t.path) == 2 * 4 * (P_05B + 896)
     assert set(est.devices[0].roles) == {"actor", "ref", "critic", "rollout"}

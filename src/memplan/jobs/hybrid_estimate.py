@@ -225,7 +225,8 @@ def checkpoint_terms(mem: RoleMemory, phase: Phase) -> list[Term]:
 
 def host_phases(mems: dict[RoleName, RoleMemory], hj: HybridJob, *, head: bool, node: int) -> tuple[PhaseUsage, ...]:
     """Host RAM of one node per phase: per GPU one trainer process and one engine process, the roles' host
-    terms and the states the schedule keeps on the host, the engine's sleep backup; Ray's daemons (and on
+    terms (offloaded states included: the schedule's ``HOST`` residences say what leaves the GPU; the host
+    copies are the roles' own terms), the engine's sleep backup; Ray's daemons (and on
     the head its driver); model loading and checkpoint copies in their phases."""
     ranks = hj.gpus_per_node
     phases = (Phase.LOAD, *hj.schedule.order, *((Phase.CHECKPOINT,) if hj.checkpoint_roles else ()))
@@ -236,13 +237,8 @@ def host_phases(mems: dict[RoleName, RoleMemory], hj: HybridJob, *, head: bool, 
             per_rank += host_process.gpu_process(role="rollout", under_ray=True)
             if phase != Phase.LOAD:
                 per_rank += engine_host_terms(hj.engine)
-        for mem in mems.values():
+        for mem in mems.values():  # offloaded states: the role's own host terms (pinned blocks stay cached)
             per_rank += [t for t in mem.cpu_terms if (t.phase is None and phase != Phase.LOAD)]
-            if phase in hj.schedule.order:
-                per_rank += [replace(t, device=Device.CPU) for t in _on_gpu(mem, hj.schedule, phase, Residence.HOST)]
-            elif phase == Phase.CHECKPOINT:
-                per_rank += [replace(t, device=Device.CPU) for t in _on_gpu(
-                    mem, hj.schedule, hj.schedule.order[-1], Residence.HOST)]
         if phase == Phase.CHECKPOINT:
             saves = [checkpoint_terms(mems[r], phase) for r in hj.checkpoint_roles if r in mems]
             per_rank += max(saves, key=lambda ts: sum(t.bytes for t in ts), default=[])
