@@ -221,3 +221,20 @@ def test_old_log_prob_head_follows_verls_own_entropy_estimate() -> None:
     _, fused = _estimate("qwen2.5-7b", "grpo", GRPO_7B + ["actor_rollout_ref.model.use_fused_kernels=true"])
     assert _bytes(_phase(fused, "old_log_prob"), "actor.logits.bf16") == 0
     assert _phase(fused, "old_log_prob").bytes < old.bytes
+
+
+def test_start_up_passes_but_the_step_2_wake_up_does_not() -> None:
+    """verl.md §3: vLLM starts before any optimizer state exists, so its start-up check (free memory ≥ total ×
+    gpu_memory_utilization) passes where the step-2 wake-up, with AdamW's 8P/8 = 7.1 GiB resident, cannot hold
+    the same KV pool. Qwen2.5-7B, 8 × H100 (79.2 GiB): at 0.85 the engine requests 67.3 GiB of the ~72 GiB free
+    next to the trainer at start-up; generating next to params + Adam (10.6 GiB) + contexts does not fit. At 0.95
+    (75.2 GiB) it cannot even start: vLLM's own error."""
+    from memplan.jobs.result import Verdict
+
+    _, wake = _estimate("qwen2.5-7b", "grpo", GRPO_7B[:1] + ["actor_rollout_ref.rollout.gpu_memory_utilization=0.85"])
+    device = wake.devices[0]
+    assert device.startup_error is None and device.verdict == Verdict.OOM and device.peak.phase.value == "rollout"
+    assert any("from step 2 it wakes with 7.1 GiB of optimizer state" in n for n in wake.notes)
+    _, start = _estimate("qwen2.5-7b", "grpo", GRPO_7B[:1] + ["actor_rollout_ref.rollout.gpu_memory_utilization=0.95"])
+    assert "less than desired GPU memory utilization" in (start.devices[0].startup_error or "")
+    assert start.verdict == Verdict.OOM and any("cannot start" in n for n in start.notes)
