@@ -238,3 +238,15 @@ def test_start_up_passes_but_the_step_2_wake_up_does_not() -> None:
     _, start = _estimate("qwen2.5-7b", "grpo", GRPO_7B[:1] + ["actor_rollout_ref.rollout.gpu_memory_utilization=0.95"])
     assert "less than desired GPU memory utilization" in (start.devices[0].startup_error or "")
     assert start.verdict == Verdict.OOM and any("cannot start" in n for n in start.notes)
+
+
+def test_checkpoint_copies_every_rank_s_shards_and_rank_0_the_hf_model() -> None:
+    """verl.md §6 (fsdp_checkpoint_manager.py :202-211, :311-361, :422-446): each rank copies its fp32 param
+    shard (4P/8) and AdamW state (8P/8) to the host to save them: 8 ranks → 12P on the node; with ``hf_model``
+    rank 0 also gathers the full fp32 state dict, 4P: 12P + 4P = 16P = 121.85 GB for Qwen2.5-7B."""
+    options = GRPO_7B[:1] + ["trainer.save_freq=10",
+                             "actor_rollout_ref.actor.checkpoint.save_contents=[model,optimizer,extra,hf_model]"]
+    _, est = _estimate("qwen2.5-7b", "grpo", options)
+    save = next(u for u in est.hosts[0].phases if u.phase.value == "checkpoint")
+    copied = sum(t.bytes for t in save.terms if "checkpoint_copy" in t.path or "hf_model" in t.path)
+    assert copied == pytest.approx(16 * P_7B, rel=1e-5)
