@@ -250,3 +250,12 @@ def test_checkpoint_copies_every_rank_s_shards_and_rank_0_the_hf_model() -> None
     save = next(u for u in est.hosts[0].phases if u.phase.value == "checkpoint")
     copied = sum(t.bytes for t in save.terms if "checkpoint_copy" in t.path or "hf_model" in t.path)
     assert copied == pytest.approx(16 * P_7B, rel=1e-5)
+
+
+def test_checkpoint_of_offloaded_states_is_counted_once() -> None:
+    """With param and optimizer offload the save still copies 12P/8 per rank (not the host copy again)."""
+    options = GRPO_7B[:1] + ["trainer.save_freq=10", "actor_rollout_ref.actor.fsdp_config.param_offload=true",
+                             "actor_rollout_ref.actor.fsdp_config.optimizer_offload=true"]
+    _, est = _estimate("qwen2.5-7b", "grpo", options)
+    save = next(u for u in est.hosts[0].phases if u.phase.value == "checkpoint")
+    assert sum(t.bytes for t in save.terms if "checkpoint_copy" in t.path) == pytest.approx(12 * P_7B, rel=1e-5)

@@ -214,15 +214,17 @@ def checkpoint_terms(mem: RoleMemory, phase: Phase) -> list[Term]:
 
     Source: verl 0.9.1 ``verl/utils/checkpoint/fsdp_checkpoint_manager.py`` :202-211, :311-361 (each rank
     copies its model and optimizer state dicts to CPU and ``torch.save``s them); reference/verl.md §6.
+    Assumes: a state the framework offloaded is copied too (counted once: its resting term, not its host copy);
+    the adam ``step`` scalars (a few KB) are left out.
     """
     from memplan.sources import code
 
     src = code("verl-project/verl:verl/utils/checkpoint/fsdp_checkpoint_manager.py@v0.9.1",
                "save_checkpoint: per-rank model/optimizer state dicts to CPU :202-211, :311-361")
+    states = [*mem.gpu_terms, *(t for t in mem.cpu_terms if not t.path.endswith((".offloaded", ".pinned_rounding")))]
     return [Term(path=f"{t.path}.checkpoint_copy", bytes=t.bytes, category=t.category, device=Device.CPU,
                  source=src, phase=phase)
-            for t in (*mem.gpu_terms, *mem.cpu_terms) if t.phase is None and t.category in
-            (Category.PARAM, Category.OPTIMIZER) and t.bytes > 4096]
+            for t in states if t.phase is None and t.category in (Category.PARAM, Category.OPTIMIZER) and t.bytes > 4096]
 
 
 def hf_model_terms(mem: RoleMemory, phase: Phase) -> list[Term]:
