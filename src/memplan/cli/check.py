@@ -1,4 +1,4 @@
-"""``memplan check -- COMMAND``: estimate an OpenRLHF launch command exactly as typed."""
+"""``memplan check -- COMMAND``: estimate an OpenRLHF or verl launch command exactly as typed."""
 
 from __future__ import annotations
 
@@ -14,6 +14,9 @@ Examples:
       --pretrain meta-llama/Meta-Llama-3-8B --zero_stage 2 --gradient_checkpointing
   memplan check --gpu h100-80g -- train_sft_llama.sh        (a script file)
   cat train.sh | memplan check --gpu h100-80g -             (standard input)
+  memplan check --gpu h100-80g -- python3 -m verl.trainer.main_ppo algorithm.adv_estimator=grpo \
+      actor_rollout_ref.model.path=Qwen/Qwen2.5-7B-Instruct trainer.n_gpus_per_node=8 ...
+  memplan check --gpu h100-80g -- run_qwen2_5-7b_grpo.sh   (a verl script: read as verl without --framework)
 """
 
 #: Largest script accepted from a file or standard input (a launch script is a few KB).
@@ -23,11 +26,14 @@ MAX_SCRIPT_BYTES = 1 << 20
 def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """Add the ``check`` command."""
     parser = subparsers.add_parser(
-        "check", help="estimate an OpenRLHF launch command as typed", epilog=EPILOG,
+        "check", help="estimate an OpenRLHF or verl launch command as typed", epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Reads deepspeed/torchrun/python/ray job submit commands, line continuations and "
                     "both flag spellings; flags that change no memory are ignored, unknown ones reported.")
     add_capacity_args(parser)
+    from memplan.cli.estimate import add_framework_args
+
+    add_framework_args(parser, default=None)
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND",
                         help="the launch command, a script file, or - for standard input")
     parser.set_defaults(func=run)
@@ -85,8 +91,14 @@ def run(args: argparse.Namespace) -> int:
     from memplan.cli.estimate import report
     from memplan.cli.figures import check_output_args
 
+    from memplan.cli.estimate import framework_version
+
     check_output_args(args)
-    run_ = resolve_command(_command_text(args.command), version=args.openrlhf_version)
+    text = _command_text(args.command)
+    from memplan.frameworks import detect
+
+    framework = args.framework or detect(text)
+    run_ = resolve_command(text, version=framework_version(args, framework), framework=framework)
     args._capacity = resolve_capacity(args.gpu, args.host_ram)
     est = estimate_run(run_, gpu=args._capacity[0], host_ram_bytes=args._capacity[1])
     return report(run_, est, args)

@@ -1,4 +1,5 @@
-"""``memplan estimate MODEL --method METHOD [OpenRLHF flags]``: per-GPU and per-node memory of one run."""
+"""``memplan estimate MODEL --method METHOD [OpenRLHF flags | --framework verl key=value ...]``: per-GPU and
+per-node memory of one run."""
 
 from __future__ import annotations
 
@@ -13,7 +14,40 @@ Any OpenRLHF flag of the method's script may follow, in either spelling (--zero_
 Defaults and semantics are OpenRLHF's for the script and version: the latest release (0.11) unless
 --openrlhf-version says otherwise, or the script or a flag exists only in an older release (then the
 newest release that has them, with a note). kto, prm and kd exist only up to OpenRLHF 0.9.
+
+verl (--framework verl, methods ppo, grpo, reinforce, rloo): Hydra overrides of verl.trainer.main_ppo follow,
+over verl's defaults for --framework-version (default 0.9.1; 0.9.0 and 0.8.0 too), e.g.:
+  memplan estimate qwen2.5-7b --framework verl --method grpo --gpu h100-80g trainer.n_gpus_per_node=8 \
+      actor_rollout_ref.actor.use_kl_loss=true actor_rollout_ref.rollout.gpu_memory_utilization=0.6
 """
+
+#: Frameworks ``--framework`` accepts.
+FRAMEWORKS = ("openrlhf", "verl")
+
+
+def add_framework_args(parser: argparse.ArgumentParser, *, default: str | None = "openrlhf") -> None:
+    """--framework and --framework-version (shared with check and plan)."""
+    parser.add_argument("--framework", choices=FRAMEWORKS, default=default,
+                        help="the framework that runs the command: openrlhf (default) or verl"
+                             + ("" if default else " (default: read from the command)"))
+    parser.add_argument("--framework-version", metavar="V",
+                        help="verl version whose defaults apply: 0.8, 0.9.0 or 0.9.1 (default 0.9.1); for "
+                             "OpenRLHF the same as --openrlhf-version")
+
+
+def framework_version(args: argparse.Namespace, framework: str) -> str | None:
+    """The version option that applies to ``framework`` (``--openrlhf-version`` keeps working for OpenRLHF)."""
+    from memplan.errors import ConfigError
+
+    given = getattr(args, "framework_version", None)
+    if framework == "openrlhf":
+        if given is not None and args.openrlhf_version is not None and given != args.openrlhf_version:
+            raise ConfigError("--framework-version", "differs from --openrlhf-version; give one")
+        return args.openrlhf_version if args.openrlhf_version is not None else given
+    if args.openrlhf_version is not None:
+        raise ConfigError("--openrlhf-version", f"applies to OpenRLHF; for {framework} use --framework-version")
+    return given
+
 
 
 def add_capacity_args(parser: argparse.ArgumentParser) -> None:
@@ -39,13 +73,14 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     parser.add_argument("model", metavar="MODEL", help="preset, hub id, config.json or its directory")
     parser.add_argument("--method", required=True, choices=[m.value for m in Method], metavar="METHOD",
                         help="sft, rm, dpo, kto, prm, kd (kto, prm, kd: OpenRLHF <= 0.9, --openrlhf-version 0.9); "
-                             "ppo, grpo, reinforce, rloo: RL estimator")
+                             "ppo, grpo, reinforce, rloo: RL estimator (OpenRLHF or verl)")
     parser.add_argument("--gpus", type=int, metavar="N",
                         help="GPUs in total (nodes = N / --gpus-per-node, default 8 per node; "
                              "default one node of 8)")
     parser.add_argument("--nodes", type=int, metavar="N", help="nodes (instead of --gpus)")
     parser.add_argument("--gpus-per-node", type=int, metavar="N", help="GPUs per node (default 8)")
     add_capacity_args(parser)
+    add_framework_args(parser)
     parser.set_defaults(func=run, accepts_extra=True)
 
 
@@ -104,7 +139,7 @@ def _write_figures(run_: object, est: object, args: argparse.Namespace, suggesti
 
 
 def run(args: argparse.Namespace) -> int:
-    """Estimate MODEL with METHOD and the extra OpenRLHF flags."""
+    """Estimate MODEL with METHOD and the extra flags (OpenRLHF flags, or verl's Hydra overrides)."""
     from memplan.api import estimate_run, resolve_capacity, resolve_model_run
     from memplan.cli.figures import check_output_args
     from memplan.model import load_model_spec
@@ -112,7 +147,8 @@ def run(args: argparse.Namespace) -> int:
     check_output_args(args)
     load_model_spec(args.model)
     run_ = resolve_model_run(args.model, args.method, args.extra, gpus=args.gpus, nodes=args.nodes,
-                             gpus_per_node=args.gpus_per_node, version=args.openrlhf_version)
+                             gpus_per_node=args.gpus_per_node, version=framework_version(args, args.framework),
+                             framework=args.framework)
     args._capacity = resolve_capacity(args.gpu, args.host_ram)
     est = estimate_run(run_, gpu=args._capacity[0], host_ram_bytes=args._capacity[1])
     return report(run_, est, args)

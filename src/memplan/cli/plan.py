@@ -39,8 +39,10 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
                         help="OpenRLHF version of the commands: 0.8, 0.9 or 0.11 (default: the latest, 0.11, unless the "
                              "method or a flag exists only in an older one)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    from memplan.cli.estimate import add_framework_args
     from memplan.cli.figures import add_output_args
 
+    add_framework_args(parser)
     add_output_args(parser)
     parser.set_defaults(func=run, accepts_extra=True)
 
@@ -72,6 +74,11 @@ def run(args: argparse.Namespace) -> int:
     from memplan.cli.figures import check_output_args
 
     check_output_args(args)
+    if args.framework != "openrlhf":
+        from memplan import frameworks
+
+        frameworks.get(args.framework).plan_run(args.model, args.method, options=args.extra, keep=args.keep,
+                                                version=args.framework_version, searched=lambda _rl: ())
     results = plan_results(args.model, args.method, args.gpu, host_ram=args.host_ram,
                            gpus_per_node=args.gpus_per_node, max_gpus=args.max_gpus, flags=args.extra,
                            keep=args.keep, allow_lora=args.allow_lora, version=args.openrlhf_version)

@@ -103,6 +103,13 @@ class Role:
     """An entropy coefficient is given: the actor's forward computes the entropy (a softmax over its fp32 logits)."""
     entropy_in_loss: bool = False
     """The entropy coefficient is non-zero, so the entropy is backwarded."""
+    entropy_chunk: int | None = None
+    """The entropy is computed over chunks of this many tokens (None: over the whole micro-batch at once)."""
+    fused_head: bool = False
+    """Log-probs and entropy come from the hidden states chunk by chunk: no [tokens, vocab] logits."""
+    autocast_head: bool = False
+    """The LM head runs under autocast and its logits stay in the compute dtype (no fp32 copy): the packed
+    head of memory/logits.py ``packed_head_terms``."""
     saves_hf_model: bool = False
     """The role's ``save_model`` runs (Phase.SAVE): the trained model at the end of training."""
     saves_ds_checkpoint: bool = False

@@ -171,19 +171,21 @@ def save_terms(role: Role, layout: ParamLayout, zero: ZeroConfig) -> list[Term]:
 
 def role_memory(role: Role, group: GpuGroup, logprob_impl: LogProbImpl,
                 forward_phases: tuple[Phase, ...] = (Phase.FORWARD,), partner: Role | None = None,
-                under_ray: bool = False) -> RoleMemory:
+                under_ray: bool = False, micro_batches: dict[Phase, tuple[int, int]] | None = None) -> RoleMemory:
     """Model states, host terms and per-phase transient activity of one rank of ``role``.
 
     ``partner`` is the frozen model a trained role's trainer runs between its forward and backward
     (DPO/KTO reference, KD teacher): its forward rides on the policy's forward-end tensors.
     ``under_ray``: the rank is a Ray actor (``train_ppo_ray``), so its process also imports ray.
+    ``micro_batches``: (sequences, tokens) of a phase whose pass has its own batching (FSDP roles).
 
-    The one dispatch on the sharding engine: ZeRO roles are computed here; FSDP roles will be computed by
-    memory/fsdp.py (issue 14, item 2).
+    The one dispatch on the sharding engine: ZeRO roles are computed here; FSDP roles by
+    jobs/fsdp_role.py (memory/fsdp.py, fsdp_transient.py).
     """
     if isinstance(role.sharding, FsdpSharding):
-        raise NotImplementedError(f"{role.name}: FSDP roles are computed by memory/fsdp.py, not yet wired into "
-                                  "the estimate (issue 14, items 2-3)")
+        from memplan.jobs.fsdp_role import fsdp_role_memory
+
+        return fsdp_role_memory(role, group, logprob_impl, forward_phases, under_ray, micro_batches)
     return _zero_role_memory(role, group, logprob_impl, forward_phases, partner, under_ray)
 
 

@@ -85,6 +85,9 @@ class RoleStep:
     """What it does."""
     states: tuple[tuple[State, Residence], ...] = ()
     """Where its states are; a state not listed is on the GPU."""
+    micro_batch: tuple[int, int] | None = None
+    """The activity's micro-batch on one GPU as (sequences, tokens per sequence) when it differs from the
+    role's own (a forward pass with its own micro batch or token budget); None: the role's."""
 
     def residence(self, state: State) -> Residence:
         """Where ``state`` is in this phase."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 from memplan.dtypes import DType, bytes_for
+from memplan.memory.breakdown import Category, Device, Phase, Term
 from memplan.model.spec import ModelSpec
 from memplan.sources import Source, code
 
@@ -187,3 +188,51 @@ def value_head_bytes(num_tokens: int, dtype: DType) -> int:
     Checked by: tests/memory/test_logits.py::test_value_head_is_tiny
     """
     return bytes_for(num_tokens, dtype)
+
+
+#: Bytes per logit of the non-chunked entropy's temporaries, as verl documents its own estimate
+#: (``tokens × V × (4 + 2 + 1)``: verl-project/verl docs/perf/perf_tuning.rst@v0.9.1 L237-249).
+ENTROPY_FULL_BYTES_PER_LOGIT = 7
+#: Bytes per logit of one chunk of the chunked entropy: the chunk's fp32 copy, its fp32 softmax and their fp32
+#: product (verl-project/verl verl/utils/torch_functional.py@v0.9.1 ``entropy_from_logits_with_chunking``
+#: L264-269: ``.float()``, ``softmax``, ``pd_chunk * logits_chunk``).
+ENTROPY_CHUNK_BYTES_PER_LOGIT = 12
+#: Tokens per chunk of the fused (hidden-state) log-prob/entropy path (verl-project/verl
+#: verl/utils/experimental/torch_functional.py@v0.9.1 L98-160).
+FUSED_CHUNK_TOKENS = 512
+
+
+def packed_head_terms(spec: ModelSpec, num_tokens: int, *, role: str, phase: Phase, entropy: bool,
+                      entropy_chunk: int | None, fused: bool, backward: bool) -> list[Term]:
+    """The LM head's tensors at its worst moment for one packed row of ``num_tokens`` tokens, when the head runs
+    under autocast (bf16 logits, no fp32 copy) and log-probs come from flash-attn's Triton cross-entropy (fp32
+    math inside its kernel, no V-wide temporary).
+
+        forward:   logits N·V·2 + entropy temporaries (N·V·7; with chunking min(N, chunk)·V·12)
+        backward:  logits N·V·2 + their gradient N·V·2 (the entropy's, when in the loss, as in forward)
+        fused:     no [N, V] logits: one chunk of FUSED_CHUNK_TOKENS rows in fp32 (logits, softmax, product)
+
+    Source: verl-project/verl verl/workers/engine/fsdp/transformer_impl.py@v0.9.1 L1382-1430 (``logits_rmpad``
+    from the HF head under autocast, ``logprobs_from_logits``, entropy from the same logits);
+    verl/utils/torch_functional.py@v0.9.1 L73-107 (flash-attn cross-entropy, in-place backward), L231-270
+    (entropy, chunked entropy); reference/verl.md §4.
+    Assumes: temperature 1 (no scaled copy of the logits); a bf16 compute dtype.
+    """
+    src = code("verl-project/verl:verl/workers/engine/fsdp/transformer_impl.py@v0.9.1",
+               "logits_rmpad under autocast, log-probs and entropy from them L1382-1430")
+    v = spec.vocab_size
+    if fused:
+        rows = min(num_tokens, FUSED_CHUNK_TOKENS)
+        return [Term(path=f"{role}.logits.fused_chunk", bytes=rows * v * ENTROPY_CHUNK_BYTES_PER_LOGIT,
+                     category=Category.TEMP, device=Device.GPU, source=src, phase=phase)]
+    terms = [Term(path=f"{role}.logits.bf16", bytes=num_tokens * v * 2, category=Category.ACTIVATION,
+                  device=Device.GPU, source=src, phase=phase)]
+    if backward:
+        terms.append(Term(path=f"{role}.logits.grad", bytes=num_tokens * v * 2, category=Category.TEMP,
+                          device=Device.GPU, source=src, phase=phase))
+    if entropy:
+        per = (min(num_tokens, entropy_chunk) * v * ENTROPY_CHUNK_BYTES_PER_LOGIT if entropy_chunk
+               else num_tokens * v * ENTROPY_FULL_BYTES_PER_LOGIT)
+        terms.append(Term(path=f"{role}.logits.entropy", bytes=per, category=Category.TEMP, device=Device.GPU,
+                          source=src, phase=phase))
+    return terms
