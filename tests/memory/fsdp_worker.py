@@ -20,23 +20,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 
-def _storage_bytes(tensors) -> int:
-    """Bytes of the distinct storages behind ``tensors`` (DTensors: their local tensors)."""
-    seen: dict[int, int] = {}
-    for t in tensors:
-        if t is None:
-            continue
-        local = t.to_local() if hasattr(t, "to_local") else t
-        st = local.untyped_storage()
-        seen[st.data_ptr() if st.nbytes() else id(st)] = st.nbytes()
-    return sum(seen.values())
-
-
 def _local(t):
     return t.to_local() if hasattr(t, "to_local") else t
 
 
 def _sum_storages(tensors) -> int:
+    """Bytes of the distinct, allocated storages behind ``tensors`` (DTensors: their local tensors)."""
     seen: dict[int, int] = {}
     for t in tensors:
         if t is None:
@@ -296,17 +285,17 @@ def _run(version: str, config_path: str, group) -> dict:
     sqrt_bytes: list[int] = []
     original_sqrt = _probe_foreach_sqrt(sqrt_bytes)
     params = list(model.parameters())
-    result["param_bytes"] = _storage_bytes(params)
+    result["param_bytes"] = _sum_storages(params)
     optimizer = torch.optim.AdamW(params, lr=1e-3, foreach=True)
     torch.manual_seed(1)
     ids = torch.randint(0, config.vocab_size, (2, 16))
     out = model(input_ids=ids, labels=ids)
     out.loss.backward()
-    result["grad_bytes"] = _storage_bytes(p.grad for p in params)
+    result["grad_bytes"] = _sum_storages(p.grad for p in params)
     result["grad_dtypes"] = sorted({str(p.grad.dtype) for p in params if p.grad is not None})
     optimizer.step()
     moments = [s[k] for s in optimizer.state.values() for k in ("exp_avg", "exp_avg_sq")]
-    result["moment_bytes"] = _storage_bytes(moments)
+    result["moment_bytes"] = _sum_storages(moments)
     result["step_bytes"] = sum(s["step"].untyped_storage().nbytes() for s in optimizer.state.values())
     result["num_state_tensors"] = len(optimizer.state)
     result["forward_fsdp_bytes"] = probe.forward if probe else []

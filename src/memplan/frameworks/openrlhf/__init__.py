@@ -6,6 +6,11 @@ Everything OpenRLHF-specific about reading and writing launch commands lives in 
 * ``command.parse_command``: a command or pasted script -> ``ParsedCommand``.
 * ``defaults.resolve_values``: given flags -> the complete values OpenRLHF runs with.
 * ``emit.format_command``: values -> a launch command that parses back to the same values.
+* ``run``: a command (or model + method + flags) -> ``ResolvedRun``, checked and estimated.
+* ``schedule``: the ``train_ppo_ray`` iteration (phases, activities, where states live).
+* ``knobs``: which key holds each knob (``jobs.knobs``); ``plan``: the planner's base run and pins;
+  ``advice``: the flag changes suggested when a run does not fit.
+* ``framework.FRAMEWORK``: all of it behind ``frameworks.base.Framework`` (``frameworks.get("openrlhf")``).
 """
 
 from memplan.frameworks.openrlhf.command import ParsedCommand, parse_command
