@@ -64,8 +64,10 @@ def resolve_capacity(gpu: str | None, host_ram: str | int | None) -> tuple[Gpu |
 def estimate_command(command: str | Sequence[str], *, gpu: str | None = None, host_ram: str | int | None = None,
                      version: str | None = None,
                      logprob_impl: LogProbImpl = LogProbImpl.FLASH_ATTN_TRITON) -> Estimate:
-    """Estimate an OpenRLHF launch command as typed (``deepspeed --module openrlhf.cli.train_sft ...``)."""
-    run = resolve_command(command, version=version)
+    """Estimate a launch command as typed (``deepspeed --module openrlhf.cli.train_sft ...``, ``python3 -m
+    verl.trainer.main_ppo ...``: the framework is read from the command)."""
+    run = resolve_command(command, version=version, framework=frameworks.detect(
+        command if isinstance(command, str) else list(command)))
     gpu_spec, host_bytes = resolve_capacity(gpu, host_ram)
     return estimate_run(run, gpu=gpu_spec, host_ram_bytes=host_bytes, logprob_impl=logprob_impl)
 

@@ -55,14 +55,17 @@ def test_separate_groups_train_concurrently_and_broadcast() -> None:
     assert s.weight_transport == WeightTransport.BROADCAST
 
 
-def test_an_fsdp_role_is_dispatched_away_from_the_zero_formulas() -> None:
+def test_an_fsdp_role_is_dispatched_to_the_fsdp_formulas() -> None:
     actor = _rl(HYBRID).job.role(RoleName.ACTOR)
     fsdp = FsdpSharding(version=FsdpVersion.FSDP2, shard_size=8, param_dtype=DType.FP32, compute_dtype=DType.BF16,
                         reduce_dtype=DType.FP32, reshard_after_forward=True, param_offload=False,
                         optimizer_offload=False, cpu_offload=False, cpu_offload_pinned=False)
-    with pytest.raises(NotImplementedError, match="memory/fsdp.py"):
-        role_memory(replace(actor, sharding=fsdp), GpuGroup(name="actor", num_nodes=1, gpus_per_node=8),
-                    LogProbImpl.FLASH_ATTN_TRITON)
+    mem = role_memory(replace(actor, sharding=fsdp), GpuGroup(name="actor", num_nodes=1, gpus_per_node=8),
+                      LogProbImpl.FLASH_ATTN_TRITON)
+    # FSDP's terms (memory/fsdp.py), not ZeRO's: fp32 shards of every parameter, FSDP unshard buffers in forward
+    params = next(t for t in mem.gpu_terms if t.path == "actor.params")
+    assert "fsdp" in params.source.ref and params.bytes >= 4 * mem.info.num_params // 8
+    assert any(".fsdp." in t.path for t in mem.activity[Phase.FORWARD])
 
 
 @pytest.mark.parametrize(("flags", "typed"), [

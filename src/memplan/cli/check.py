@@ -19,9 +19,6 @@ Examples:
   memplan check --gpu h100-80g -- run_qwen2_5-7b_grpo.sh   (a verl script: read as verl without --framework)
 """
 
-#: The module whose presence makes a command verl's.
-VERL_MODULE = "verl.trainer.main_ppo"
-
 #: Largest script accepted from a file or standard input (a launch script is a few KB).
 MAX_SCRIPT_BYTES = 1 << 20
 
@@ -88,12 +85,6 @@ def _command_text(words: list[str]) -> str | list[str]:
     return text
 
 
-def detect_framework(text: str | list[str]) -> str:
-    """``verl`` when the command runs ``python -m verl.trainer.main_ppo``, else ``openrlhf``."""
-    words = text if isinstance(text, list) else text.split()
-    return "verl" if any(w == VERL_MODULE for w in words) else "openrlhf"
-
-
 def run(args: argparse.Namespace) -> int:
     """Estimate the command."""
     from memplan.api import estimate_run, resolve_capacity, resolve_command
@@ -104,7 +95,9 @@ def run(args: argparse.Namespace) -> int:
 
     check_output_args(args)
     text = _command_text(args.command)
-    framework = args.framework or detect_framework(text)
+    from memplan.frameworks import detect
+
+    framework = args.framework or detect(text)
     run_ = resolve_command(text, version=framework_version(args, framework), framework=framework)
     args._capacity = resolve_capacity(args.gpu, args.host_ram)
     est = estimate_run(run_, gpu=args._capacity[0], host_ram_bytes=args._capacity[1])

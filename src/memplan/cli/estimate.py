@@ -41,10 +41,10 @@ def framework_version(args: argparse.Namespace, framework: str) -> str | None:
 
     given = getattr(args, "framework_version", None)
     if framework == "openrlhf":
-        if given and args.openrlhf_version and given != args.openrlhf_version:
+        if given is not None and args.openrlhf_version is not None and given != args.openrlhf_version:
             raise ConfigError("--framework-version", "differs from --openrlhf-version; give one")
-        return args.openrlhf_version or given
-    if args.openrlhf_version:
+        return args.openrlhf_version if args.openrlhf_version is not None else given
+    if args.openrlhf_version is not None:
         raise ConfigError("--openrlhf-version", f"applies to OpenRLHF; for {framework} use --framework-version")
     return given
 

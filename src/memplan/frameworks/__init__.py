@@ -19,6 +19,16 @@ _REGISTRY: dict[str, str] = {"openrlhf": "memplan.frameworks.openrlhf.framework:
                              "verl": "memplan.frameworks.verl.framework:FRAMEWORK"}
 
 
+#: A word that names a framework's entry point in a launch command -> the framework (others: the default).
+_ENTRY_POINTS: dict[str, str] = {"verl.trainer.main_ppo": "verl"}
+
+
+def detect(command: str | list[str], default: str = "openrlhf") -> str:
+    """The framework a launch command (or script) runs: ``verl`` for ``python3 -m verl.trainer.main_ppo``."""
+    words = command if isinstance(command, list) else command.split()
+    return next((_ENTRY_POINTS[w] for w in words if w in _ENTRY_POINTS), default)
+
+
 def names() -> tuple[str, ...]:
     """Every registered framework, in registration order."""
     return tuple(_REGISTRY)

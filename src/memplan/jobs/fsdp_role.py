@@ -21,7 +21,10 @@ from dataclasses import replace
 from memplan.jobs.job import GpuGroup, Role
 from memplan.jobs.result import ModelInfo
 from memplan.memory.breakdown import Category, Device, Phase, Term
-from memplan.memory.fsdp import FsdpSharding, fsdp_state_terms, fsdp_units, sharded_grads
+from memplan.memory.fsdp import (
+    FsdpSharding, adam_states, fsdp_state_terms, fsdp_units, host_allocations, sharded_grads, sharded_params,
+)
+from memplan.memory.host_alloc import rounding_term
 from memplan.memory.fsdp_transient import fsdp_transient_terms
 from memplan.dtypes import bytes_for
 from memplan.memory.activations import num_tokens
@@ -95,6 +98,45 @@ def _forward_model(role: Role, cfg, head: HeadConfig, name: str, phase: Phase) -
     return max((body, at_head), key=lambda ts: sum(t.bytes for t in ts))
 
 
+def offloaded_host_terms(units, sharding: FsdpSharding, *, role: str, trained: bool) -> list[Term]:  # type: ignore[no-untyped-def]
+    """Host RAM of the states a framework offloads between phases, in every phase, with the pinned allocator's
+    rounding of each tensor; and the rounding of FSDP's own pinned CPU-offload shards.
+
+        param_offload:     Σ S·p (the shards)      + Σ (PowerOf2Ceil(a) − a) over the host tensors a
+        optimizer_offload: 2 · Σ local·p (m and v) + the same rounding per moment tensor
+
+    A ``.to("cpu", non_blocking=True)`` from the GPU allocates its destination pinned (ATen ``_to_copy``:
+    ``pin_out = non_blocking && self.is_cuda() && options.device().is_cpu()``), from torch's caching host
+    allocator, which rounds each block to a power of two and keeps freed blocks cached: after the first
+    offload the blocks stay pinned while the states are back on the GPU, so the bytes count in every phase.
+    Source: pytorch/pytorch aten/src/ATen/native/TensorConversions.cpp@v2.11.0 ``_to_copy``; memory/host_alloc.py
+    (rounding, caching); verl 0.9.1 ``verl/utils/fsdp_utils.py`` ``offload_fsdp_model_to_cpu`` /
+    ``offload_fsdp_optimizer`` :195-262 (``.to("cpu", non_blocking=True)``); reference/verl.md §6.
+    Assumes: the cached blocks are not reused for other host tensors (they are not freed by ``empty_cache``
+    of the device allocator).
+    """
+    src = code("pytorch/pytorch:aten/src/ATen/native/TensorConversions.cpp@v2.11.0",
+               "_to_copy: non_blocking D2H destination pinned; caching host allocator keeps the block")
+    terms: list[Term] = []
+    if sharding.param_offload and not sharding.cpu_offload:
+        params = sharded_params(units, sharding, role=role)
+        terms.append(replace(params, path=f"{role}.params.offloaded", device=Device.CPU, source=src))
+        rounding = rounding_term(f"{role}.params.offloaded", host_allocations(units, sharding, which="params"),
+                                 detail="one pinned block per offloaded parameter shard")
+        terms += [rounding] if rounding else []
+    if sharding.cpu_offload and sharding.cpu_offload_pinned:
+        rounding = rounding_term(f"{role}.params", host_allocations(units, sharding, which="params"),
+                                 detail="FSDP CPU offload pins each shard")
+        terms += [rounding] if rounding else []
+    if trained and sharding.optimizer_offload and not sharding.cpu_offload:
+        for moment in adam_states(units, sharding, role=role)[:2]:
+            terms.append(replace(moment, path=f"{moment.path}.offloaded", device=Device.CPU, source=src))
+            rounding = rounding_term(f"{moment.path}.offloaded", host_allocations(units, sharding, which="moment"),
+                                     detail="one pinned block per offloaded moment tensor")
+            terms += [rounding] if rounding else []
+    return terms
+
+
 def _micro(role: Role, phase: Phase, micro: tuple[int, int] | None) -> Role:
     if micro is None:
         return role
@@ -120,7 +162,8 @@ def fsdp_role_memory(role: Role, group: GpuGroup, logprob_impl: LogProbImpl,
     resting = resting_sharding(sharding)
     states = fsdp_state_terms(units, resting, role=name, trained=role.trained)
     gpu = [t for t in states if t.device == Device.GPU]
-    cpu = [t for t in states if t.device == Device.CPU]
+    cpu = [t for t in states if t.device == Device.CPU] + offloaded_host_terms(units, sharding, role=name,
+                                                                                trained=role.trained)
     micro_batches = micro_batches or {}
     head = HeadConfig(head=role.head, logprob_impl=logprob_impl, entropy=role.entropy,
                       entropy_in_loss=role.entropy_in_loss)

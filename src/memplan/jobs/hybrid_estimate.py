@@ -95,6 +95,8 @@ class HybridJob:
     """The sync's buffers (None: no engine)."""
     checkpoint_roles: tuple[RoleName, ...] = ()
     """Trained roles that save their sharded states every save interval (they save one after another)."""
+    hf_model_roles: tuple[RoleName, ...] = ()
+    """Checkpointing roles that also save the full HF model: gathered on rank 0's host."""
     loading_ranks: dict[RoleName, int] | None = None
     """Ranks per node that load each role's full model on the host (1: rank 0 only; more with tied embeddings)."""
 
@@ -212,20 +214,41 @@ def checkpoint_terms(mem: RoleMemory, phase: Phase) -> list[Term]:
 
     Source: verl 0.9.1 ``verl/utils/checkpoint/fsdp_checkpoint_manager.py`` :202-211, :311-361 (each rank
     copies its model and optimizer state dicts to CPU and ``torch.save``s them); reference/verl.md §6.
+    Assumes: a state the framework offloaded is copied too (counted once: its resting term, not its host copy);
+    the adam ``step`` scalars (a few KB) are left out.
     """
     from memplan.sources import code
 
     src = code("verl-project/verl:verl/utils/checkpoint/fsdp_checkpoint_manager.py@v0.9.1",
                "save_checkpoint: per-rank model/optimizer state dicts to CPU :202-211, :311-361")
+    states = [*mem.gpu_terms, *(t for t in mem.cpu_terms if not t.path.endswith((".offloaded", ".pinned_rounding")))]
     return [Term(path=f"{t.path}.checkpoint_copy", bytes=t.bytes, category=t.category, device=Device.CPU,
                  source=src, phase=phase)
-            for t in (*mem.gpu_terms, *mem.cpu_terms) if t.phase is None and t.category in
-            (Category.PARAM, Category.OPTIMIZER) and t.bytes > 4096]
+            for t in states if t.phase is None and t.category in (Category.PARAM, Category.OPTIMIZER) and t.bytes > 4096]
+
+
+def hf_model_terms(mem: RoleMemory, phase: Phase) -> list[Term]:
+    """Rank 0's full state dict while it saves the HF model: every parameter in the stored dtype, on the host.
+
+    Source: verl 0.9.1 ``verl/utils/checkpoint/fsdp_checkpoint_manager.py`` :422-446 (``hf_model`` in
+    ``save_contents``: the full state dict gathered to rank 0's CPU); reference/verl.md §6.
+    Assumes: the stored dtype is the role's sharded parameter dtype.
+    """
+    from memplan.memory.fsdp import FsdpSharding
+    from memplan.sources import code
+
+    sharding = mem.role.sharding
+    dtype = sharding.param_dtype if isinstance(sharding, FsdpSharding) else mem.role.param_dtype
+    src = code("verl-project/verl:verl/utils/checkpoint/fsdp_checkpoint_manager.py@v0.9.1",
+               "hf_model: full state dict on rank 0's CPU :422-446")
+    return [Term(path=f"{mem.role.name}.hf_model_state_dict (rank 0)", bytes=bytes_for(mem.info.num_params, dtype),
+                 category=Category.PARAM, device=Device.CPU, source=src, phase=phase)]
 
 
 def host_phases(mems: dict[RoleName, RoleMemory], hj: HybridJob, *, head: bool, node: int) -> tuple[PhaseUsage, ...]:
     """Host RAM of one node per phase: per GPU one trainer process and one engine process, the roles' host
-    terms and the states the schedule keeps on the host, the engine's sleep backup; Ray's daemons (and on
+    terms (offloaded states included: the schedule's ``HOST`` residences say what leaves the GPU; the host
+    copies are the roles' own terms), the engine's sleep backup; Ray's daemons (and on
     the head its driver); model loading and checkpoint copies in their phases."""
     ranks = hj.gpus_per_node
     phases = (Phase.LOAD, *hj.schedule.order, *((Phase.CHECKPOINT,) if hj.checkpoint_roles else ()))
@@ -236,18 +259,19 @@ def host_phases(mems: dict[RoleName, RoleMemory], hj: HybridJob, *, head: bool, 
             per_rank += host_process.gpu_process(role="rollout", under_ray=True)
             if phase != Phase.LOAD:
                 per_rank += engine_host_terms(hj.engine)
-        for mem in mems.values():
+        for mem in mems.values():  # offloaded states: the role's own host terms (pinned blocks stay cached)
             per_rank += [t for t in mem.cpu_terms if (t.phase is None and phase != Phase.LOAD)]
-            if phase in hj.schedule.order:
-                per_rank += [replace(t, device=Device.CPU) for t in _on_gpu(mem, hj.schedule, phase, Residence.HOST)]
-            elif phase == Phase.CHECKPOINT:
-                per_rank += [replace(t, device=Device.CPU) for t in _on_gpu(
-                    mem, hj.schedule, hj.schedule.order[-1], Residence.HOST)]
-        if phase == Phase.CHECKPOINT:
-            saves = [checkpoint_terms(mems[r], phase) for r in hj.checkpoint_roles if r in mems]
-            per_rank += max(saves, key=lambda ts: sum(t.bytes for t in ts), default=[])
         terms = [replace(t, path=f"{t.path} (×{ranks} ranks)" if ranks > 1 else t.path, bytes=t.bytes * ranks)
                  for t in per_rank if t.bytes]
+        if phase == Phase.CHECKPOINT:  # the roles save one after another: the largest counts
+            saves = []
+            for r in hj.checkpoint_roles:
+                save = [replace(t, path=f"{t.path} (×{ranks} ranks)" if ranks > 1 else t.path, bytes=t.bytes * ranks)
+                        for t in checkpoint_terms(mems[r], phase)]
+                if r in hj.hf_model_roles and node == 0:
+                    save += hf_model_terms(mems[r], phase)
+                saves.append(save)
+            terms += max(saves, key=lambda ts: sum(t.bytes for t in ts), default=[])
         if phase == Phase.LOAD:  # the roles' models load one after another: the largest counts
             loads = []
             for name, mem in mems.items():

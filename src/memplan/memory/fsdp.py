@@ -363,3 +363,21 @@ def fsdp_onload_terms(units: Sequence[FsdpUnit], sharding: FsdpSharding, *, role
             terms.append(Term(path=f"{t.path}.onload", bytes=t.bytes, category=t.category, device=Device.GPU,
                               source=t.source, phase=phase))
     return terms
+
+
+def host_allocations(units: Sequence[FsdpUnit], sharding: FsdpSharding, *, which: str, rank: int = 0) -> tuple[int, ...]:
+    """Bytes of each separate host tensor one rank's sharded parameters (``which="params"``) or one AdamW moment
+    (``which="moment"``) occupy on the host: FSDP2 one per parameter (parameters: the padded dim-0 shard;
+    moments: the local shard), FSDP1 one flat shard per unit. What a pinned allocator rounds, one by one.
+
+    Source: as :func:`sharded_params` and :func:`adam_states` (FSDP2 per-parameter DTensors,
+    _fsdp_param.py@v2.11.0 :381-399; FSDP1 one ``FlatParameter`` per unit, _flat_param.py :1089-1140;
+    AdamW ``zeros_like(p)`` per parameter, torch/optim/adam.py :177-184).
+    """
+    dtype = sharding.param_dtype
+    if sharding.version == FsdpVersion.FSDP1:
+        return tuple(bytes_for(shard_numel(u, sharding), dtype) for u in units)
+    if which == "params":
+        return tuple(bytes_for(fsdp2_shard_numel(s, sharding.shard_size), dtype) for u in units for s in u.shapes)
+    return tuple(bytes_for(local_numel(FsdpUnit(name=u.name, shapes=(s,)), sharding, rank), dtype)
+                 for u in units for s in u.shapes)

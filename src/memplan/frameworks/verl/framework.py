@@ -322,8 +322,6 @@ def _notes(verl: VerlRun, est: Estimate, figures: dict[str, int]) -> list[str]:
     if verl.actor.model.enable_activation_offload:
         notes.append("actor_rollout_ref.model.enable_activation_offload is not modelled yet: activations counted "
                      "on the GPU")
-    notes.append("host: offloaded shards and optimizer state counted at their size (the pinned allocator's "
-                 "rounding per tensor is not added)")
     return notes
 
 

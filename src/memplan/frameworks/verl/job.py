@@ -161,7 +161,10 @@ def hybrid_job(run: VerlRun, command: str, *, gpu_memory_mib: int,
                                   "update_weights: full_tensor() in the stored dtype into a bucket sent by CUDA IPC "
                                   ":728-827; bucketed_weight_transfer.py:120,183"))
     saving = tuple(r.name for r in roles if r.trained) if run.save_freq > 0 else ()
+    contents = {RoleName.ACTOR: a.checkpoint_contents,
+                RoleName.CRITIC: run.critic.checkpoint_contents if run.critic is not None else ()}
+    hf = tuple(r for r in saving if "hf_model" in contents.get(r, ()))
     loading = {r.name: run.n_gpus_per_node if r.spec.tie_word_embeddings else 1 for r in roles}
     del world
     return HybridJob(job=job, schedule=schedule, engine=eng, nodes=run.nnodes, gpus_per_node=run.n_gpus_per_node,
-                     weight_sync=sync, checkpoint_roles=saving, loading_ranks=loading)
+                     weight_sync=sync, checkpoint_roles=saving, hf_model_roles=hf, loading_ranks=loading)
