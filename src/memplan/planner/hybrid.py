@@ -25,9 +25,9 @@ from memplan.errors import ConfigError
 from memplan.hardware.gpu import Gpu
 from memplan.jobs.knobs import Knob, KnobKey
 from memplan.planner.knobs import base_sizes, gmu_options, tp_options
-from memplan.planner.probe import Candidate, Evaluator, estimate_fits, gpus_fit, host_rank
+from memplan.planner.probe import Candidate, Evaluator, UnitObs, estimate_fits, gpus_fit, host_rank
 from memplan.planner.rl import HYBRID_GMU_UPGRADES, _kv_share_ok
-from memplan.planner.search import HybridSearch, lockstep
+from memplan.planner.search import HybridSearch, limit_bytes, lockstep
 from memplan.planner.settle import Found, Trace, better, check, speed_up
 from memplan.planner.space import (
     HYBRID_ROLES as ROLES,
@@ -139,17 +139,40 @@ def _ladder(space: Space, flags: FlagSet) -> tuple[int, ...]:
                  and accepted(space, Candidate(layout=_layout(space, n, tp, gmu), flags=flags)))
 
 
+class _EngineSearch(HybridSearch):
+    """``HybridSearch`` at one TP, where an engine that cannot start (too little KV budget for one sequence)
+    asks for a larger memory share, as a KV budget under the floor does."""
+
+    def observe(self, config: object, obs: UnitObs) -> None:
+        n, _tp, _gmu = config  # type: ignore[misc]
+        peak_ok = obs.reserved_bytes is not None and obs.reserved_bytes <= limit_bytes(self.gpu, self.fit)
+        if obs.startup_error and peak_ok and self.share[n] + 1 < len(self.gmus):
+            self.share[n] += 1
+            return
+        super().observe(config, obs)
+
+
 def _search(ev: Evaluator, space: Space, gpu: Gpu, fit: Fit, trace: Trace, *, at_least: int) -> Found | None:
-    """The fewest GPUs (from ``at_least``) on which the most saving flags fit, with its TP and share."""
+    """The fewest GPUs (from ``at_least``) on which the most saving flags fit, with its TP and share.
+
+    The peak is not monotone in TP (a larger TP shrinks the engine's weights but adds its group's buffers to
+    every phase), so each TP is searched on its own, the largest first, each below the best count so far."""
     flags = saving_flags(space)
-    search = HybridSearch(_ladder(space, flags), _tp_for(space), gmu_options(space), gpu, fit,
-                          weights_bytes=2 * space.num_params, at_least=at_least)
-    lockstep(ev, gpu, flags, {"hybrid": search}, lambda c: _layout(space, *c["hybrid"]))  # type: ignore[misc]
-    found = search.result()
-    if found is None:
-        if search.worst is not None:
+    ladder = _ladder(space, flags)
+    best: tuple[int, int, float] | None = None
+    for tp in sorted(tp_options(space), reverse=True):
+        search = _EngineSearch(ladder, lambda n, t=tp: t if n % t == 0 else None, gmu_options(space), gpu, fit,
+                               weights_bytes=2 * space.num_params, at_least=at_least,
+                               below=best[0] if best else None)
+        lockstep(ev, gpu, flags, {"hybrid": search}, lambda c: _layout(space, *c["hybrid"]))  # type: ignore[misc]
+        found = search.result()
+        if found is not None:
+            best = found
+        elif search.worst is not None and best is None:
             trace.units["hybrid"] = search.worst
+    if best is None:
         return None
+    found = best
     candidate = Candidate(layout=_layout(space, *found), flags=flags)
     est = ev.evaluate(candidate, gpu)
     if est is None:
