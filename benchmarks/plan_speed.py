@@ -1,4 +1,5 @@
-"""Speed of ``memplan plan`` (issue 6: 70B PPO across four GPU types < 2 s, one type < 1 s).
+"""Speed of ``memplan plan`` (issue 6: 70B PPO across four GPU types < 2 s, one type < 1 s; issue 14: verl
+Qwen2.5-7B GRPO on h100-80g < 1 s).
 
 Each run is a fresh ``plan()`` / ``plan_gpus()`` call (new search space and caches); the process's
 model-spec caches are warm after the first (cold) run, which is reported separately. Prints median
@@ -20,17 +21,18 @@ from memplan.planner import plan_gpus
 
 MODEL, METHOD = "llama-2-70b", "ppo"
 FLAGS = ["--reward_pretrain", "llama-2-70b"]
-#: (label, GPU types, target median seconds)
+#: (label, GPU types, target median seconds, model, method, framework)
 CASES = (
-    ("70B PPO, a800-80g", ["a800-80g"], 1.0),
-    ("70B PPO, 4 GPU types", ["a100-80g", "h100-80g", "h20-96g", "rtx4090-24g"], 2.0),
+    ("70B PPO, a800-80g", ["a800-80g"], 1.0, MODEL, METHOD, "openrlhf"),
+    ("70B PPO, 4 GPU types", ["a100-80g", "h100-80g", "h20-96g", "rtx4090-24g"], 2.0, MODEL, METHOD, "openrlhf"),
+    ("verl 7B GRPO, h100-80g", ["h100-80g"], 1.0, "qwen2.5-7b", "grpo", "verl"),
 )
 
 
-def timed(gpus: list[str]) -> tuple[float, int]:
+def timed(gpus: list[str], model: str = MODEL, method: str = METHOD, framework: str = "openrlhf") -> tuple[float, int]:
     """Seconds and candidates evaluated of one plan over ``gpus``."""
     start = time.perf_counter()
-    results = plan_gpus(MODEL, METHOD, gpus=gpus, flags=FLAGS)
+    results = plan_gpus(model, method, gpus=gpus, flags=FLAGS if framework == "openrlhf" else [], framework=framework)
     return time.perf_counter() - start, sum(r.candidates_evaluated for r in results)
 
 
@@ -43,8 +45,8 @@ def main() -> int:
     print(f"first (cold) single-type plan: {cold:.3f} s")
     print(f"{'case':<24} {'median s':>9} {'min s':>7} {'max s':>7} {'candidates':>10} {'cand/s':>8} {'target s':>9}")
     missed = False
-    for label, gpus, target in CASES:
-        samples = [timed(gpus) for _ in range(args.runs)]
+    for label, gpus, target, model, method, framework in CASES:
+        samples = [timed(gpus, model, method, framework) for _ in range(args.runs)]
         times = [t for t, _ in samples]
         median, candidates = statistics.median(times), samples[0][1]
         missed |= median >= target

@@ -13,6 +13,14 @@ OpenRLHF flags after the options are part of the run and kept as given (--max_le
   memplan plan llama-2-70b --method ppo --gpu a800-80g --host-ram 1600GB
   memplan plan llama-3-8b --method dpo --gpu a100-80g --max-gpus 8 --keep zero_stage=2
   memplan plan llama-2-70b --method ppo --gpu a100-80g,h100-80g,h20-96g,rtx4090-24g
+
+verl (--framework verl, methods ppo, grpo, reinforce, rloo): Hydra key=value overrides of
+verl.trainer.main_ppo follow and are kept; --keep KEY=VALUE pins a key the planner would choose
+(GPU count, rollout TP and gpu_memory_utilization, param/optimizer offload, checkpointing, chunked
+entropy, use_dynamic_bsz token budget). Every role shares the GPUs (the hybrid engine). E.g.:
+  memplan plan qwen2.5-7b --framework verl --method grpo --gpu h100-80g
+  memplan plan qwen2.5-32b --framework verl --method ppo --gpu a100-80g data.max_response_length=4096 \
+      --keep actor_rollout_ref.rollout.tensor_model_parallel_size=4
 """
 
 
@@ -33,7 +41,8 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     parser.add_argument("--gpus-per-node", type=int, default=8, metavar="N", help="GPUs per node (default 8)")
     parser.add_argument("--max-gpus", type=int, metavar="N", help="most GPUs a plan may use (default 512)")
     parser.add_argument("--keep", action="append", default=[], metavar="FLAG=VALUE",
-                        help="pin an OpenRLHF flag, e.g. zero_stage=2 or adam_offload=false (repeatable)")
+                        help="pin an OpenRLHF flag, e.g. zero_stage=2 or adam_offload=false, or a verl key, e.g. "
+                             "actor_rollout_ref.actor.fsdp_config.param_offload=false (repeatable)")
     parser.add_argument("--allow-lora", action="store_true", help="LoRA may be proposed to save memory")
     parser.add_argument("--openrlhf-version", metavar="V",
                         help="OpenRLHF version of the commands: 0.8, 0.9 or 0.11 (default: the latest, 0.11, unless the "
@@ -49,7 +58,7 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
 
 def plan_results(model: str, method: str, gpu: str, *, host_ram: str | None = None, gpus_per_node: int = 8,
                  max_gpus: int | None = None, flags: list[str] | tuple[str, ...] = (), keep: list[str] | tuple[str, ...] = (),
-                 allow_lora: bool = False, version: str | None = None) -> list:
+                 allow_lora: bool = False, version: str | None = None, framework: str = "openrlhf") -> list:
     """The plan for each GPU type of the comma-separated ``gpu`` (shared with the web API)."""
     from memplan.errors import ConfigError
     from memplan.planner import plan_gpus
@@ -58,7 +67,7 @@ def plan_results(model: str, method: str, gpu: str, *, host_ram: str | None = No
     if not gpus:
         raise ConfigError("--gpu", "give at least one GPU type")
     return plan_gpus(model, method, gpus=gpus, host_ram=host_ram, gpus_per_node=gpus_per_node, max_gpus=max_gpus,
-                     flags=list(flags), keep=list(keep), allow_lora=allow_lora, version=version)
+                     flags=list(flags), keep=list(keep), allow_lora=allow_lora, version=version, framework=framework)
 
 
 def json_report(results: list) -> dict:
@@ -72,16 +81,17 @@ def run(args: argparse.Namespace) -> int:
     """Plan, then print the plans (exit 0 also when nothing fits: the answer says why)."""
     from memplan.cli import render
     from memplan.cli.figures import check_output_args
+    from memplan.errors import ConfigError
 
     check_output_args(args)
-    if args.framework != "openrlhf":
-        from memplan import frameworks
+    from memplan.cli.estimate import framework_version
 
-        frameworks.get(args.framework).plan_run(args.model, args.method, options=args.extra, keep=args.keep,
-                                                version=args.framework_version, searched=lambda _rl: ())
+    if args.framework != "openrlhf" and args.allow_lora:
+        raise ConfigError("--allow-lora", f"applies to OpenRLHF plans, not {args.framework}")
     results = plan_results(args.model, args.method, args.gpu, host_ram=args.host_ram,
                            gpus_per_node=args.gpus_per_node, max_gpus=args.max_gpus, flags=args.extra,
-                           keep=args.keep, allow_lora=args.allow_lora, version=args.openrlhf_version)
+                           keep=args.keep, allow_lora=args.allow_lora, version=framework_version(args, args.framework),
+                           framework=args.framework)
     if args.json:
         render.print_json(json_report(results))
     elif len(results) == 1:

@@ -80,6 +80,9 @@ class PlanRun:
     """What was assumed."""
     partner: str | None = None
     """The frozen model a single-model run trains against (``ref``, ``teacher``), if any."""
+    hybrid_only: bool = False
+    """Every role and the rollout engines always share the same GPUs (the hybrid engine is the only placement):
+    the planner searches the GPU count, the engines' TP and memory share, and the knobs, not placements."""
 
 
 class Framework(Protocol):

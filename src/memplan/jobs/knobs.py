@@ -86,6 +86,10 @@ class Knob(StrEnum):
     """Prompts per rollout."""
     ENGINE_MAX_LENGTH = "engine-max-length"
     """Longest request a rollout engine accepts."""
+    DYNAMIC_BATCH = "dynamic-batch"
+    """Micro-batches cut by a token budget (``TOKEN_BUDGET``) instead of a sample count."""
+    ENTROPY_CHUNKING = "entropy-chunking"
+    """The entropy computed from the logits in chunks of rows (not all rows at once)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, order=True)

@@ -17,6 +17,7 @@ from memplan.api import estimate_run, resolve_capacity, resolve_command
 from memplan.errors import ConfigError
 from memplan.hardware.gpu import Gpu
 from memplan.jobs.result import Estimate
+from memplan.planner.hybrid import hybrid_minimum, hybrid_recommended
 from memplan.planner.probe import BudgetExhausted, Evaluator, estimate_fits, gpu_key
 from memplan.planner.rl import rl_minimum, rl_recommended
 from memplan.planner.search import limit_bytes
@@ -153,7 +154,8 @@ def _plan_one(space: Space, ev: Evaluator, gpu: Gpu, host_ram_bytes: int | None,
     minimum = recommended = None
     try:
         if space.max_gpus >= 1:
-            search_min, search_rec = (rl_minimum, rl_recommended) if space.rl else (single_minimum, single_recommended)
+            search_min, search_rec = (hybrid_minimum, hybrid_recommended) if space.hybrid_only else \
+                (rl_minimum, rl_recommended) if space.rl else (single_minimum, single_recommended)
             minimum = search_min(ev, space, gpu, trace)
             recommended = search_rec(ev, space, gpu, minimum) if minimum and recommend else None
     except BudgetExhausted:
@@ -167,7 +169,7 @@ def _plan_one(space: Space, ev: Evaluator, gpu: Gpu, host_ram_bytes: int | None,
     if min_plan and not rec_plan and recommend:
         notes.append("no layout with 10% headroom on every GPU and node within the limits")
     binding = None if min_plan else _binding(space, gpu, trace, ev.last_error)
-    return PlanResult(model=str(space.run.values.get("pretrain")), method=method, gpu=gpu,
+    return PlanResult(model=str(space.run.values.get("pretrain", space.model)), method=method, gpu=gpu,
                       host_ram_bytes=host_ram_bytes, max_gpus=space.max_gpus, minimum=min_plan,
                       recommended=rec_plan, candidates_evaluated=ev.count - before, binding_limit=binding,
                       notes=tuple(notes), seconds=time.perf_counter() - start)
@@ -176,15 +178,16 @@ def _plan_one(space: Space, ev: Evaluator, gpu: Gpu, host_ram_bytes: int | None,
 def plan_gpus(model: str, method: str, *, gpus: Sequence[str | Gpu], host_ram: str | int | None = None,
               gpus_per_node: int = 8, max_gpus: int | None = None, flags: Sequence[str] = (),
               keep: Sequence[str] = (), allow_lora: bool = False, version: str | None = None,
-              recommend: bool = True) -> tuple[PlanResult, ...]:
+              recommend: bool = True, framework: str = "openrlhf") -> tuple[PlanResult, ...]:
     """Plan ``model`` + ``method`` on each GPU type (one search space; per-unit results are shared).
 
-    ``flags``: OpenRLHF flags of the run, kept as given; ``keep``: ``FLAG=VALUE`` pins; ``host_ram``:
+    ``flags``: the framework's options of the run (OpenRLHF flags, verl ``key=value``), kept as given;
+    ``keep``: ``FLAG=VALUE`` pins; ``framework``: the framework that runs it (``frameworks.get``); ``host_ram``:
     per node; ``max_gpus``: the most GPUs a plan may use; ``recommend=False`` skips the recommended
     layout (the minimum only).
     """
     space = build_space(model, method, flags=flags, keep=keep, gpus_per_node=gpus_per_node, max_gpus=max_gpus,
-                        allow_lora=allow_lora, version=version)
+                        allow_lora=allow_lora, version=version, framework=framework)
     resolved: list[Gpu] = []
     host_bytes: int | None = None
     if not gpus:

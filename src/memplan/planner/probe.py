@@ -44,10 +44,12 @@ class UnitObs:
     """Reserved peak per GPU (None: OpenRLHF or the estimator rejected the candidate)."""
     kv_cache_bytes: int | None = None
     """vLLM KV-cache budget per GPU on units with an engine shard."""
+    startup_error: bool = False
+    """The rollout engine cannot start on these GPUs (``DeviceEstimate.startup_error``)."""
 
     def fits(self, gpu: Gpu, fit: Fit) -> bool:
         """Whether the unit fits ``gpu`` under ``fit``."""
-        if self.reserved_bytes is None:
+        if self.reserved_bytes is None or self.startup_error:
             return False
         if self.kv_cache_bytes is not None and self.kv_cache_bytes < MIN_KV_CACHE_BYTES:
             return False
@@ -66,6 +68,12 @@ def kv_cache_bytes(device: DeviceEstimate) -> int | None:
     return max(sum(t.bytes for t in p.terms if t.category == Category.KV_CACHE) for p in device.phases)
 
 
+def _obs(device: DeviceEstimate, kv: int | None) -> UnitObs:
+    """A device's observation (an engine that cannot start fails whatever its peak)."""
+    return UnitObs(reserved_bytes=device.reserved_bytes, kv_cache_bytes=kv,
+                   startup_error=device.startup_error is not None and device.capacity_bytes is not None)
+
+
 def gpu_key(gpu: Gpu) -> tuple[str, int, int]:
     """What distinguishes GPU types for caching."""
     return gpu.name, gpu.memory_bytes, gpu.capacity_bytes
@@ -76,7 +84,7 @@ def estimate_fits(est: Estimate, gpu: Gpu, fit: Fit) -> bool:
     placement Ray may choose (``Estimate.placement_risk``), so a plan never depends on Ray's tie-breaks."""
     for device in est.devices:
         kv = kv_cache_bytes(device)
-        if not UnitObs(reserved_bytes=device.reserved_bytes, kv_cache_bytes=kv).fits(gpu, fit):
+        if not _obs(device, kv).fits(gpu, fit):
             return False
     verdicts = [h.verdict for h in est.hosts]
     if est.placement_risk is not None:
@@ -87,7 +95,7 @@ def estimate_fits(est: Estimate, gpu: Gpu, fit: Fit) -> bool:
 
 def gpus_fit(est: Estimate, gpu: Gpu, fit: Fit) -> bool:
     """Every GPU fits (hosts not considered)."""
-    return all(UnitObs(reserved_bytes=d.reserved_bytes, kv_cache_bytes=kv_cache_bytes(d)).fits(gpu, fit)
+    return all(_obs(d, kv_cache_bytes(d)).fits(gpu, fit)
                for d in est.devices)
 
 
@@ -150,7 +158,7 @@ class Evaluator:
             unit = unit_of(device.roles)
             if unit not in units:
                 continue
-            obs = UnitObs(reserved_bytes=device.reserved_bytes, kv_cache_bytes=kv_cache_bytes(device))
+            obs = _obs(device, kv_cache_bytes(device))
             old = seen.get(unit)
             if old is None or (old.reserved_bytes or 0) < (obs.reserved_bytes or 0):
                 seen[unit] = obs

@@ -6,7 +6,9 @@ fits) and ``lighter_host`` (the minimum's tie-break: flags that need less host R
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from memplan.hardware.gpu import Gpu
 from memplan.jobs.job import RoleName
@@ -53,18 +55,24 @@ def valid(space: Space, candidate: Candidate) -> bool:
     return all(n in size_ladder(space, role, flags) for role, n in layout.sizes)
 
 
-def speed_up(ev: Evaluator, space: Space, gpu: Gpu, found: Found, fit: Fit, *, hybrid: bool) -> Found:
+def speed_up(ev: Evaluator, space: Space, gpu: Gpu, found: Found, fit: Fit, *, hybrid: bool,
+             knobs: list[tuple[str, list[dict[str, Any]]]] | None = None,
+             is_valid: Callable[[Candidate], bool] | None = None) -> Found:
     """Apply faster settings knob by knob while everything still passes ``fit``. A knob's values go
     from the least to the most memory, so its largest value is tried first and, when that fails, the
-    largest that fits is bisected (monotone: a value that fails rules out every larger one)."""
+    largest that fits is bisected (monotone: a value that fails rules out every larger one).
+
+    ``knobs``: the changes in order (default ``knobs.speedups``); ``is_valid``: whether a candidate may be
+    tried (default: every group size on its role's ladder)."""
     best = found
-    for _knob, options in speedups(space, best.candidate.flags, hybrid=hybrid):
+    for _knob, options in speedups(space, best.candidate.flags, hybrid=hybrid) if knobs is None else knobs:
         lo, hi = -1, len(options)  # options[lo] fits (or is the current setting), options[hi] fails
         index, chosen = len(options) - 1, best
         while hi - lo > 1:
             flags = with_flags(best.candidate.flags, **options[index])
             candidate = Candidate(layout=best.candidate.layout, flags=flags)
-            faster = check(ev, gpu, candidate, fit, need_estimate=False) if valid(space, candidate) else None
+            ok = valid(space, candidate) if is_valid is None else is_valid(candidate)
+            faster = check(ev, gpu, candidate, fit, need_estimate=False) if ok else None
             if faster is None:
                 hi = index
             else:

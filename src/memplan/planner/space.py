@@ -51,6 +51,14 @@ RL_SEARCHED = frozenset({
     *(KnobKey(knob=Knob.PARAM_OFFLOAD, role=RoleName(r)) for r in ("ref", "reward")),
     *(KnobKey(knob=k, role=RoleName(r)) for r in RL_ROLES for k in (Knob.GROUP_NODES, Knob.GROUP_GPUS_PER_NODE)),
 })
+#: Roles a hybrid-only framework's knob may be set for (None: the run's).
+HYBRID_ROLES = (None, RoleName.ACTOR, RoleName.CRITIC, RoleName.REF, RoleName.REWARD)
+#: Knobs a hybrid-only plan (``planner/hybrid.py``) chooses unless pinned, for the run and every role.
+HYBRID_SEARCHED = frozenset(
+    KnobKey(knob=k, role=r) for r in HYBRID_ROLES for k in (
+        Knob.OPTIMIZER_OFFLOAD, Knob.PARAM_OFFLOAD, Knob.CHECKPOINTING, Knob.ENTROPY_CHUNKING, Knob.DYNAMIC_BATCH,
+        Knob.TOKEN_BUDGET, Knob.MICRO_BATCH, Knob.FORWARD_MICRO_BATCH, Knob.ENGINE_TP, Knob.ENGINE_MEMORY_SHARE,
+        Knob.GROUP_NODES, Knob.GROUP_GPUS_PER_NODE))
 #: Colocation knobs: a layout sets them (``placements`` keeps only the layouts a pin allows).
 PLACEMENT_KNOBS = frozenset(KnobKey(knob=k) for k in (Knob.COLOCATE_ALL, Knob.COLOCATE_ACTOR_REF,
                                                       Knob.COLOCATE_CRITIC_REWARD))
@@ -202,6 +210,10 @@ class Space:
     """What the planner assumed."""
     partner: str | None = None
     """The frozen model a single-model run trains against (``ref``, ``teacher``), if any."""
+    hybrid_only: bool = False
+    """Every role and the engines share the same GPUs (``PlanRun.hybrid_only``): ``planner/hybrid.py`` searches it."""
+    model: str = ""
+    """The model as asked for."""
 
     def key(self, knob: Knob | KnobKey | str, role: str | None = None) -> str:
         """The framework's key of ``knob`` (for ``role``); a key is returned as is."""
@@ -217,6 +229,12 @@ class Space:
         knob = _PAIR_KNOB.get(placement)
         keys = frameworks.get(self.run.framework).knob_keys()
         return keys[knob] if knob is not None and knob in keys else placement.value
+
+    def knows(self, knob: Knob | KnobKey, role: str | None = None) -> bool:
+        """Whether the run's framework has ``knob`` (for ``role``) at all."""
+        if isinstance(knob, Knob):
+            knob = KnobKey(knob=knob, role=RoleName(role) if role is not None else None)
+        return knob in frameworks.get(self.run.framework).knob_keys()
 
     def has(self, knob: Knob) -> bool:
         """Whether the run's entry point has ``knob`` at all."""
@@ -243,22 +261,22 @@ def build_space(model: str, method: str, *, flags: Sequence[str] = (), keep: Seq
     spec = load_model_spec(model)
     fw = frameworks.get(framework)
     base = fw.plan_run(model, method, options=flags, keep=keep, version=version,
-                       searched=lambda rl: RL_SEARCHED if rl else SINGLE_SEARCHED)
+                       searched=lambda rl: RL_SEARCHED | HYBRID_SEARCHED if rl else SINGLE_SEARCHED)
     notes = list(base.notes)
     if gpus_per_node != 8:
         notes.append("host RAM per node follows the estimator's Ray packing (nodes of at least 8 GPUs)")
     keys = fw.knob_keys()
     values = base.run.values
-    engines = keys[KnobKey(knob=Knob.ENGINES)]
+    engines = keys.get(KnobKey(knob=Knob.ENGINES))
     has_vllm = base.rl and (base.pinned.get(engines, 1) or 0) > 0
-    length = values.get(keys[KnobKey(knob=Knob.MAX_LENGTH)])
+    length = values.get(keys.get(KnobKey(knob=Knob.MAX_LENGTH), ""))
     seq = int(length or 0) or int(values.get(keys[KnobKey(knob=Knob.PROMPT_LENGTH)]) or 0) + \
         int(values.get(keys[KnobKey(knob=Knob.RESPONSE_LENGTH)]) or 0)
     return Space(run=base.run, rl=base.rl, roles=base.roles if base.rl else (TRAIN,), has_vllm=bool(has_vllm),
                  gpus_per_node=gpus_per_node, max_gpus=DEFAULT_MAX_GPUS if max_gpus is None else max_gpus,
                  pinned=base.pinned, heads=spec.num_attention_heads, num_params=num_params(spec),
                  allow_lora=allow_lora, long_sequence=seq >= LONG_SEQUENCE_TOKENS, notes=tuple(notes),
-                 partner=base.partner)
+                 partner=base.partner, hybrid_only=base.hybrid_only, model=model)
 
 
 # ---- candidates → the framework's values and commands -------------------------------------------
@@ -275,6 +293,14 @@ def layout_knobs(space: Space, layout: Layout) -> dict[KnobKey, KnobValue]:
     """The knob settings a layout stands for: group shapes, colocation, engines (and no sleep when apart)."""
     out: dict[KnobKey, KnobValue] = {}
     if not space.rl:
+        return out
+    if space.hybrid_only:  # one GPU group for every role: the run's group and the engines' TP and share
+        nodes, per_node = group_shape(layout.num_gpus, space.gpus_per_node)
+        out[KnobKey(knob=Knob.GROUP_NODES)] = nodes
+        out[KnobKey(knob=Knob.GROUP_GPUS_PER_NODE)] = per_node
+        out[KnobKey(knob=Knob.ENGINE_TP)] = layout.tp
+        if layout.gmu is not None:
+            out[KnobKey(knob=Knob.ENGINE_MEMORY_SHARE)] = layout.gmu
         return out
     hybrid = layout.placement == Placement.HYBRID
     for role, size in layout.sizes:
@@ -299,7 +325,7 @@ def values_for(space: Space, layout: Layout, flags: FlagSet) -> dict[str, Any]:
     fw = frameworks.get(space.run.framework)
     values = {**space.run.values, **dict(flags)}
     values.update({space.key(k): v for k, v in layout_knobs(space, layout).items()})
-    placement = {space.key(k) for k in PLACEMENT_KNOBS}
+    placement = {space.key(k) for k in PLACEMENT_KNOBS if space.knows(k)}
     values.update({k: v for k, v in space.pinned.items() if k not in placement})  # placements() obeys those
     return fw.with_values(space.run, values).values
 

@@ -55,6 +55,13 @@ KNOBS: dict[KnobKey, str] = {
     KnobKey(knob=Knob.SAMPLES_PER_PROMPT): f"{ROLLOUT}.n",
     KnobKey(knob=Knob.GROUP_GPUS_PER_NODE): "trainer.n_gpus_per_node",
     KnobKey(knob=Knob.GROUP_NODES): "trainer.nnodes",
+    KnobKey(knob=Knob.PARAM_OFFLOAD, role=RoleName.REF): "actor_rollout_ref.ref.fsdp_config.param_offload",
+    KnobKey(knob=Knob.CHECKPOINTING, role=RoleName.CRITIC): "critic.model.enable_gradient_checkpointing",
+    KnobKey(knob=Knob.TOKEN_BUDGET, role=RoleName.CRITIC): "critic.ppo_max_token_len_per_gpu",
+    # the critic's and the log-prob passes' switches default to the actor's (``${oc.select:...}``)
+    KnobKey(knob=Knob.DYNAMIC_BATCH): f"{ACTOR}.use_dynamic_bsz",
+    KnobKey(knob=Knob.ENTROPY_CHUNKING, role=RoleName.ACTOR): f"{ACTOR}.fsdp_config.entropy_from_logits_with_chunking",
+    KnobKey(knob=Knob.GLOBAL_BATCH): "data.train_batch_size",
 }
 #: A knob whose value needs a companion switch (a token budget is read only with dynamic batch size).
 _COMPANION = {f"{ACTOR}.ppo_max_token_len_per_gpu": (f"{ACTOR}.use_dynamic_bsz", True)}
@@ -240,8 +247,9 @@ class Verl:
 
     def plan_run(self, model: str, method: str, *, options: Sequence[str], keep: Sequence[str],
                  version: str | None, searched: Callable[[bool], Collection[KnobKey]]) -> PlanRun:
-        """Not yet: verl's planner comes next."""
-        raise ConfigError("--framework", "plan for verl is not available yet")
+        """frameworks/verl/plan.py ``plan_run``."""
+        from memplan.frameworks.verl.plan import plan_run
+        return plan_run(model, method, options=options, keep=keep, version=version, searched=searched)
 
     def changes(self, run: ResolvedRun, base: Estimate | None) -> list[Change]:
         """Single changes worth trying, in order: offload, smaller micro batch or a token budget, a lower engine
