@@ -245,3 +245,46 @@ def test_report_opens_offline_and_shows_the_chart(browser, tmp_path) -> None:
     assert pg.locator(".chart svg .role-title-text").count() > 5
     pg.screenshot(path=OUTPUT / "report.png", full_page=True)
     context.close()
+
+
+VERL_PASTED = ("python3 -m verl.trainer.main_ppo algorithm.adv_estimator=grpo data.train_batch_size=256 \\\n"
+               "  data.max_prompt_length=512 data.max_response_length=1024 actor_rollout_ref.model.path=qwen2.5-7b \\\n"
+               "  actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8 actor_rollout_ref.rollout.name=vllm \\\n"
+               "  actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=16 \\\n"
+               "  actor_rollout_ref.rollout.tensor_model_parallel_size=2 trainer.n_gpus_per_node=8 trainer.nnodes=1")
+
+
+def test_verl_form_and_pasted_command_give_the_apis_verdict(page, server) -> None:
+    page.goto(server)
+    _settled(page)
+    page.select_option("#framework", "verl")
+    assert page.is_hidden("[name=zero_stage]") and page.is_visible("[name=verl_gpus_per_node]")
+    page.fill("#model", "qwen2.5-7b")
+    page.select_option("#method", "grpo")
+    page.select_option("#gpu", "h100-80g")
+    page.fill("[name=verl_gpus_per_node]", "4")
+    page.wait_for_function("() => document.querySelector('#verdict').textContent.includes('4 GPUs')")
+    verdict = _settled(page)
+    expected = _api(server, "/api/estimate", {"framework": "verl", "model": "qwen2.5-7b", "method": "grpo",
+                                              "gpu": "h100-80g", "flags": ["trainer.n_gpus_per_node=4"]})
+    assert verdict.lower().startswith(expected["summary"]["verdict"])
+    assert "verl.trainer.main_ppo" in page.input_value("#command")
+    assert "framework=verl" in page.url
+    page.screenshot(path=OUTPUT / "verl-form.png", full_page=True)
+    # a pasted verl command fills the form and is checked as verl
+    page.fill("#command", VERL_PASTED)
+    page.wait_for_function("() => document.querySelector('#verdict').textContent.includes('8 GPUs')")
+    verdict = _settled(page)
+    assert page.input_value("#framework") == "verl" and page.input_value("#method") == "grpo"
+    assert page.input_value("#model") == "qwen2.5-7b"
+    assert page.input_value("[name=verl_rollout_tp]") == "2"
+    assert "data.max_response_length=1024" in page.input_value("#verl_options")
+    expected = _api(server, "/api/check", {"command": VERL_PASTED, "gpu": "h100-80g"})
+    assert verdict.lower().startswith(expected["summary"]["verdict"])
+    page.screenshot(path=OUTPUT / "verl-pasted.png", full_page=True)
+    # the plan tab plans verl
+    page.click("#tab-plan")
+    page.fill("#plan_gpu", "h100-80g")
+    page.click("#run-plan")
+    page.wait_for_selector(".plan-gpu .plan-minimum .plan-command")
+    assert "verl.trainer.main_ppo" in page.locator(".plan-minimum .plan-command").first.text_content()

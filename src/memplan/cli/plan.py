@@ -63,6 +63,8 @@ def plan_results(model: str, method: str, gpu: str, *, host_ram: str | None = No
     from memplan.errors import ConfigError
     from memplan.planner import plan_gpus
 
+    if framework != "openrlhf" and allow_lora:
+        raise ConfigError("--allow-lora", f"applies to OpenRLHF plans, not {framework}")
     gpus = [g.strip() for g in gpu.split(",") if g.strip()]
     if not gpus:
         raise ConfigError("--gpu", "give at least one GPU type")
@@ -81,13 +83,10 @@ def run(args: argparse.Namespace) -> int:
     """Plan, then print the plans (exit 0 also when nothing fits: the answer says why)."""
     from memplan.cli import render
     from memplan.cli.figures import check_output_args
-    from memplan.errors import ConfigError
 
     check_output_args(args)
     from memplan.cli.estimate import framework_version
 
-    if args.framework != "openrlhf" and args.allow_lora:
-        raise ConfigError("--allow-lora", f"applies to OpenRLHF plans, not {args.framework}")
     results = plan_results(args.model, args.method, args.gpu, host_ram=args.host_ram,
                            gpus_per_node=args.gpus_per_node, max_gpus=args.max_gpus, flags=args.extra,
                            keep=args.keep, allow_lora=args.allow_lora, version=framework_version(args, args.framework),

@@ -154,8 +154,20 @@ def estimate_data(req: EstimateRequest) -> tuple[Any, Any, dict[str, Any]]:
 
     load_model_spec(req.model)
     run = resolve_model_run(req.model, req.method, req.flags, gpus=req.gpus, nodes=req.nodes,
-                            gpus_per_node=req.gpus_per_node, version=req.openrlhf_version)
+                            gpus_per_node=req.gpus_per_node, version=_version(req, req.framework),
+                            framework=req.framework)
     return _estimate_of(run, req.gpu, req.host_ram)
+
+
+def _version(req: Any, framework: str) -> str | None:
+    """The version field that applies to ``framework`` (as the CLI's ``--framework-version``)."""
+    from memplan.cli.estimate import framework_version
+    from memplan.errors import ConfigError
+
+    try:
+        return framework_version(req, framework)
+    except ConfigError as exc:  # name the field, not the CLI option
+        raise ConfigError(exc.location.lstrip("-").replace("-", "_"), exc.message) from None
 
 
 def _estimate_of(run: Any, gpu: str | None, host_ram: str | None) -> tuple[Any, Any, dict[str, Any]]:
@@ -170,8 +182,11 @@ def _estimate_of(run: Any, gpu: str | None, host_ram: str | None) -> tuple[Any, 
 def check_data(req: CheckRequest) -> tuple[Any, Any, dict[str, Any]]:
     """``memplan check ... --json -- COMMAND``: the text is the command itself, never a file name."""
     from memplan.api import resolve_command
+    from memplan.frameworks import detect
 
-    return _estimate_of(resolve_command(req.command, version=req.openrlhf_version), req.gpu, req.host_ram)
+    framework = req.framework or detect(req.command)
+    run = resolve_command(req.command, version=_version(req, framework), framework=framework)
+    return _estimate_of(run, req.gpu, req.host_ram)
 
 
 def plan_data(req: PlanRequest) -> tuple[list[Any], dict[str, Any]]:
@@ -180,7 +195,7 @@ def plan_data(req: PlanRequest) -> tuple[list[Any], dict[str, Any]]:
 
     results = plan_results(req.model, req.method, req.gpu, host_ram=req.host_ram, gpus_per_node=req.gpus_per_node,
                            max_gpus=req.max_gpus, flags=req.flags, keep=req.keep, allow_lora=req.allow_lora,
-                           version=req.openrlhf_version)
+                           version=_version(req, req.framework), framework=req.framework)
     return results, json_report(results)
 
 
@@ -223,7 +238,7 @@ def create_app(*, allow_hub: bool = False, seconds: float = REQUEST_SECONDS,
     from memplan.charts import estimate_chart, plan_chart
 
     app = FastAPI(title="memplan", version=__version__,
-                  description="GPU and host memory of OpenRLHF runs: the same answers as `memplan ... --json`.")
+                  description="GPU and host memory of OpenRLHF and verl runs: the same answers as `memplan ... --json`.")
     _install_error_handlers(app)
     run = Runner(allow_hub=allow_hub, seconds=seconds)
 

@@ -5,10 +5,12 @@ const RL = ["ppo", "grpo", "reinforce", "rloo"];
 const SCRIPT_METHOD = {train_sft: "sft", train_rm: "rm", train_dpo: "dpo", train_kto: "kto", train_prm: "prm",
                        train_kd: "kd"};
 const ESTIMATOR_METHOD = {gae: "ppo", group_norm: "grpo", reinforce: "reinforce", rloo: "rloo"};
+// verl's algorithm.adv_estimator → the method (frameworks/verl/run.py METHOD_ESTIMATORS).
+const VERL_METHOD = {gae: "ppo", grpo: "grpo", reinforce_plus_plus: "reinforce", rloo: "rloo"};
 const GIB = 2 ** 30;
 // Inputs that are not OpenRLHF flags, but do belong in the URL.
-const STATE_FIELDS = ["model", "method", "gpu", "host_ram", "gpus", "nodes", "extra", "command", "plan_gpu",
-                      "max_gpus", "allow_lora"];
+const STATE_FIELDS = ["framework", "model", "method", "gpu", "host_ram", "gpus", "nodes", "extra", "verl_options",
+                      "command", "plan_gpu", "max_gpus", "allow_lora"];
 // Flags the planner keeps as given (the rest it chooses).
 const PLAN_FLAGS = ["--max_len", "--generate_max_len", "--reward_pretrain", "--remote_rm_url"];
 
@@ -27,8 +29,10 @@ const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
 const hostName = (h) => (h.count > 1 ? `${h.count} × ${h.ids}` : h.id);
 const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;",
                                                          "'": "&#39;"}[c]));
-const isRL = () => RL.includes(form.method.value);
+const isVerl = () => form.framework.value === "verl";
+const isRL = () => RL.includes(form.method.value) && !isVerl();
 const flagInputs = () => [...form.querySelectorAll("[data-flag]")];
+const keyInputs = () => [...form.querySelectorAll("[data-key]")];
 const inputByFlag = (flag) => form.querySelector(`[data-flag="${flag}"]`);
 
 // ---- words and commands ----------------------------------------------------------------------------------
@@ -49,9 +53,26 @@ function flagPairs(list) {
   return pairs;
 }
 
-// A pasted OpenRLHF command → form values (unknown flags go to "More OpenRLHF flags").
+// A pasted verl command → form values (keys without an input go to "verl options").
+function parseVerl(list, at) {
+  const keys = {}; const extra = [];
+  let model = null, method = null;
+  for (const word of list.slice(at + 1)) {
+    const eq = word.indexOf("=");
+    const key = eq < 0 ? word : word.slice(0, eq), value = eq < 0 ? "" : word.slice(eq + 1);
+    if (key === "actor_rollout_ref.model.path") { model = value; continue; }
+    if (key === "algorithm.adv_estimator") { method = VERL_METHOD[value] || null; continue; }
+    if (form.querySelector(`[data-key="${key}"]`)) keys[key] = value;
+    else if (key.includes(".") || key.startsWith("+") || key.startsWith("~")) extra.push(/\s/.test(word) ? JSON.stringify(word) : word);
+  }
+  return {framework: "verl", method, values: {model}, keys, extra: extra.join(" ")};
+}
+
+// A pasted OpenRLHF or verl command → form values (unknown flags go to "More OpenRLHF flags").
 function parseCommand(text) {
   const list = words(text);
+  const verl = list.indexOf("verl.trainer.main_ppo");
+  if (verl >= 0) return parseVerl(list, verl);
   const at = list.findIndex((w) => /openrlhf\.cli\.train_\w+/.test(w));
   if (at < 0) return null;
   const script = list[at].match(/openrlhf\.cli\.(train_\w+)/)[1];
@@ -69,7 +90,7 @@ function parseCommand(text) {
     if (inputByFlag("--" + key) && v.length <= 1) flags["--" + key] = v.length ? v[0] : true;
     else extra.push(flag, ...v.map((x) => (/\s/.test(x) ? JSON.stringify(x) : x)));
   }
-  return {method, values, flags, extra: extra.join(" ")};
+  return {framework: "openrlhf", method, values, flags, extra: extra.join(" ")};
 }
 
 // ---- form state <-> request, URL --------------------------------------------------------------------------
@@ -98,7 +119,18 @@ function capacity() {
   return body;
 }
 
+// verl's key=value words of the form (the inputs, then the free options).
+function verlWords(withInputs) {
+  const out = [];
+  if (withInputs) for (const el of keyInputs()) if (el.value.trim() !== "") out.push(`${el.dataset.key}=${el.value.trim()}`);
+  return [...out, ...words(form.verl_options.value)];
+}
+
 function estimateBody() {
+  if (isVerl()) {
+    return {framework: "verl", model: form.model.value.trim(), method: form.method.value, flags: verlWords(true),
+            ...capacity()};
+  }
   const body = {model: form.model.value.trim(), method: form.method.value, flags: formFlags(), ...capacity()};
   if (!isRL()) {
     const nodes = numberOrNull(form.nodes.value), gpus = numberOrNull(form.gpus.value);
@@ -112,6 +144,9 @@ function planBody() {
   const body = {model: form.model.value.trim(), method: form.method.value,
                 gpu: form.plan_gpu.value.trim() || form.gpu.value, flags: formFlags(PLAN_FLAGS),
                 allow_lora: form.allow_lora.checked};
+  if (isVerl()) {  // the options are kept; the layout inputs are the planner's to choose
+    body.framework = "verl"; body.flags = verlWords(false); delete body.allow_lora;
+  }
   if (form.host_ram.value.trim()) body.host_ram = form.host_ram.value.trim();
   if (form.max_gpus.value.trim()) body.max_gpus = Number(form.max_gpus.value);
   if (Object.keys(configs).length) body.configs = configs;
@@ -126,7 +161,7 @@ function writeUrl() {
     const value = el.type === "checkbox" ? (el.checked ? "1" : "") : el.value.trim();
     if (value) params.set(name, value);
   }
-  for (const el of flagInputs()) {
+  for (const el of [...flagInputs(), ...keyInputs()]) {
     const value = el.type === "checkbox" ? (el.checked ? "1" : "") : el.value.trim();
     if (value) params.set(el.name, value);
   }
@@ -137,11 +172,12 @@ function writeUrl() {
 function readUrl() {
   const params = new URLSearchParams(location.search);
   if (![...params.keys()].length) return false;
-  for (const el of [...flagInputs(), ...STATE_FIELDS.map((n) => form.elements[n])]) {
+  for (const el of [...flagInputs(), ...keyInputs(), ...STATE_FIELDS.map((n) => form.elements[n])]) {
     if (!el) continue;
     const value = params.get(el.name);
     if (el.type === "checkbox") el.checked = value === "1";
     else if (value !== null) el.value = value;
+    else if (el.name === "framework") el.value = "openrlhf";
     else if (el.name !== "gpus") el.value = "";
   }
   if (params.get("gpus") === null) form.gpus.value = "";
@@ -151,7 +187,15 @@ function readUrl() {
 }
 
 function fillFromCommand(parsed) {
+  form.framework.value = parsed.framework;
   if (parsed.method) form.method.value = parsed.method;
+  if (parsed.framework === "verl") {
+    if (parsed.values.model) form.model.value = parsed.values.model;
+    for (const el of keyInputs()) el.value = parsed.keys[el.dataset.key] ?? "";
+    form.verl_options.value = parsed.extra;
+    showRoles();
+    return;
+  }
   if (parsed.values.model) form.model.value = parsed.values.model;
   form.gpus.value = parsed.values.gpus; form.nodes.value = parsed.values.nodes;
   for (const el of flagInputs()) {
@@ -356,8 +400,10 @@ async function runPlan() {
 
 // ---- wiring ------------------------------------------------------------------------------------------------
 function showRoles() {
+  for (const el of document.querySelectorAll(".openrlhf-only")) el.hidden = isVerl();
   for (const el of document.querySelectorAll(".rl-only")) el.hidden = !isRL();
-  for (const el of document.querySelectorAll(".single-only")) el.hidden = isRL();
+  for (const el of document.querySelectorAll(".single-only")) el.hidden = isRL() || isVerl();
+  for (const el of document.querySelectorAll(".verl-only")) el.hidden = !isVerl();
 }
 
 function showTab(name) {
@@ -384,7 +430,7 @@ form.addEventListener("input", (event) => {
   } else if (event.target.id !== "config-file" && !["plan_gpu", "max_gpus", "allow_lora"].includes(event.target.name)) {
     mode = "form";
   }
-  if (event.target === form.method) showRoles();
+  if (event.target === form.method || event.target === form.framework) showRoles();
   if (event.target.id !== "config-file") schedule();
 });
 
