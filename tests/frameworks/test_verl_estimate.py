@@ -183,11 +183,6 @@ def test_cli_estimate_framework_verl(capsys: pytest.CaptureFixture[str]) -> None
     assert "GPU {actor, critic, rollout}" in out
 
 
-def test_plan_for_verl_is_refused_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["plan", "qwen2.5-7b", "--framework", "verl", "--method", "grpo", "--gpu", "h100-80g"]) == 2
-    assert "not available yet" in capsys.readouterr().err
-
-
 def test_openrlhf_version_refused_for_verl() -> None:
     with pytest.raises(ConfigError):
         from argparse import Namespace
