@@ -59,8 +59,9 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
 
 
 def plan_results(model: str, method: str, gpu: str, *, host_ram: str | None = None, gpus_per_node: int = 8,
-                 max_gpus: int | None = None, flags: list[str] | tuple[str, ...] = (), keep: list[str] | tuple[str, ...] = (),
-                 allow_lora: bool = False, version: str | None = None, framework: str = "openrlhf") -> list:
+                 max_gpus: int | None = None, flags: list[str] | tuple[str, ...] = (),
+                 keep: list[str] | tuple[str, ...] = (), allow_lora: bool = False, version: str | None = None,
+                 framework: str = "openrlhf") -> list:
     """The plan for each GPU type of the comma-separated ``gpu`` (shared with the web API)."""
     from memplan.errors import ConfigError
     from memplan.planner import plan_gpus
