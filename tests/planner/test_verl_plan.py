@@ -142,6 +142,10 @@ def test_ppo_plans_the_critic_too(capsys) -> None:  # type: ignore[no-untyped-de
     w = _words(plan["command"])
     assert w["algorithm.adv_estimator"] == "gae"
     assert "critic.ppo_max_token_len_per_gpu" in w  # the critic's own budget, searched
+    # verl 0.9.1's V1 trainer (trainer.use_v1: true in its generated ppo_trainer.yaml) cuts the critic's
+    # micro-batches by ppo_infer_max_token_len_per_gpu (w:verl/trainer/ppo/v1/trainer_base.py:266-268), a
+    # dataclass field added with '+': the plan bounds that one too
+    assert w["++critic.ppo_infer_max_token_len_per_gpu"] == w["critic.ppo_max_token_len_per_gpu"]
     status, out = _run(capsys, ["check", "--gpu", "a100-80g", "--json", "--", plan["command"]])
     assert _devices(json.loads(out)) == _devices(plan)
 

@@ -1,5 +1,5 @@
-"""The JSON API answers exactly what the CLI's ``--json`` prints, and every bad request gets a 4xx
-``{"error": {"location", "message"}}`` naming what is wrong (never a traceback)."""
+"""The JSON API answers exactly what the CLI's ``--json`` prints (OpenRLHF and verl), and every bad request gets
+a 4xx ``{"error": {"location", "message"}}`` naming what is wrong (never a traceback)."""
 
 from __future__ import annotations
 
@@ -85,6 +85,35 @@ CASES = [
               "allow_lora": True}),
 ]
 
+#: verl through the same endpoints (``framework``: the CLI's --framework; check reads it from the command).
+VERL_CMD = ("python3 -m verl.trainer.main_ppo algorithm.adv_estimator=grpo data.train_batch_size=256 \\\n"
+            "  data.max_prompt_length=512 data.max_response_length=1024 actor_rollout_ref.model.path=qwen2.5-7b \\\n"
+            "  actor_rollout_ref.actor.ppo_mini_batch_size=64 actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8 "
+            "actor_rollout_ref.rollout.name=vllm actor_rollout_ref.rollout.n=5 "
+            "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=16 "
+            "actor_rollout_ref.rollout.tensor_model_parallel_size=2 trainer.n_gpus_per_node=8 trainer.nnodes=1")
+
+VERL_CASES = [
+    (["estimate", "qwen2.5-7b", "--framework", "verl", "--method", "grpo", "--gpu", "h100-80g",
+      "trainer.n_gpus_per_node=8", "actor_rollout_ref.rollout.gpu_memory_utilization=0.6"],
+     "estimate", {"framework": "verl", "model": "qwen2.5-7b", "method": "grpo", "gpu": "h100-80g",
+                  "flags": ["trainer.n_gpus_per_node=8", "actor_rollout_ref.rollout.gpu_memory_utilization=0.6"]}),
+    (["estimate", "qwen2.5-7b", "--framework", "verl", "--method", "ppo", "--framework-version", "0.8",
+      "trainer.n_gpus_per_node=4"],
+     "estimate", {"framework": "verl", "model": "qwen2.5-7b", "method": "ppo", "framework_version": "0.8",
+                  "flags": ["trainer.n_gpus_per_node=4"]}),
+    (["check", "--gpu", "h100-80g", "--", VERL_CMD], "check", {"command": VERL_CMD, "gpu": "h100-80g"}),
+    (["check", "--framework", "verl", "--host-ram", "1TiB", "--", VERL_CMD],
+     "check", {"command": VERL_CMD, "framework": "verl", "host_ram": "1TiB"}),
+    (["plan", "qwen2.5-7b", "--framework", "verl", "--method", "grpo", "--gpu", "h100-80g"],
+     "plan", {"framework": "verl", "model": "qwen2.5-7b", "method": "grpo", "gpu": "h100-80g"}),
+    (["plan", "qwen2.5-7b", "--framework", "verl", "--method", "grpo", "--gpu", "h100-80g,a100-80g",
+      "data.max_response_length=2048", "--keep", "actor_rollout_ref.rollout.tensor_model_parallel_size=2"],
+     "plan", {"framework": "verl", "model": "qwen2.5-7b", "method": "grpo", "gpu": "h100-80g,a100-80g",
+              "flags": ["data.max_response_length=2048"],
+              "keep": ["actor_rollout_ref.rollout.tensor_model_parallel_size=2"]}),
+]
+
 
 @pytest.fixture(scope="module")
 def client() -> TestClient:
@@ -100,7 +129,8 @@ def _without_timing(data):
     return data
 
 
-@pytest.mark.parametrize(("argv", "path", "body"), CASES, ids=[f"{c[1]}-{i}" for i, c in enumerate(CASES)])
+@pytest.mark.parametrize(("argv", "path", "body"), CASES + VERL_CASES,
+                         ids=[f"{c[1]}-{i}" for i, c in enumerate(CASES + VERL_CASES)])
 def test_api_equals_cli_json(client, capsys, argv, path, body) -> None:
     argv = argv[:1] + ["--json"] + argv[1:] if argv[0] == "check" else argv + ["--json"]
     assert main(argv) == 0
@@ -114,6 +144,12 @@ def test_catalogue_endpoints_equal_cli(client, capsys) -> None:
     for argv, path in ((["models", "--json"], "/api/models"), (["gpus", "--json"], "/api/gpus")):
         assert main(argv) == 0
         assert client.get(path).json() == json.loads(capsys.readouterr().out)
+
+
+def test_pasted_verl_command_is_read_as_verl(client) -> None:
+    data = client.post("/api/check", json={"command": VERL_CMD, "gpu": "h100-80g"}).json()
+    assert data["summary"]["num_gpus"] == 8
+    assert any(d["roles"] == ["actor", "rollout"] for d in data["devices"])
 
 
 def test_cases_are_varied() -> None:
@@ -144,6 +180,20 @@ BAD = [
     ("check", {"command": "x" * 70_000}, "command"),
     ("plan", {"model": "llama-3-8b", "method": "sft", "gpu": " , "}, "--gpu"),
     ("plan", {"model": "llama-3-8b", "method": "sft", "gpu": "a100-80g", "gpus_per_node": -8}, "gpus_per_node"),
+    ("estimate", {"framework": "megatron", "model": "qwen2.5-7b", "method": "grpo"}, "framework"),
+    ("estimate", {"framework": "verl", "model": "qwen2.5-7b", "method": "sft"}, "--method"),
+    ("estimate", {"framework": "verl", "model": "qwen2.5-7b", "method": "grpo", "openrlhf_version": "0.9"},
+     "openrlhf_version"),
+    ("estimate", {"framework": "verl", "model": "qwen2.5-7b", "method": "grpo", "framework_version": "7.0"},
+     "framework"),
+    ("estimate", {"framework": "verl", "model": "qwen2.5-7b", "method": "grpo", "flags": ["trainer.no_such=1"]},
+     "trainer.no_such"),
+    ("estimate", {"framework": "verl", "model": "qwen2.5-7b", "method": "grpo", "flags": ["x" * 2001]}, "flags[0]"),
+    ("check", {"command": VERL_CMD, "framework": "openrlhf"}, "command"),
+    ("plan", {"framework": "verl", "model": "qwen2.5-7b", "method": "grpo", "gpu": "h100-80g",
+              "keep": ["trainer.no_such=1"]}, "--keep trainer.no_such=1"),
+    ("plan", {"framework": "verl", "model": "qwen2.5-7b", "method": "grpo", "gpu": "h100-80g", "allow_lora": True},
+     "--allow-lora"),
 ]
 
 

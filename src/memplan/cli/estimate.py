@@ -17,7 +17,7 @@ newest release that has them, with a note). kto, prm and kd exist only up to Ope
 
 verl (--framework verl, methods ppo, grpo, reinforce, rloo): Hydra overrides of verl.trainer.main_ppo follow,
 over verl's defaults for --framework-version (default 0.9.1; 0.9.0 and 0.8.0 too), e.g.:
-  memplan estimate qwen2.5-7b --framework verl --method grpo --gpu h100-80g trainer.n_gpus_per_node=8 \
+  memplan estimate qwen2.5-7b --framework verl --method grpo --gpu h100-80g trainer.n_gpus_per_node=8 \\
       actor_rollout_ref.actor.use_kl_loss=true actor_rollout_ref.rollout.gpu_memory_utilization=0.6
 """
 

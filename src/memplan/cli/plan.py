@@ -19,7 +19,7 @@ verl.trainer.main_ppo follow and are kept; --keep KEY=VALUE pins a key the plann
 (GPU count, rollout TP and gpu_memory_utilization, param/optimizer offload, checkpointing, chunked
 entropy, use_dynamic_bsz token budget). Every role shares the GPUs (the hybrid engine). E.g.:
   memplan plan qwen2.5-7b --framework verl --method grpo --gpu h100-80g
-  memplan plan qwen2.5-32b --framework verl --method ppo --gpu a100-80g data.max_response_length=4096 \
+  memplan plan qwen2.5-32b --framework verl --method ppo --gpu a100-80g data.max_response_length=4096 \\
       --keep actor_rollout_ref.rollout.tensor_model_parallel_size=4
 """
 
@@ -30,11 +30,13 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
         "plan", help="the cheapest layout that fits, and a recommended one, with launch commands", epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Search GPUs per role, placement, ZeRO stage, offload, checkpointing, micro batches, vLLM "
-                    "engines and memory share; print the minimum and a recommended layout with their commands.")
+                    "engines and memory share (verl: GPU count, rollout TP and gpu_memory_utilization, offload, "
+                    "checkpointing, chunked entropy, token budget); print the minimum and a recommended layout "
+                    "with their commands.")
     parser.add_argument("model", metavar="MODEL", help="preset, hub id, config.json or its directory")
     parser.add_argument("--method", required=True, choices=[m.value for m in Method], metavar="METHOD",
                         help="sft, rm, dpo, kto, prm, kd, ppo, grpo, reinforce, rloo (kto, prm, kd: OpenRLHF <= 0.9, "
-                             "--openrlhf-version 0.9)")
+                             "--openrlhf-version 0.9; verl: ppo, grpo, reinforce, rloo)")
     parser.add_argument("--gpu", required=True, metavar="GPU[,GPU...]",
                         help="GPU type(s) (memplan gpus) or sizes; several, comma-separated, are compared")
     parser.add_argument("--host-ram", metavar="SIZE", help="host RAM per node, e.g. 1600GB or 1.5TiB")
@@ -57,8 +59,9 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
 
 
 def plan_results(model: str, method: str, gpu: str, *, host_ram: str | None = None, gpus_per_node: int = 8,
-                 max_gpus: int | None = None, flags: list[str] | tuple[str, ...] = (), keep: list[str] | tuple[str, ...] = (),
-                 allow_lora: bool = False, version: str | None = None, framework: str = "openrlhf") -> list:
+                 max_gpus: int | None = None, flags: list[str] | tuple[str, ...] = (),
+                 keep: list[str] | tuple[str, ...] = (), allow_lora: bool = False, version: str | None = None,
+                 framework: str = "openrlhf") -> list:
     """The plan for each GPU type of the comma-separated ``gpu`` (shared with the web API)."""
     from memplan.errors import ConfigError
     from memplan.planner import plan_gpus

@@ -185,7 +185,8 @@ def _search(ev: Evaluator, space: Space, gpu: Gpu, fit: Fit, trace: Trace, *, at
     return None
 
 
-def _lighter_host(ev: Evaluator, space: Space, gpu: Gpu, found: Found, fit: Fit, *, require: bool = False) -> Found | None:
+def _lighter_host(ev: Evaluator, space: Space, gpu: Gpu, found: Found, fit: Fit, *,
+                  require: bool = False) -> Found | None:
     """At the same layout, each offload turned off while the GPUs still fit: less host RAM (the minimum's
     tie-break; with ``require``, the first that makes the nodes fit)."""
     best: Found | None = None if require else found
@@ -194,12 +195,14 @@ def _lighter_host(ev: Evaluator, space: Space, gpu: Gpu, found: Found, fit: Fit,
         for key in _keys(space, knob):
             if not dict(current.candidate.flags).get(key):
                 continue
-            lighter = Candidate(layout=current.candidate.layout, flags=with_flags(current.candidate.flags, **{key: False}))
+            flags = with_flags(current.candidate.flags, **{key: False})
+            lighter = Candidate(layout=current.candidate.layout, flags=flags)
             est = ev.evaluate(lighter, gpu) if accepted(space, lighter) else None
             if est is None or not gpus_fit(est, gpu, fit):
                 continue
             current = Found(candidate=lighter, estimate=est)
-            if estimate_fits(est, gpu, fit) and (best is None or host_rank(est) < host_rank(best.estimate)):  # type: ignore[arg-type]
+            if estimate_fits(est, gpu, fit) and (best is None or best.estimate is None
+                                                 or host_rank(est) < host_rank(best.estimate)):
                 best = current
     return best
 

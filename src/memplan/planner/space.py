@@ -320,14 +320,20 @@ def layout_knobs(space: Space, layout: Layout) -> dict[KnobKey, KnobValue]:
     return out
 
 
-def values_for(space: Space, layout: Layout, flags: FlagSet) -> dict[str, Any]:
-    """The complete values of a candidate (the framework's post-parse rules applied)."""
+def resolved_for(space: Space, layout: Layout, flags: FlagSet) -> ResolvedRun:
+    """The base run with a candidate's values, as its framework resolves them (post-parse rules applied;
+    options it adds keep the spelling it gives them)."""
     fw = frameworks.get(space.run.framework)
     values = {**space.run.values, **dict(flags)}
     values.update({space.key(k): v for k, v in layout_knobs(space, layout).items()})
     placement = {space.key(k) for k in PLACEMENT_KNOBS if space.knows(k)}
     values.update({k: v for k, v in space.pinned.items() if k not in placement})  # placements() obeys those
-    return fw.with_values(space.run, values).values
+    return fw.with_values(space.run, values)
+
+
+def values_for(space: Space, layout: Layout, flags: FlagSet) -> dict[str, Any]:
+    """The complete values of a candidate (the framework's post-parse rules applied)."""
+    return resolved_for(space, layout, flags).values
 
 
 def world_for(space: Space, layout: Layout) -> tuple[int, int]:
@@ -337,11 +343,12 @@ def world_for(space: Space, layout: Layout) -> tuple[int, int]:
 
 def run_for(space: Space, layout: Layout, flags: FlagSet, *, command: str = "(planner candidate)") -> ResolvedRun:
     """The ResolvedRun ``estimate_run`` takes for a candidate."""
-    group = space.run.group
+    resolved = resolved_for(space, layout, flags)
+    group = resolved.group
     if not space.rl:
         nodes, per_node = world_for(space, layout)
         group = replace(group, num_nodes=nodes, gpus_per_node=per_node)
-    return replace(space.run, values=values_for(space, layout, flags), group=group, command=command, notes=())
+    return replace(resolved, group=group, command=command, notes=())
 
 
 def command_text(space: Space, layout: Layout, flags: FlagSet) -> str:

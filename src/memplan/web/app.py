@@ -238,7 +238,8 @@ def create_app(*, allow_hub: bool = False, seconds: float = REQUEST_SECONDS,
     from memplan.charts import estimate_chart, plan_chart
 
     app = FastAPI(title="memplan", version=__version__,
-                  description="GPU and host memory of OpenRLHF and verl runs: the same answers as `memplan ... --json`.")
+                  description="GPU and host memory of OpenRLHF and verl runs: the same answers as "
+                              "`memplan ... --json`.")
     _install_error_handlers(app)
     run = Runner(allow_hub=allow_hub, seconds=seconds)
 

@@ -234,7 +234,12 @@ class Verl:
         return self.with_values(run, values)
 
     def with_values(self, run: ResolvedRun, values: Mapping[str, Any]) -> ResolvedRun:
-        """``run`` with ``values`` as overrides (a key verl's table lacks is added with ``++``)."""
+        """``run`` with ``values`` as overrides (a key verl's table lacks is added with ``++``).
+
+        The critic's token budget (``critic.ppo_max_token_len_per_gpu``, the knob) is read by the legacy
+        trainer; the V1 trainer (``trainer.use_v1``, 0.9's default) reads ``ppo_infer_max_token_len_per_gpu``
+        instead (see ``CriticRun.update``), so a changed budget is written to both unless the user set that one."""
+        values = _mirror_critic_budget(run, values)
         table = load_table(run.version, Engine.DP)
         options = dict(run.options)
         for key in values:
@@ -304,6 +309,21 @@ class Verl:
 
         keys = flag_names()
         return keys, keys
+
+
+_CRITIC_BUDGET, _CRITIC_INFER = "critic.ppo_max_token_len_per_gpu", "critic.ppo_infer_max_token_len_per_gpu"
+
+
+def _mirror_critic_budget(run: ResolvedRun, values: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``values`` with a changed critic budget also as the V1 trainer's key (when that one was not set apart)."""
+    budget, old = values.get(_CRITIC_BUDGET), run.values.get(_CRITIC_BUDGET)
+    infer = values.get(_CRITIC_INFER, run.values.get(_CRITIC_INFER))
+    if budget is None or budget == old or (infer is not None and infer != old):
+        return values
+    config = config_of(replace(run, values={**run.values, **values}))
+    if not (config.has("trainer.use_v1") and config.get("trainer.use_v1") is True):
+        return values
+    return {**values, _CRITIC_INFER: budget}
 
 
 def _notes(verl: VerlRun, est: Estimate, figures: dict[str, int]) -> list[str]:

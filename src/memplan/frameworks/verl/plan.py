@@ -32,7 +32,8 @@ def parse_keep(items: Sequence[str], version: str) -> dict[str, Any]:
         except ConfigError as exc:
             raise ConfigError(location, exc.message) from None
         if override.kind is OverrideKind.DELETE or not override.has_value:
-            raise ConfigError(location, "expected KEY=VALUE, e.g. actor_rollout_ref.actor.fsdp_config.param_offload=false")
+            raise ConfigError(location, "expected KEY=VALUE, e.g. "
+                                        "actor_rollout_ref.actor.fsdp_config.param_offload=false")
         if override.key not in table.keys:
             raise ConfigError(location, f"not a key of verl {version}'s config")
         pinned[override.key] = override.value
