@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from memplan.frameworks.openrlhf.knobs import QUIET_VALUES
 from memplan.units import GB, GiB, KiB, MiB, TiB
 from memplan.memory.host import by_kind
 
@@ -222,15 +223,12 @@ def _layout_text(plan: Any) -> str:
     return text
 
 
-#: Searched flags left out of the text when at these values (they are off).
-_QUIET_FLAGS = {("lora_rank", 0), ("ring_attn_size", 1), ("vllm_enable_sleep", False),
-                ("deepspeed_enable_sleep", False)}
 
 
 def _flags_text(flags: Sequence[tuple[str, Any]]) -> str:
     words = []
     for key, value in flags:
-        if (key, value) in _QUIET_FLAGS:
+        if (key, value) in QUIET_VALUES:
             continue
         words.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
     return " ".join(words)

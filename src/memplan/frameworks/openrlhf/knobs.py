@@ -83,3 +83,8 @@ def with_values(run: ResolvedRun, values: Mapping[str, Any]) -> ResolvedRun:
     """``run`` with ``values`` and OpenRLHF's post-parse rules re-run."""
     return replace(run, values=resolved_values(run.script, values, run.version))
 
+
+
+#: Searched options a plan's text leaves out when at these values (they are off).
+QUIET_VALUES = frozenset({("lora_rank", 0), ("ring_attn_size", 1), ("vllm_enable_sleep", False),
+                          ("deepspeed_enable_sleep", False)})
