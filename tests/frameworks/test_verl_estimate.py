@@ -199,16 +199,19 @@ def test_verl_keys_are_in_the_no_flag_names_scan() -> None:
     assert "verl" in frameworks.names()
 
 
-def test_old_log_prob_head_follows_verls_own_entropy_estimate() -> None:
-    """verl's perf-tuning guide sizes the entropy at tokens × V × (4 + 2 + 1) bytes (docs/perf/perf_tuning.rst
-    L237-249). Old log-prob with use_remove_padding (verl's default), 8 sequences of 1024 + 2048 tokens packed:
-    24,576 tokens × 152,064 (Qwen2.5's vocabulary) × 7 B = 26.16 GB of entropy temporaries, next to the bf16
-    logits × 2 B = 7.47 GB. Chunking bounds the entropy to 2,048 rows × V × 12 B (fp32 copy, softmax, product);
-    fused kernels never hold the [tokens, V] logits."""
+def test_old_log_prob_head_holds_the_entropys_softmax_and_one_temporary() -> None:
+    """verl's ``entropy_from_logits`` on the bf16 logits: ``softmax`` (2 B per logit) beside either
+    ``logsumexp``'s internal ``self - maxes`` (2 B; its exp is in place: torch.profiler shows ``aten::sub``
+    allocating N·V·2 inside ``aten::logsumexp``) or the product ``pd * logits`` (2 B). Old log-prob with
+    use_remove_padding (verl's default), 8 sequences of 1024 + 2048 tokens packed: 24,576 tokens × 152,064
+    (Qwen2.5's vocabulary) × 4 B = 14.95 GB of entropy temporaries, next to the bf16 logits × 2 B = 7.47 GB
+    (verl's perf guide, docs/perf/perf_tuning.rst L237-249, writes 4 + 2 + 1 B: a rule for fp32 logits).
+    Chunking bounds the entropy to 2,048 rows × V × 12 B (fp32 copy, softmax, product); fused kernels never
+    hold the [tokens, V] logits."""
     tokens, vocab = 8 * (1024 + 2048), 152_064
     _, est = _estimate("qwen2.5-7b", "grpo", GRPO_7B)
     old = _phase(est, "old_log_prob")
-    assert _bytes(old, "actor.logits.entropy") == tokens * vocab * 7 == 26_159_874_048
+    assert _bytes(old, "actor.logits.entropy") == tokens * vocab * 4 == 14_948_499_456
     assert _bytes(old, "actor.logits.bf16") == tokens * vocab * 2
     _, chunked = _estimate("qwen2.5-7b", "grpo", GRPO_7B + [
         "actor_rollout_ref.actor.fsdp_config.entropy_from_logits_with_chunking=true"])
@@ -254,3 +257,18 @@ def test_checkpoint_of_offloaded_states_is_counted_once() -> None:
     _, est = _estimate("qwen2.5-7b", "grpo", options)
     save = next(u for u in est.hosts[0].phases if u.phase.value == "checkpoint")
     assert sum(t.bytes for t in save.terms if "checkpoint_copy" in t.path) == pytest.approx(12 * P_7B, rel=1e-5)
+
+
+def test_accumulation_steps_by_hand() -> None:
+    """verl's GSM8K GRPO example (examples/grpo_trainer/run_qwen2-7b.sh): ppo_mini_batch_size 256 prompts x
+    rollout.n 5 = 1280 samples over 8 GPUs = 160 per GPU; micro batch 40 -> 4 micro-batches per step; with a
+    24,000-token budget and 1024 + 1024-token sequences, 160 x 2048 / 24000 -> 14 (rounded up)."""
+    from memplan.frameworks.verl.job import accumulation_steps
+    from memplan.frameworks.verl.run import Batching
+
+    fixed = Batching(use_dynamic_bsz=False, micro_batch_size_per_gpu=40, max_token_len_per_gpu=16384)
+    assert accumulation_steps(fixed, 256, 5, 8, 1, 2048) == 4
+    budget = Batching(use_dynamic_bsz=True, micro_batch_size_per_gpu=None, max_token_len_per_gpu=24000)
+    assert accumulation_steps(budget, 256, 5, 8, 1, 2048) == 14
+    one = Batching(use_dynamic_bsz=False, micro_batch_size_per_gpu=8, max_token_len_per_gpu=16384)
+    assert accumulation_steps(one, 8, 1, 8, 1, 2048) == 1

@@ -41,7 +41,9 @@ from memplan.memory.fsdp_transient import (
     backward_moments,
     forward_moments,
     fsdp_transient_terms,
+    head_moment,
     no_sync_grads,
+    reduce_output_moment,
 )
 from memplan.model.loader import spec_from_config
 from memplan.model.params import param_tree
@@ -127,6 +129,39 @@ def test_units_follow_verl_wrapping() -> None:
     # root: embed (515*64) + final norm (64) + untied lm_head (515*64); the embedding's grad comes last.
     assert units[-1].numel == 515 * 64 * 2 + 64
     assert units[-1].late_grad_numel == 515 * 64
+
+
+def test_fsdp2_wraps_untied_embeddings_as_their_own_units() -> None:
+    """verl 0.9.1 ``_select_fsdp2_wrap_targets``: untied ``embed_tokens`` and ``lm_head`` are units of their own,
+    in forward order around the layers; the root keeps the final norm. llama-small: V = 32000, h = 512."""
+    tree = param_tree(spec_from_config(json.loads((TINY.parent / "llama-small.json").read_text()), name="llama-small"))
+    units = fsdp_units(tree, wrap_embeddings=True)
+    assert [u.name for u in units] == ["model.embed_tokens", *(f"model.layers.{i}" for i in range(4)), "lm_head", ""]
+    assert units[0].numel == units[-2].numel == 32000 * 512 and units[-1].numel == 512
+    assert all(u.late_grad_numel == 0 for u in units)
+    # tied (the padded tiny Qwen-style config ties nothing, so tie it): nothing is split off
+    tied = param_tree(spec_from_config({**_config(), "tie_word_embeddings": True}, name="tied"))
+    assert [u.name for u in fsdp_units(tied, wrap_embeddings=True)][-1] == ""
+    assert len(fsdp_units(tied, wrap_embeddings=True)) == 4
+
+
+def test_head_and_reduce_output_moments_by_hand() -> None:
+    """llama-small over 2 ranks, bf16 compute, fp32 reduce, its LM head a unit: at the head the root's norm
+    (512 x 2 B) and the LM head unsharded (32000 x 512 x 2 B = 32,768,000) plus its flat all-gather output, held
+    until the root's post-forward (another 32,768,000). At the input embedding's reduce, after the copy-in: its
+    gradients freed, the reduce-scatter output S x 4 B = 8,192,000 x 4 = 32,768,000 and, on gloo, the clone of
+    the input 2 x S x 4 B = 65,536,000."""
+    tree = param_tree(spec_from_config(json.loads((TINY.parent / "llama-small.json").read_text()), name="llama-small"))
+    units = fsdp_units(tree, wrap_embeddings=True)
+    sharding = _sharding(FsdpVersion.FSDP2, 2, embeddings_wrapped=True)
+    assert total_bytes(head_moment(units, sharding, role="a")) == 1024 + 2 * 32_768_000
+    reduce = [t for t in backward_moments(units, sharding, role="a")[-3]]  # the embedding's reduce (last unit)
+    after = reduce_output_moment(reduce, units[0], sharding, role="a")
+    assert not any(t.path.endswith("unsharded_grads.layer") for t in after)
+    added = {t.path.rsplit(".", 1)[-1]: t.bytes for t in after if t not in reduce}
+    assert added == {"reduce_scatter_output": 32_768_000}
+    gloo = reduce_output_moment(reduce, units[0], _sharding(FsdpVersion.FSDP2, 2, gloo=True), role="a")
+    assert {t.path.rsplit(".", 1)[-1]: t.bytes for t in gloo if t not in reduce}["gloo_reduce_scatter_clone"] == 65_536_000
 
 
 def test_offload_places_states_on_host() -> None:

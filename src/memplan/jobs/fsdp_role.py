@@ -9,8 +9,8 @@ Reached from ``jobs.roles.role_memory`` (its one dispatch on the sharding engine
   role's own activity). FSDP's own CPU offload (``cpu_offload``) is intrinsic: those shards are host terms.
 * gradients: memory/fsdp.py ``sharded_grads``, alive from the first backward to the end of the update (the
   framework zeroes them on leaving train mode), so part of the backward and optimizer-step activity.
-* transients: memory/fsdp_transient.py (unshard, reduce-scatter, AdamW step) plus the model's own
-  activations and logits (memory/transient.py) for one micro-batch of ``Role.micro_batch_size`` sequences
+* transients: jobs/fsdp_moments.py, which aligns FSDP's buffers (memory/fsdp_transient.py) with the model's
+  own activations and logits (memory/transient.py, memory/logits.py) moment by moment, for one micro-batch of ``Role.micro_batch_size`` sequences
   of ``Role.seq_len`` tokens (one packed row when ``Role.packing``), split over ``Role.ring_size`` ranks.
 """
 
@@ -22,14 +22,12 @@ from memplan.jobs.job import GpuGroup, Role
 from memplan.jobs.result import ModelInfo
 from memplan.memory.breakdown import Category, Device, Phase, Term
 from memplan.memory.fsdp import (
-    FsdpSharding, adam_states, fsdp_state_terms, fsdp_units, host_allocations, sharded_grads, sharded_params,
+    FsdpSharding, adam_states, fsdp_state_terms, fsdp_units, host_allocations, sharded_params,
 )
 from memplan.memory.host_alloc import rounding_term
-from memplan.memory.fsdp_transient import fsdp_transient_terms
 from memplan.dtypes import bytes_for
-from memplan.memory.activations import num_tokens
-from memplan.memory.logits import Head, LogProbImpl, packed_head_terms
-from memplan.memory.transient import HeadConfig, forward_only_terms, training_transients
+from memplan.jobs.fsdp_moments import backward_pass, forward_pass, head_of, optimizer_step
+from memplan.memory.logits import Head, LogProbImpl, PackedHead
 from memplan.sources import code
 
 #: The sub-phases of a trained role's micro-step.
@@ -63,39 +61,6 @@ def model_loading_terms(role: Role, num_params: int, ranks_loading: int) -> list
                "get_init_weight_context_manager: rank 0 (every rank if tied embeddings) loads on CPU :64-75")
     return [Term(path=f"{role.name}.model_loading", bytes=bytes_for(num_params, _sharding(role).param_dtype),
                  category=Category.PARAM, device=Device.CPU, source=src, phase=Phase.LOAD)]
-
-
-def _head(role: Role, cfg, phase: Phase, *, backward: bool, entropy: bool) -> list[Term]:  # type: ignore[no-untyped-def]
-    return packed_head_terms(role.spec, num_tokens(cfg), role=str(role.name), phase=phase, entropy=entropy,
-                             entropy_chunk=role.entropy_chunk, fused=role.fused_head, backward=backward)
-
-
-def _training_model(role: Role, cfg, head: HeadConfig, name: str) -> dict[Phase, tuple[Term, ...]]:  # type: ignore[no-untyped-def]
-    """The model's own transients of a training micro-step: memory/transient.py's, with an autocast LM head's
-    bf16 logits (``Role.autocast_head``) in place of the fp32 ones; the entropy only when it is in the loss. The head's backward comes first in
-    backward, while the forward's saved tensors are all alive; the layers' backward moments come after."""
-    if not role.autocast_head or role.head != Head.LM:
-        return training_transients(role.spec, cfg, head, name)
-    body = training_transients(role.spec, cfg, replace(head, head=Head.VALUE, entropy=False), name)
-    forward = tuple(body[Phase.FORWARD]) + tuple(_head(role, cfg, Phase.FORWARD, backward=False,
-                                                       entropy=role.entropy_in_loss))
-    head_first = tuple(replace(t, phase=Phase.BACKWARD) for t in body[Phase.FORWARD]) + tuple(
-        _head(role, cfg, Phase.BACKWARD, backward=True, entropy=role.entropy_in_loss))
-    backward = max((tuple(body[Phase.BACKWARD]), head_first), key=lambda ts: sum(t.bytes for t in ts))
-    return {Phase.FORWARD: forward, Phase.BACKWARD: backward, Phase.OPTIMIZER_STEP: tuple(body[Phase.OPTIMIZER_STEP])}
-
-
-def _forward_model(role: Role, cfg, head: HeadConfig, name: str, phase: Phase) -> list[Term]:  # type: ignore[no-untyped-def]
-    """A no-grad forward's own peak: the layers' moment, or the head's (last hidden state + the head's terms)."""
-    if not role.autocast_head or role.head != Head.LM:
-        return list(forward_only_terms(role.spec, cfg, head, name, phase=phase))
-    body = list(forward_only_terms(role.spec, cfg, replace(head, head=Head.VALUE, entropy=False), name, phase=phase))
-    hidden = Term(path=f"{name}.activations.last_hidden", bytes=bytes_for(num_tokens(cfg) * role.spec.hidden_size,
-                                                                         cfg.compute_dtype),
-                  category=Category.ACTIVATION, device=Device.GPU, source=body[0].source if body else
-                  code("huggingface/transformers", "last hidden state"), phase=phase)
-    at_head = [hidden, *_head(role, cfg, phase, backward=False, entropy=role.entropy)]
-    return max((body, at_head), key=lambda ts: sum(t.bytes for t in ts))
 
 
 def offloaded_host_terms(units, sharding: FsdpSharding, *, role: str, trained: bool) -> list[Term]:  # type: ignore[no-untyped-def]
@@ -137,6 +102,14 @@ def offloaded_host_terms(units, sharding: FsdpSharding, *, role: str, trained: b
     return terms
 
 
+def _packed_head(role: Role, cfg, impl: LogProbImpl, *, entropy: bool) -> PackedHead | None:  # type: ignore[no-untyped-def]
+    """The LM head's moments of a pass (None for a value head)."""
+    if role.head != Head.LM:
+        return None
+    return head_of(role.spec, cfg, role=str(role.name), phase=Phase.FORWARD, impl=impl, entropy=entropy,
+                   entropy_chunk=role.entropy_chunk, fused=role.fused_head)
+
+
 def _micro(role: Role, phase: Phase, micro: tuple[int, int] | None) -> Role:
     if micro is None:
         return role
@@ -158,35 +131,29 @@ def fsdp_role_memory(role: Role, group: GpuGroup, logprob_impl: LogProbImpl,
     sharding = _sharding(role)
     name = str(role.name)
     tree = role_tree(role)
-    units = fsdp_units(tree)
+    units = fsdp_units(tree, wrap_embeddings=sharding.embeddings_wrapped)
     resting = resting_sharding(sharding)
     states = fsdp_state_terms(units, resting, role=name, trained=role.trained)
     gpu = [t for t in states if t.device == Device.GPU]
     cpu = [t for t in states if t.device == Device.CPU] + offloaded_host_terms(units, sharding, role=name,
                                                                                 trained=role.trained)
     micro_batches = micro_batches or {}
-    head = HeadConfig(head=role.head, logprob_impl=logprob_impl, entropy=role.entropy,
-                      entropy_in_loss=role.entropy_in_loss)
+    spec = role.spec
     activity: dict[Phase, tuple[Term, ...]] = {}
     if role.trained:
-        train_role = _micro(role, Phase.FORWARD, micro_batches.get(Phase.FORWARD))
-        cfg = activation_config(train_role, tree)
-        model = _training_model(role, cfg, head, name)
-        grads = sharded_grads(units, resting, role=name)
-        for sub in TRAIN_SUBPHASES:
-            terms = list(model[sub]) + fsdp_transient_terms(units, resting, role=name, phase=sub)
-            if sub != Phase.FORWARD:
-                terms.append(replace(grads, phase=sub))
-            activity[sub] = tuple(replace(t, phase=sub) for t in terms)
+        cfg = activation_config(_micro(role, Phase.FORWARD, micro_batches.get(Phase.FORWARD)), tree)
+        head = _packed_head(role, cfg, logprob_impl, entropy=role.entropy_in_loss)
+        activity[Phase.FORWARD] = tuple(forward_pass(spec, cfg, head, units, resting, role=name, phase=Phase.FORWARD))
+        activity[Phase.BACKWARD] = tuple(backward_pass(spec, cfg, head, units, resting, role=name,
+                                                       accumulating=role.grad_accum_steps > 1))
+        activity[Phase.OPTIMIZER_STEP] = tuple(optimizer_step(units, resting, role=name))
     for phase in forward_phases:
         if role.trained and phase == Phase.FORWARD:
             continue
         fwd_role = replace(_micro(role, phase, micro_batches.get(phase)), trained=False, gradient_checkpointing=False)
         cfg = activation_config(fwd_role, tree)
-        fwd_head = replace(head, entropy=role.entropy)
-        terms = _forward_model(fwd_role, cfg, fwd_head, name, phase)
-        terms += fsdp_transient_terms(units, resting, role=name, phase=phase)
-        activity[phase] = tuple(replace(t, phase=phase) for t in terms)
+        head = _packed_head(role, cfg, logprob_impl, entropy=role.entropy)
+        activity[phase] = tuple(forward_pass(spec, cfg, head, units, resting, role=name, phase=phase))
     info = ModelInfo(name=role.spec.name, num_params=tree.num_params,
                      trainable_params=tree.num_params if role.trained else 0)
     return RoleMemory(role=role, gpu_terms=tuple(gpu), cpu_terms=tuple(cpu), activity=activity,

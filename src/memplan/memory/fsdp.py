@@ -87,6 +87,12 @@ class FsdpSharding:
     """All-gather the next unit during the current unit's forward (FSDP1 ``forward_prefetch``; FSDP2
     ``set_modules_to_forward_prefetch`` with depth 1). Both default off (fully_sharded_data_parallel.py
     :410; FSDP2 prefetches in forward only when told)."""
+    gloo: bool = False
+    """Collectives run on gloo (a CPU run, as the references in validation/fsdp_cpu are made), whose
+    reduce-scatter clones its input; NCCL does not."""
+    embeddings_wrapped: bool = False
+    """Untied ``embed_tokens`` and ``lm_head`` are FSDP units of their own (verl's FSDP2 wrapping), not part of
+    the root."""
     use_orig_params: bool = False
     """FSDP1 only: keep the original parameters as views, which pads each one to 16 bytes inside the flat
     parameter and gives the optimizer one state per original parameter."""
@@ -113,14 +119,18 @@ class FsdpUnit:
         return sum(math.prod(s) for s in self.shapes)
 
 
-def fsdp_units(tree: ParamModule, *, layer_container: str = "model.layers") -> tuple[FsdpUnit, ...]:
-    """The units as verl wraps a causal LM: each child of ``layer_container``, then the root with the rest.
+def fsdp_units(tree: ParamModule, *, layer_container: str = "model.layers",
+               wrap_embeddings: bool = False) -> tuple[FsdpUnit, ...]:
+    """The units as verl wraps a causal LM, in forward order: each child of ``layer_container`` (with
+    ``wrap_embeddings`` and untied embeddings, the input embedding first and the LM head after the layers),
+    then the root with the rest.
 
-    Source: verl 0.9.1 ``verl/utils/fsdp_utils.py`` ``apply_fsdp2`` :573-600 (``fully_shard`` on each
-    ``_no_split_modules`` layer, then on the model) and ``get_fsdp_wrap_policy`` (FSDP1 transformer
-    auto-wrap of the same layer class; the root FSDP takes the remaining parameters).
+    Source: verl 0.9.1 ``verl/utils/fsdp_utils.py`` ``apply_fsdp2`` :573-600 (``fully_shard`` on each target
+    of ``_select_fsdp2_wrap_targets`` :549-570: ``_no_split_modules`` layers, and ``embed_tokens``/``lm_head``
+    by name unless ``tie_word_embeddings``; then on the model) and ``get_fsdp_wrap_policy`` (FSDP1
+    transformer auto-wrap of the layer class; the root FSDP takes the remaining parameters).
     Assumes: the tree's layer modules are the ``_no_split_modules`` class; buffers are not sharded; the
-    untied input embedding's gradient is the last of the root's (it is the first op of forward).
+    untied input embedding's gradient is the last of its unit's (it is the first op of forward).
     Checked by: tests/memory/test_fsdp.py::test_units_follow_verl_wrapping
     """
     layers: tuple[ParamModule, ...] = ()
@@ -128,10 +138,16 @@ def fsdp_units(tree: ParamModule, *, layer_container: str = "model.layers") -> t
         if module.path == layer_container:
             layers = module.children
     inside = {m.path for layer in layers for m in layer.walk()}
-    units = [FsdpUnit(name=layer.path, shapes=_shapes(layer.walk())) for layer in layers]
-    root = [m for m in tree.walk() if m.path not in inside]
-    tied = any(t.tied for m in root for t in m.tensors)
-    late = 0 if tied else sum(m.num_params for m in root if m.kind == ModuleKind.EMBEDDING)
+    rest = [m for m in tree.walk() if m.path not in inside]
+    tied = any(t.tied for m in rest for t in m.tensors)
+    embeds = [m for m in rest if m.kind == ModuleKind.EMBEDDING] if wrap_embeddings and not tied else []
+    heads = [m for m in rest if m.path.rsplit(".", 1)[-1] == "lm_head" and m.tensors] if embeds else []
+    units = [FsdpUnit(name=m.path, shapes=_shapes([m])) for m in embeds]
+    units += [FsdpUnit(name=layer.path, shapes=_shapes(layer.walk())) for layer in layers]
+    units += [FsdpUnit(name=m.path, shapes=_shapes([m])) for m in heads]
+    own = {m.path for m in (*embeds, *heads)}
+    root = [m for m in rest if m.path not in own]
+    late = 0 if tied or embeds else sum(m.num_params for m in root if m.kind == ModuleKind.EMBEDDING)
     units.append(FsdpUnit(name="", shapes=_shapes(root), late_grad_numel=late))
     return tuple(units)
 

@@ -143,6 +143,75 @@ def forward_moments(units: Sequence[FsdpUnit], sharding: FsdpSharding, *, role: 
     return moments
 
 
+def _kept_layers(layers: Sequence[FsdpUnit], sharding: FsdpSharding) -> int:
+    return 0 if sharding.reshard_after_forward else sum(_unsharded(u, sharding) for u in layers)
+
+
+def head_moment(units: Sequence[FsdpUnit], sharding: FsdpSharding, *, role: str,
+                phase: Phase = Phase.FORWARD) -> list[Term]:
+    """The FSDP-owned GPU bytes while the root's own modules (final norm, LM head) run, after the last layer.
+
+        root unsharded N·S_R·c + kept layers (reshard_after_forward False: all of them)
+        + FSDP2, N > 1: the last unit's flat all-gather output N·S_last·c, still held
+        + the LM head's unit, unsharded N·S_head·c, when it is one (its own flat output is the one held)
+
+    Source: FSDP2 _fsdp_param_group.py@v2.11.0 ``wait_for_unshard`` :348-420 (in forward the all-gather result
+    is kept in ``comm_ctx.all_gather_state`` until the next unit's copy-out; the last layer has no next unit
+    before the head), ``post_forward`` :454-476; the root reshards only at its own post-forward, after the head.
+    Assumes: the root holds the final norm and the LM head (verl's wrapping, :func:`memory.fsdp.fsdp_units`).
+    """
+    *layers, root = units
+    held = _unsharded(layers[-1], sharding) if layers and sharding.version == FsdpVersion.FSDP2 \
+        and sharding.shard_size > 1 else 0
+    head = layers[-1] if layers and is_lm_head(layers[-1]) else None
+    kept = _kept_layers(layers[:-1] if head else layers, sharding)
+    return _moment(role, phase, [("unsharded.root", _unsharded(root, sharding), Category.PARAM, _AG),
+                                 ("unsharded.kept", kept, Category.PARAM, _AG),
+                                 ("unsharded.lm_head", _unsharded(head, sharding) if head else 0, Category.PARAM, _AG),
+                                 ("all_gather_held", held, Category.PARAM, _AG)])
+
+
+def is_lm_head(unit: FsdpUnit) -> bool:
+    """The LM head wrapped as its own unit (:func:`memplan.memory.fsdp.fsdp_units` ``wrap_embeddings``)."""
+    return unit.name.rsplit(".", 1)[-1] == "lm_head"
+
+
+def after_forward_moment(units: Sequence[FsdpUnit], sharding: FsdpSharding, *, role: str,
+                         phase: Phase = Phase.FORWARD) -> list[Term]:
+    """The FSDP-owned GPU bytes once the model's forward has returned (the loss, log-probs and entropy are
+    computed from its logits here): nothing with ``reshard_after_forward``; else every unit, the root
+    included, stays unsharded.
+
+    Source: FSDP2 _fsdp_state.py@v2.11.0 :193-196 (the root reshards after forward when
+    ``reshard_after_forward`` is passed explicitly, as verl does), _fsdp_param_group.py ``post_forward``
+    :454-476.
+    """
+    *layers, root = units
+    kept = 0 if sharding.reshard_after_forward else _unsharded(root, sharding) + _kept_layers(layers, sharding)
+    return _moment(role, phase, [("unsharded.kept", kept, Category.PARAM, _AG)])
+
+
+def backward_start_moment(units: Sequence[FsdpUnit], sharding: FsdpSharding, *, role: str,
+                          phase: Phase = Phase.BACKWARD) -> list[Term]:
+    """The FSDP-owned GPU bytes while the LM head's backward runs: the root unsharded again by its
+    pre-backward, the last layer prefetched (or kept), and the root's gradients produced so far (the LM
+    head's, ``U_R − late`` in the compute dtype).
+
+    Source: FSDP2 _fsdp_param_group.py@v2.11.0 ``pre_backward`` :477-495 (unshard, then
+    ``_backward_prefetch`` of the next unit in reverse post-forward order :634-660).
+    Assumes: the prefetch is issued before the head's backward computes (FSDP2 and FSDP1 BACKWARD_PRE).
+    """
+    *layers, root = units
+    prefetch = _unsharded(layers[-1], sharding) if layers and sharding.reshard_after_forward \
+        and _prefetch_allocates(sharding) else 0
+    return _moment(role, phase, [
+        ("unsharded.root", _unsharded(root, sharding), Category.PARAM, _AG),
+        ("unsharded.kept", _kept_layers(layers, sharding), Category.PARAM, _AG),
+        ("unsharded.prefetch", prefetch, Category.PARAM, _PREFETCH),
+        ("unsharded_grads.root_so_far", _bytes(root.numel - root.late_grad_numel, sharding, "c"), Category.GRAD,
+         _GRADS)])
+
+
 def _reduce_buffers(unit: FsdpUnit, sharding: FsdpSharding) -> list[tuple[str, int, Category, Source]]:
     """Buffers of one unit's gradient reduction beside its unsharded gradients.
 
@@ -163,6 +232,35 @@ def _reduce_buffers(unit: FsdpUnit, sharding: FsdpSharding) -> list[tuple[str, i
     pad = _bytes(n * s, sharding, "r") if unit.numel < n * s else 0
     return [("grad_reduce_cast", cast, Category.GRAD, _RS1), ("reduce_scatter_input", pad, Category.GRAD, _RS1),
             ("reduce_scatter_output", _bytes(s, sharding, "r"), Category.GRAD, _RS1)]
+
+
+def reduce_output_moment(reduce_moment: Sequence[Term], unit: FsdpUnit, sharding: FsdpSharding, *, role: str,
+                         phase: Phase = Phase.BACKWARD) -> list[Term]:
+    """FSDP2, a unit's reduce once its gradients are copied in: the unsharded gradients freed, the reduce-scatter
+    output (the unit's new sharded gradients, S·r) allocated beside the still-held input; on gloo also the
+    collective's own clone of the input.
+
+        reduce moment − the unit's unsharded gradients + S·r (+ N·S·r on gloo, N > 1: at N = 1 FSDP2
+        copies the input into the output without a collective)
+
+    Source: FSDP2 _fsdp_collectives.py@v2.11.0 ``foreach_reduce`` (``unsharded_grads.clear()`` after
+    ``foreach_reduce_scatter_copy_in``, then ``reduce_output = reduce_scatter_comm.allocate(...)`` before the
+    collective); pytorch/pytorch torch/csrc/distributed/c10d/ProcessGroupGloo.cpp@v2.11.0
+    ``ProcessGroupGloo::reduce_scatter_tensor_coalesced`` (``buffers.push_back(inputTensors[i].clone())``, then
+    ``allreduce`` and a copy of this rank's chunk); scripts/probe_fsdp_reduce_cpu.py shows both on the CPU.
+    Assumes: FSDP2 (FSDP1's reduction is :func:`_reduce_buffers`' cast and padded copies).
+    """
+    if sharding.version != FsdpVersion.FSDP2:
+        return []
+    s = shard_numel(unit, sharding)
+    src = torch_source(f"{FSDP2_DIR}/_fsdp_collectives.py", "foreach_reduce: grads cleared after copy-in, "
+                       "reduce_output allocated; gloo reduce_scatter clones its input")
+    kept = [t for t in reduce_moment if not t.path.endswith(("unsharded_grads.layer", "unsharded_grads.root"))]
+    return kept + _moment(role, phase, [
+        ("reduce_scatter_output", _bytes(s, sharding, "r"), Category.GRAD, src),
+        ("gloo_reduce_scatter_clone", _bytes(sharding.shard_size * s, sharding, "r")
+         if sharding.gloo and sharding.shard_size > 1 else 0,
+         Category.GRAD, src)])
 
 
 def _prefetch_allocates(sharding: FsdpSharding) -> bool:

@@ -24,6 +24,7 @@ Timeline of one trained causal-LM micro-step (what is alive when):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 
 from memplan.dtypes import DType, bytes_for
@@ -56,7 +57,8 @@ class LogProbImpl(StrEnum):
     """flash-attn installed (every GPU install of OpenRLHF): fused Triton cross-entropy, no V-wide
     temporary in forward, one fp32 dlogits in backward."""
     TORCH_CHUNKED = "torch_chunked"
-    """ImportError fallback (a CPU trace): gather + logsumexp over 1024-row chunks."""
+    """ImportError fallback (a CPU trace): gather + logsumexp over 1024-row chunks (OpenRLHF); verl's
+    ``logprobs_from_logits_v2``, row by row (:func:`packed_head_moments`)."""
 
 
 class Head(StrEnum):
@@ -190,9 +192,20 @@ def value_head_bytes(num_tokens: int, dtype: DType) -> int:
     return bytes_for(num_tokens, dtype)
 
 
-#: Bytes per logit of the non-chunked entropy's temporaries, as verl documents its own estimate
-#: (``tokens × V × (4 + 2 + 1)``: verl-project/verl docs/perf/perf_tuning.rst@v0.9.1 L237-249).
-ENTROPY_FULL_BYTES_PER_LOGIT = 7
+#: Bytes per logit of the non-chunked entropy's temporaries over the bf16 logits at its peak: the softmax
+#: ``pd`` (2) and either ``logsumexp``'s internal ``self - maxes`` (2; its ``exp`` is in place) or the product
+#: ``pd * logits`` (2), all in the logits' dtype (verl-project/verl verl/utils/torch_functional.py@v0.9.1
+#: ``entropy_from_logits`` L231-245; pytorch/pytorch aten/src/ATen/native/ReduceOps.cpp@v2.11.0
+#: ``logsumexp_out_impl``: ``at::sum_out(result, at::exp(self - maxes))``, one temporary as profiled with
+#: ``torch.profiler(profile_memory=True)``: ``aten::sub`` allocates N·V·2, ``exp`` none). verl's docs give
+#: ``tokens × V × (4 + 2 + 1)`` (docs/perf/perf_tuning.rst@v0.9.1 L237-249), a rule for fp32 logits.
+ENTROPY_FULL_BYTES_PER_LOGIT = 4
+#: Bytes per logit of the entropy's backward beside the logits' gradient, when it is in the loss: three bf16
+#: [N, V] tensors at once (``mul``'s two gradients, ``grad·logits`` and ``grad·pd``, then the softmax's and
+#: logsumexp's backward outputs as they accumulate); pytorch/pytorch tools/autograd/derivatives.yaml@v2.11.0
+#: (``mul``, ``_softmax``, ``logsumexp``); measured with scripts/probe_verl_head.py (7 N·V·2 at the peak with the
+#: logits, the softmax and the log-probs' gradient).
+ENTROPY_BACKWARD_BYTES_PER_LOGIT = 6
 #: Bytes per logit of one chunk of the chunked entropy: the chunk's fp32 copy, its fp32 softmax and their fp32
 #: product (verl-project/verl verl/utils/torch_functional.py@v0.9.1 ``entropy_from_logits_with_chunking``
 #: L264-269: ``.float()``, ``softmax``, ``pd_chunk * logits_chunk``).
@@ -200,39 +213,91 @@ ENTROPY_CHUNK_BYTES_PER_LOGIT = 12
 #: Tokens per chunk of the fused (hidden-state) log-prob/entropy path (verl-project/verl
 #: verl/utils/experimental/torch_functional.py@v0.9.1 L98-160).
 FUSED_CHUNK_TOKENS = 512
+#: Bytes per logit of the bf16 logits under autocast, and of each [N, V] tensor derived from them in bf16.
+BF16_LOGIT = 2
 
 
-def packed_head_terms(spec: ModelSpec, num_tokens: int, *, role: str, phase: Phase, entropy: bool,
-                      entropy_chunk: int | None, fused: bool, backward: bool) -> list[Term]:
-    """The LM head's tensors at its worst moment for one packed row of ``num_tokens`` tokens, when the head runs
-    under autocast (bf16 logits, no fp32 copy) and log-probs come from flash-attn's Triton cross-entropy (fp32
-    math inside its kernel, no V-wide temporary).
+@dataclass(frozen=True, slots=True)
+class PackedHead:
+    """The LM head's tensors at each moment of one pass over a packed row (terms of one moment sum)."""
 
-        forward:   logits N·V·2 + entropy temporaries (N·V·7; with chunking min(N, chunk)·V·12)
-        backward:  logits N·V·2 + their gradient N·V·2 (the entropy's, when in the loss, as in forward)
-        fused:     no [N, V] logits: one chunk of FUSED_CHUNK_TOKENS rows in fp32 (logits, softmax, product)
+    at_head: tuple[Term, ...]
+    """As the LM head's matmul returns, inside the model's forward: the logits."""
+    after: tuple[Term, ...]
+    """After the model returns: the entropy and then the log-probs computed from the logits (their worst)."""
+    backward: tuple[Term, ...]
+    """The loss's and log-probs' backward, before the LM head's (trained passes; else empty)."""
+
+
+def packed_head_moments(spec: ModelSpec, num_tokens: int, *, role: str, phase: Phase, impl: LogProbImpl,
+                        entropy: bool, entropy_chunk: int | None, fused: bool, trained: bool) -> PackedHead:
+    """The LM head's tensors at its moments for one packed row of ``N`` = ``num_tokens`` tokens when the head
+    runs under autocast (bf16 logits, no fp32 copy). verl computes the entropy first, then the log-probs.
+
+        logits:   N·V·2 from the LM head on (none with the fused kernels: one chunk of
+                  FUSED_CHUNK_TOKENS rows in fp32, ENTROPY_CHUNK_BYTES_PER_LOGIT per logit, at every moment)
+        entropy:  N·V·ENTROPY_FULL_BYTES_PER_LOGIT while it runs (chunked: min(N, chunk)·V·12); with
+                  grad, its softmax N·V·2 stays saved for the backward
+        log-probs, flash-attn's Triton cross-entropy (FLASH_ATTN_TRITON): fp32 math in the kernel, no [N, V]
+                  tensor; it saves the logits, and its backward writes their gradient into them
+                  (``inplace_backward``, verl's choice without entropy) or into a new N·V·2
+        log-probs, ``logprobs_from_logits_v2`` (TORCH_CHUNKED: no flash-attn, or VERL_DISABLE_FLASH_ATTN_CE=1):
+                  bf16 logits go row by row through ``log_softmax``, which saves only its output (N·V·2 in
+                  all: the logits are freed after forward unless the entropy keeps them); its backward holds
+                  every row's gradient until ``unbind``'s backward stacks them: 2 · N·V·2
+        entropy in the loss (``trained and entropy``): its product keeps the logits and its softmax; its
+                  backward N·V·ENTROPY_BACKWARD_BYTES_PER_LOGIT beside the logits' gradient N·V·2
 
     Source: verl-project/verl verl/workers/engine/fsdp/transformer_impl.py@v0.9.1 L1382-1430 (``logits_rmpad``
-    from the HF head under autocast, ``logprobs_from_logits``, entropy from the same logits);
-    verl/utils/torch_functional.py@v0.9.1 L73-107 (flash-attn cross-entropy, in-place backward), L231-270
-    (entropy, chunked entropy); reference/verl.md §4.
-    Assumes: temperature 1 (no scaled copy of the logits); a bf16 compute dtype.
+    from the HF head under autocast; entropy, then ``logprobs_from_logits`` with ``inplace_backward`` unless
+    the entropy is computed); Dao-AILab/flash-attention flash_attn/ops/triton/cross_entropy.py@v2.8.3
+    ``CrossEntropyLoss.backward`` (``dlogits = logits if inplace_backward else torch.empty_like(logits)``);
+    verl/utils/torch_functional.py
+    @v0.9.1 L73-107 (flash-attn cross-entropy unless ``VERL_DISABLE_FLASH_ATTN_CE``, else
+    ``logprobs_from_logits_v2``), L173-210 (row-wise ``log_softmax`` for bf16), L231-270 (entropy, chunked
+    entropy); pytorch/pytorch tools/autograd/derivatives.yaml@v2.11.0 (``unbind``: ``stack`` of the row
+    gradients; ``_log_softmax`` saves its result); reference/verl.md §4.
+    Assumes: temperature 1 (no scaled copy of the logits); a bf16 compute dtype; ``entropy`` with ``trained``
+    means the entropy is in the loss (its graph is kept).
     """
     src = code("verl-project/verl:verl/workers/engine/fsdp/transformer_impl.py@v0.9.1",
-               "logits_rmpad under autocast, log-probs and entropy from them L1382-1430")
+               "logits_rmpad under autocast, entropy then log-probs from them L1382-1430")
     v = spec.vocab_size
+    nv = num_tokens * v
+
+    def t(name: str, nbytes: int, category: Category = Category.TEMP) -> Term:
+        return Term(path=f"{role}.{name}", bytes=nbytes, category=category, device=Device.GPU, source=src,
+                    phase=phase)
+
     if fused:
-        rows = min(num_tokens, FUSED_CHUNK_TOKENS)
-        return [Term(path=f"{role}.logits.fused_chunk", bytes=rows * v * ENTROPY_CHUNK_BYTES_PER_LOGIT,
-                     category=Category.TEMP, device=Device.GPU, source=src, phase=phase)]
-    terms = [Term(path=f"{role}.logits.bf16", bytes=num_tokens * v * 2, category=Category.ACTIVATION,
-                  device=Device.GPU, source=src, phase=phase)]
-    if backward:
-        terms.append(Term(path=f"{role}.logits.grad", bytes=num_tokens * v * 2, category=Category.TEMP,
-                          device=Device.GPU, source=src, phase=phase))
+        chunk = (t("logits.fused_chunk", min(num_tokens, FUSED_CHUNK_TOKENS) * v * ENTROPY_CHUNK_BYTES_PER_LOGIT),)
+        return PackedHead(at_head=(), after=chunk, backward=chunk if trained else ())
+    logits = t("logits.bf16", nv * BF16_LOGIT, Category.ACTIVATION)
+    torch_path = impl == LogProbImpl.TORCH_CHUNKED
+    moments: list[tuple[Term, ...]] = [(logits,)]
+    saved: list[Term] = []
     if entropy:
         per = (min(num_tokens, entropy_chunk) * v * ENTROPY_CHUNK_BYTES_PER_LOGIT if entropy_chunk
-               else num_tokens * v * ENTROPY_FULL_BYTES_PER_LOGIT)
-        terms.append(Term(path=f"{role}.logits.entropy", bytes=per, category=Category.TEMP, device=Device.GPU,
-                          source=src, phase=phase))
-    return terms
+               else nv * ENTROPY_FULL_BYTES_PER_LOGIT)
+        moments.append((logits, t("logits.entropy", per)))
+        if trained and not entropy_chunk:
+            saved.append(t("logits.entropy_softmax_saved", nv * BF16_LOGIT, Category.ACTIVATION))
+    if trained and torch_path:
+        saved.append(t("logits.log_softmax_saved", nv * BF16_LOGIT, Category.ACTIVATION))
+    moments.append((logits, *saved))
+    after = max(moments, key=lambda ts: sum(x.bytes for x in ts))
+    if not trained:
+        return PackedHead(at_head=(logits,), after=after, backward=())
+    # The logits outlive the forward only if a backward needs them: flash-attn's kernel saves them (and with
+    # ``inplace_backward``, verl's choice without entropy, writes their gradient into them); the entropy's
+    # product saves them; ``log_softmax`` saves only its output.
+    kept = [x for x in saved if x.path.endswith("entropy_softmax_saved")]
+    if not torch_path or entropy:
+        kept.insert(0, logits)
+    grads = [] if not torch_path and not entropy else [t("logits.grad", nv * BF16_LOGIT)]
+    if torch_path:
+        grads.append(t("logits.row_grads", nv * BF16_LOGIT))
+    if entropy:
+        grads.append(t("logits.entropy_grad", nv * ENTROPY_BACKWARD_BYTES_PER_LOGIT if not entropy_chunk
+                       else min(num_tokens, entropy_chunk) * v * ENTROPY_CHUNK_BYTES_PER_LOGIT))
+    return PackedHead(at_head=(logits,), after=after, backward=(*kept, *grads))

@@ -145,6 +145,14 @@ def _resident_end(spec: ModelSpec, cfg: ActivationConfig, head: HeadConfig, role
     return terms
 
 
+def saved_through_backward(spec: ModelSpec, cfg: ActivationConfig, role: str, phase: Phase) -> tuple[Term, ...]:
+    """What a trained model without its LM head keeps from the end of forward into backward: the decoder
+    layers' saved tensors (or checkpoints), the rotary tables, the final norm's input, the embedding output
+    (and a checkpointed mask). The head's tensors are the caller's (memory/logits.py)."""
+    return tuple(t for t in _resident_end(spec, cfg, HeadConfig(head=Head.VALUE), role, phase)
+                 if not t.path.endswith("logits.values") and t.bytes > 0)
+
+
 def _cast_moment(spec: ModelSpec, cfg: ActivationConfig, head: HeadConfig, role: str, phase: Phase) -> list[Term]:
     """The bf16 logits (and with Gemma soft-capping, the capped copy) alive at the fp32 cast."""
     if head.head != Head.LM:

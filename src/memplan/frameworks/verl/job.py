@@ -67,7 +67,8 @@ def sharding(cfg: FsdpConfig, *, cpu_offload: bool = False) -> FsdpSharding:
                         param_offload=cfg.param_offload and not cpu_offload,
                         optimizer_offload=cfg.optimizer_offload and not cpu_offload,
                         cpu_offload=cpu_offload or (fsdp2 and cfg.offload_policy), cpu_offload_pinned=True,
-                        no_sync_accumulation=cfg.use_no_sync, forward_prefetch=cfg.forward_prefetch)
+                        no_sync_accumulation=cfg.use_no_sync, forward_prefetch=cfg.forward_prefetch,
+                        embeddings_wrapped=fsdp2)
 
 
 def micro_batch(batching: Batching, longest: int, ulysses: int, packed: bool) -> Micro:
@@ -78,14 +79,34 @@ def micro_batch(batching: Batching, longest: int, ulysses: int, packed: bool) ->
     return (1, micro * longest) if packed else (micro, longest)
 
 
+def accumulation_steps(batching: Batching, mini_batch_prompts: int, rollout_n: int, world: int, ulysses: int,
+                       longest: int) -> int:
+    """Micro-batches per optimizer step on one GPU (more than one: the gradients accumulate across them).
+
+        per GPU = ppo_mini_batch_size · rollout.n / (world / Ulysses)
+        steps   = ⌈per GPU / micro batch⌉, or with a token budget ⌈per GPU · longest / (budget · Ulysses)⌉
+
+    Source: verl 0.9.1 ``verl/workers/engine_workers.py`` ``train_mini_batch`` :255-275 (``mini_batch_size //
+    get_data_parallel_size()``), w:verl/workers/engine/utils.py:108-121 (token-budget micro-batches).
+    Assumes: every sequence at its longest (the worst case the rest of the estimate takes).
+    """
+    per_gpu = max(1, mini_batch_prompts * rollout_n // max(1, world // max(1, ulysses)))
+    if batching.use_dynamic_bsz:
+        budget = max(1, batching.max_token_len_per_gpu * max(1, ulysses))
+        return max(1, -(-per_gpu * longest // budget))
+    return max(1, -(-per_gpu // (batching.micro_batch_size_per_gpu or 1)))
+
+
 def _role(name: RoleName, spec: ModelSpec, head: Head, trained: bool, shard: FsdpSharding, micro: Micro,
           packed: bool, ulysses: int, checkpointing: bool, entropy: bool = False,
-          entropy_in_loss: bool = False, entropy_chunk: int | None = None, fused: bool = False) -> Role:
+          entropy_in_loss: bool = False, entropy_chunk: int | None = None, fused: bool = False,
+          accumulation: int = 1) -> Role:
     return Role(name=name, spec=spec, head=head, trained=trained, group="all", param_dtype=shard.compute_dtype,
                 sharding=shard, lora=None, load_in_4bit=False, gradient_checkpointing=checkpointing and trained,
                 attn_impl=AttnImpl.FLASH_ATTENTION_2, micro_batch_size=micro[0], sequences_per_sample=1,
                 seq_len=micro[1], packing=packed, ring_size=ulysses, ds_tp_size=1, entropy=entropy,
-                entropy_in_loss=entropy_in_loss, entropy_chunk=entropy_chunk, fused_head=fused, autocast_head=True)
+                entropy_in_loss=entropy_in_loss, entropy_chunk=entropy_chunk, fused_head=fused, autocast_head=True,
+                grad_accum_steps=accumulation)
 
 
 def engine(run: VerlRun, spec: ModelSpec, gpu_memory_mib: int) -> tuple[EngineJob, int]:
@@ -126,10 +147,13 @@ def hybrid_job(run: VerlRun, command: str, *, gpu_memory_mib: int,
         (RoleName.ACTOR, Phase.UPDATE_ACTOR): update,
         (RoleName.ACTOR, Phase.OLD_LOG_PROB): micro_batch(a.log_prob, longest, a.ulysses_sequence_parallel_size, packed),
     }
+    world = run.nnodes * run.n_gpus_per_node
     roles = [_role(RoleName.ACTOR, spec, Head.LM, True, actor_shard, update, packed,
                    a.ulysses_sequence_parallel_size, a.model.enable_gradient_checkpointing,
                    entropy=True, entropy_in_loss=a.entropy_in_update, entropy_chunk=chunk,
-                   fused=a.model.use_fused_kernels)]
+                   fused=a.model.use_fused_kernels,
+                   accumulation=accumulation_steps(a.update, a.ppo_mini_batch_size, run.rollout_n, world,
+                                                   a.ulysses_sequence_parallel_size, longest))]
     if run.ref is not None:
         ref_micro = micro_batch(run.ref.log_prob, longest, run.ref.ulysses_sequence_parallel_size, packed)
         micro[(RoleName.REF, Phase.REF_LOG_PROB)] = ref_micro
@@ -146,13 +170,14 @@ def hybrid_job(run: VerlRun, command: str, *, gpu_memory_mib: int,
         micro[(RoleName.CRITIC, Phase.UPDATE_CRITIC)] = cu
         micro[(RoleName.CRITIC, Phase.VALUES)] = micro_batch(c.values, longest, c.ulysses_sequence_parallel_size, cpacked)
         roles.append(_role(RoleName.CRITIC, cspec, Head.VALUE, True, sharding(c.fsdp), cu, cpacked,
-                           c.ulysses_sequence_parallel_size, c.model.enable_gradient_checkpointing))
+                           c.ulysses_sequence_parallel_size, c.model.enable_gradient_checkpointing,
+                           accumulation=accumulation_steps(c.update, c.ppo_mini_batch_size, run.rollout_n, world,
+                                                           c.ulysses_sequence_parallel_size, longest)))
         critic_offload = (c.fsdp.param_offload, c.fsdp.optimizer_offload)
     eng, level = engine(run, spec, gpu_memory_mib)
     schedule = verl_schedule(actor_offload=(a.fsdp.param_offload, a.fsdp.optimizer_offload),
                              critic_offload=critic_offload, ref=run.ref is not None, sleep_level=level,
                              fsdp1_actor=a.fsdp.strategy == FsdpStrategy.FSDP, micro=micro)
-    world = run.nnodes * run.n_gpus_per_node
     job = Job(method=Method.PPO if run.critic is not None else Method.GRPO, roles=tuple(roles),
               groups=(GpuGroup(name="all", num_nodes=run.nnodes, gpus_per_node=run.n_gpus_per_node),),
               logprob_impl=logprob_impl, framework_version=run.version, command=command)
@@ -165,6 +190,5 @@ def hybrid_job(run: VerlRun, command: str, *, gpu_memory_mib: int,
                 RoleName.CRITIC: run.critic.checkpoint_contents if run.critic is not None else ()}
     hf = tuple(r for r in saving if "hf_model" in contents.get(r, ()))
     loading = {r.name: run.n_gpus_per_node if r.spec.tie_word_embeddings else 1 for r in roles}
-    del world
     return HybridJob(job=job, schedule=schedule, engine=eng, nodes=run.nnodes, gpus_per_node=run.n_gpus_per_node,
                      weight_sync=sync, checkpoint_roles=saving, hf_model_roles=hf, loading_ranks=loading)
