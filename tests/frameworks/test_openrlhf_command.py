@@ -28,9 +28,10 @@ from memplan.frameworks.openrlhf import (
 )
 from memplan.frameworks.openrlhf.bounds import BOUNDS
 from memplan.frameworks.openrlhf.defaults import foreign_keys
-from memplan.frameworks.openrlhf.emit import ESSENTIAL_KEYS
+from memplan.frameworks.openrlhf.emit import ESSENTIAL_KEYS, MODEL_PATH_KEYS
 from memplan.frameworks.openrlhf.flags import FlagKind, FlagSpec, FlagTable, scripts_of, table_source
 from memplan.frameworks.openrlhf.launchers import HostSlots
+from memplan.model.presets import find_preset, preset_names
 
 EXAMPLES_DIR = Path(__file__).parent.parent / "data" / "openrlhf_examples"
 #: Commit of each tag whose examples/scripts the expectations were written from.
@@ -587,6 +588,24 @@ def test_emit_multiline_reads_back() -> None:
 _TEXT = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x2FF) | st.sampled_from("\n\t"),
                 max_size=12)
 
+_PRESET_NAME = st.sampled_from(preset_names()).flatmap(lambda n: st.sampled_from((n, n.upper(), f" {n} ")))
+"""A bundled preset's name as a user may type it (any case, padded): emitted commands carry its hub id instead
+(issue 11), so every run must try one rather than wait for hypothesis to stumble on one."""
+
+
+def _models_resolved(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with each model named as the preset it resolves to (``find_preset``), else as typed.
+
+    A round trip keeps the model, not its spelling: ``LLAMA3.2-1B`` comes back as ``meta-llama/Llama-3.2-1B``,
+    the same preset. Each comma-separated part is one model (``reward_pretrain`` may list several).
+    """
+    def model(part: str) -> str:
+        preset = find_preset(part)
+        return f"preset {preset.name}" if preset is not None else part
+
+    return {k: ",".join(model(p) for p in v.split(",")) if k in MODEL_PATH_KEYS and isinstance(v, str) and v else v
+            for k, v in values.items()}
+
 
 SUMMED_LENGTHS = ("prompt_max_len", "generate_max_len")
 """Keys whose sum is one sequence (train_ppo_ray.py at v0.9.5): each may take half the longest."""
@@ -608,7 +627,7 @@ def _element(spec: FlagSpec) -> st.SearchStrategy[Any]:
         return st.floats(min_value=bound.low, max_value=bound.high, exclude_min=bound.low_open)
     if spec.kind is FlagKind.CHOICE:
         return st.sampled_from(spec.choices)
-    return _TEXT
+    return _TEXT | _PRESET_NAME if spec.key in MODEL_PATH_KEYS else _TEXT
 
 
 def _value(spec: FlagSpec) -> st.SearchStrategy[Any]:
@@ -648,7 +667,8 @@ def test_round_trip_emit_then_parse(script: str, version: str, data: st.DataObje
     ]))
     parsed = parse_command(command)
     expected = {k: v for k, v in values.items() if v != table.default(k) or k in ESSENTIAL_KEYS}
-    assert (parsed.script, parsed.unknown_flags, parsed.values) == (script, (), expected)
+    assert (parsed.script, parsed.unknown_flags) == (script, ())
+    assert _models_resolved(parsed.values) == _models_resolved(expected)
 
 
 @pytest.mark.parametrize(("script", "version"), TABLES)
@@ -663,7 +683,7 @@ def test_round_trip_of_resolved_values(script: str, version: str, data: st.DataO
         assume(False)
         return
     again = resolve_values(parse_command(format_command(script, resolved, version=version)), version)
-    assert again == resolved
+    assert _models_resolved(again) == _models_resolved(resolved)
     assert resolve_values((script, resolved), version) == resolved
 
 

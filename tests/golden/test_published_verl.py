@@ -57,3 +57,17 @@ def test_qwen2_7b_preset_matches_its_published_module_tree() -> None:
     from memplan.model import load_model_spec, num_params
 
     assert num_params(load_model_spec("Qwen/Qwen2-7B-Instruct")) == 7_615_616_512
+
+
+def test_qwen2_72b_preset_matches_its_published_parameter_count() -> None:
+    """Row 11's model. The Qwen2 release table (https://qwenlm.github.io/blog/qwen2/, quoted in public copies,
+    code index ids 44529703215 and 6762161032) gives Qwen2-72B 72.71B parameters, 70.21B without embeddings.
+    By hand from the architecture: embed and untied lm_head 152064 x 8192 = 1,245,708,288 each; per layer
+    q 8192x8192+8192 = 67,117,056, k and v 8192x1024+1024 = 8,389,632 each, o 8192x8192 = 67,108,864,
+    MLP 3 x 8192x29568 = 726,663,168, two norms 16,384: 877,684,736; x 80 = 70,214,778,880 (the 70.21B);
+    + final norm 8,192 + 2 x 1,245,708,288 = 72,706,203,648 (the 72.71B)."""
+    from memplan.model import load_model_spec, num_params
+
+    total = num_params(load_model_spec("Qwen/Qwen2-72B-Instruct"))
+    assert total == 72_706_203_648
+    assert round(total / 1e9, 2) == 72.71
