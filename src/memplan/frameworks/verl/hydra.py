@@ -416,8 +416,11 @@ def apply_overrides(table: DefaultTable, overrides: Iterable[Override],
 
 
 def _remove(values: dict[str, Any], key: str) -> None:
+    if key in values:  # a leaf is never also a section (_set drops a leaf that gets children): no scan
+        del values[key]
+        return
     start = key + "."
-    for existing in [k for k in values if k == key or k.startswith(start)]:
+    for existing in [k for k in values if k.startswith(start)]:
         del values[existing]
 
 
