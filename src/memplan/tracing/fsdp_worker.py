@@ -112,14 +112,16 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
 
 
 def log_probs(model: nn.Module, input_ids: torch.Tensor, request: FsdpTraceRequest) -> torch.Tensor:
-    """The log-probs of the response tokens: forward, flatten the logits (remove padding: one packed row),
-    log-probs of each next token (and the entropy when asked)."""
+    """The log-probs of the response tokens: forward, flatten the logits (remove padding: one packed row), the
+    entropy when asked, then the log-probs of each next token, in verl's order (verl 0.9.1
+    verl/workers/engine/fsdp/transformer_impl.py L1396-1430)."""
     logits = model(input_ids=input_ids, use_cache=False).logits
     flat = logits.reshape(-1, logits.shape[-1])
     labels = torch.roll(input_ids.reshape(-1), shifts=-1)
+    ent = entropy(flat) if request.entropy else None  # verl computes the entropy first, then the log-probs
     out = logprobs_v2(flat, labels)
-    if request.entropy:
-        out = out + 0 * entropy(flat)
+    if ent is not None:  # losses.py ppo_loss: policy_loss -= entropy_coeff * entropy_loss, even at coefficient 0
+        out = out + 0 * ent
     return out.view(input_ids.shape)[:, -request.response_length:]
 
 

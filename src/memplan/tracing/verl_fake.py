@@ -141,11 +141,14 @@ def _iterate(request: FsdpTraceRequest, model: nn.Module, tracker: Any, progress
         if request.role is FsdpRole.ACTOR:
             progress(f"iteration {it}/{NUM_ITERATIONS}: actor update")
             tracker.set_phase(it, "forward")
-            logp, _ = _log_probs(verl_f, model, input_ids, request.entropy)
+            logp, ent = _log_probs(verl_f, model, input_ids, request.entropy)
             mask = torch.ones_like(logp)
             loss, _ = core_algos.compute_policy_loss_vanilla(
                 old_log_prob=old, log_prob=logp, advantages=torch.randn(logp.shape), response_mask=mask,
                 loss_agg_mode="token-mean", config=_LossConfig(tokens))
+            if ent is not None:  # losses.py ppo_loss: policy_loss -= entropy_coeff * entropy_loss, even at 0
+                loss = loss - 0.0 * ent.mean()
+            del ent
             tracker.set_phase(it, "backward")
             loss.backward()
             del loss, logp
