@@ -19,7 +19,7 @@ from memplan.frameworks.verl import ESTIMATE_FILL, run_for
 from memplan.frameworks.verl.command import MODULE, read_config, single_invocation
 from memplan.frameworks.verl.defaults import LATEST, VERSIONS, Engine, load_table, normalize_version
 from memplan.frameworks.verl.hydra import HydraConfig, Override, OverrideKind, apply_overrides, parse_override
-from memplan.frameworks.verl.run import VerlRun, build_run
+from memplan.frameworks.verl.run import FsdpStrategy, VerlRun, build_run
 from memplan.frameworks.verl.unmodelled import unmodelled_notes
 from memplan.hardware import resolve_gpu
 from memplan.hardware.gpu import Gpu
@@ -326,6 +326,27 @@ def _mirror_critic_budget(run: ResolvedRun, values: Mapping[str, Any]) -> Mappin
     return {**values, _CRITIC_INFER: budget}
 
 
+def _lora_notes(verl: VerlRun) -> list[str]:
+    """What of the actor's LoRA is not modelled (the adapters' states and activations are)."""
+    m = verl.actor.model
+    notes = []
+    if m.lora_rank and not m.fsdp_lora_rank:
+        notes.append("actor_rollout_ref.model.lora.rank is the Megatron key: the FSDP actor reads "
+                     "actor_rollout_ref.model.lora_rank, so it is estimated as full fine-tuning (verl still drops the "
+                     "reference model)")
+    if m.lora_rank and not m.lora_merge:
+        notes.append("the rollout engine's LoRA slots (enable_lora, max_loras 1) are not counted: they come out of "
+                     "its gpu_memory_utilization budget (KV cache)")
+    fsdp = verl.actor.fsdp
+    if m.fsdp_lora_rank and not m.lora_merge and fsdp.strategy == FsdpStrategy.FSDP and fsdp.fsdp_size > 1 \
+            and not verl.rollout.layered_summon:
+        # w:verl/utils/fsdp_utils.py collect_lora_params :751-775: FSDP.summon_full_params over the whole model
+        notes.append("without actor_rollout_ref.rollout.layered_summon=True, each weight sync gathers the whole "
+                     "actor unsharded on every GPU (FSDP1 summon_full_params, in its stored dtype): not counted, so "
+                     "memplan under-estimates the weight_sync phase")
+    return notes
+
+
 def _notes(verl: VerlRun, est: Estimate, figures: dict[str, int]) -> list[str]:
     """The start-up/wake-up, worst-case and not-modelled notes of an estimate."""
     gib = 1 << 30
@@ -343,8 +364,7 @@ def _notes(verl: VerlRun, est: Estimate, figures: dict[str, int]) -> list[str]:
     note = _sizes_note(verl)
     if note:
         notes.append(note)
-    if verl.actor.model.lora_rank:
-        notes.append("LoRA (actor_rollout_ref.model.lora_rank) is not modelled yet: estimated as full fine-tuning")
+    notes += _lora_notes(verl)
     if verl.reward_model is not None:
         notes.append("reward.reward_model is not modelled yet: its engine's memory is not counted")
     if verl.actor.model.enable_activation_offload:

@@ -6,7 +6,16 @@ Roles (w: the verl 0.9.1 wheel; reference/verl.md §1, §3, §5):
   by default: the master copy), bf16 compute, fp32 reduce, AdamW (``torch.optim``) moments in the stored
   dtype; ``param_offload``/``optimizer_offload`` move them to host between phases (the schedule).
 * ref (KL in loss or reward, no LoRA): forward-only, FSDP CPU offload always
-  (w:verl/workers/engine/fsdp/transformer_impl.py:428-463).
+  (w:verl/workers/engine/fsdp/transformer_impl.py:428-463). With LoRA there is no ref model: the actor
+  computes the reference log-probs with its adapters disabled (w:verl/trainer/ppo/v1/trainer_base.py:233-237,
+  :338-339, :1703-1707; ``disable_adapter`` in w:verl/workers/engine_workers.py:403-425), a no-grad forward no
+  larger than its old log-prob pass (same micro-batches, no entropy), so it adds no phase of its own.
+* actor LoRA (``model.lora_rank`` > 0; the FSDP engine reads that key only, transformer_impl.py:162): peft
+  ``get_peft_model`` on the loaded model before FSDP (:339-382, :597-599) with ``target_modules``, ``bias="none"``;
+  the base weights are frozen but stay in ``model_dtype`` (fp32 by default, :258-262), and adapters are cast
+  to the base dtype (:370-380), so the sharded parameters are base + adapters in the stored dtype; only the
+  adapters get gradients and AdamW state (memory/fsdp.py). FSDP1 wraps each adapter ``Linear`` as its own
+  unit (w:verl/utils/fsdp_utils.py:113-125). ``lora.merge`` only changes the sync and the engine's sleep.
 * critic (GAE or ``critic.enable``): trained, value head.
 * rollout: vLLM 0.24.0 or SGLang 0.5.12 (the releases verl 0.9.x pins), one TP shard per GPU; vLLM's
   ``gpu_memory_utilization`` is a fraction of total memory, SGLang's ``mem_fraction_static`` of free memory;
@@ -27,7 +36,7 @@ from memplan.errors import ConfigError
 from memplan.frameworks.verl.run import Batching, FsdpConfig, FsdpStrategy, RolloutEngine, VerlRun
 from memplan.frameworks.verl.schedule import Micro, verl_schedule
 from memplan.jobs.hybrid_estimate import EngineJob, HybridJob, WeightSync
-from memplan.jobs.job import GpuGroup, Job, Role, RoleName
+from memplan.jobs.job import GpuGroup, Job, LoraOptions, Role, RoleName
 from memplan.jobs.options import Method
 from memplan.memory.activations import AttnImpl
 from memplan.memory.breakdown import Phase
@@ -80,12 +89,22 @@ def micro_batch(batching: Batching, longest: int, ulysses: int, packed: bool) ->
 
 def _role(name: RoleName, spec: ModelSpec, head: Head, trained: bool, shard: FsdpSharding, micro: Micro,
           packed: bool, ulysses: int, checkpointing: bool, entropy: bool = False,
-          entropy_in_loss: bool = False, entropy_chunk: int | None = None, fused: bool = False) -> Role:
+          entropy_in_loss: bool = False, entropy_chunk: int | None = None, fused: bool = False,
+          lora: LoraOptions | None = None) -> Role:
     return Role(name=name, spec=spec, head=head, trained=trained, group="all", param_dtype=shard.compute_dtype,
-                sharding=shard, lora=None, load_in_4bit=False, gradient_checkpointing=checkpointing and trained,
+                sharding=shard, lora=lora, load_in_4bit=False, gradient_checkpointing=checkpointing and trained,
                 attn_impl=AttnImpl.FLASH_ATTENTION_2, micro_batch_size=micro[0], sequences_per_sample=1,
                 seq_len=micro[1], packing=packed, ring_size=ulysses, ds_tp_size=1, entropy=entropy,
                 entropy_in_loss=entropy_in_loss, entropy_chunk=entropy_chunk, fused_head=fused, autocast_head=True)
+
+
+def actor_lora(run: VerlRun) -> LoraOptions | None:
+    """The actor's peft LoRA (None: full fine-tuning): ``model.lora_rank``, ``lora_alpha``, ``target_modules``
+    (w:verl/workers/engine/fsdp/transformer_impl.py:359-367)."""
+    m = run.actor.model
+    if m.fsdp_lora_rank <= 0:
+        return None
+    return LoraOptions(rank=m.fsdp_lora_rank, alpha=m.lora_alpha, target_modules=m.lora_target_modules)
 
 
 def engine(run: VerlRun, spec: ModelSpec, gpu_memory_mib: int) -> tuple[EngineJob, int]:
@@ -121,6 +140,7 @@ def hybrid_job(run: VerlRun, command: str, *, gpu_memory_mib: int,
     packed = a.model.use_remove_padding
     chunk = a.entropy.chunk_size if a.entropy.from_logits_with_chunking else None
     actor_shard = sharding(a.fsdp)
+    lora = actor_lora(run)
     update = micro_batch(a.update, longest, a.ulysses_sequence_parallel_size, packed)
     micro: dict[tuple[RoleName, Phase], Micro] = {
         (RoleName.ACTOR, Phase.UPDATE_ACTOR): update,
@@ -129,7 +149,7 @@ def hybrid_job(run: VerlRun, command: str, *, gpu_memory_mib: int,
     roles = [_role(RoleName.ACTOR, spec, Head.LM, True, actor_shard, update, packed,
                    a.ulysses_sequence_parallel_size, a.model.enable_gradient_checkpointing,
                    entropy=True, entropy_in_loss=a.entropy_in_update, entropy_chunk=chunk,
-                   fused=a.model.use_fused_kernels)]
+                   fused=a.model.use_fused_kernels, lora=lora)]
     if run.ref is not None:
         ref_micro = micro_batch(run.ref.log_prob, longest, run.ref.ulysses_sequence_parallel_size, packed)
         micro[(RoleName.REF, Phase.REF_LOG_PROB)] = ref_micro
@@ -151,7 +171,7 @@ def hybrid_job(run: VerlRun, command: str, *, gpu_memory_mib: int,
     eng, level = engine(run, spec, gpu_memory_mib)
     schedule = verl_schedule(actor_offload=(a.fsdp.param_offload, a.fsdp.optimizer_offload),
                              critic_offload=critic_offload, ref=run.ref is not None, sleep_level=level,
-                             fsdp1_actor=a.fsdp.strategy == FsdpStrategy.FSDP, micro=micro)
+                             staged_sync=a.fsdp.strategy == FsdpStrategy.FSDP or lora is not None, micro=micro)
     world = run.nnodes * run.n_gpus_per_node
     job = Job(method=Method.PPO if run.critic is not None else Method.GRPO, roles=tuple(roles),
               groups=(GpuGroup(name="all", num_nodes=run.nnodes, gpus_per_node=run.n_gpus_per_node),),
