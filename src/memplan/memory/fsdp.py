@@ -146,13 +146,6 @@ def flat_groups(unit: FsdpUnit) -> tuple[FsdpUnit, ...]:
     return (base, *(FsdpUnit(name=unit.name, shapes=(s,)) for s in unit.grad_shapes))
 
 
-def trained_part(unit: FsdpUnit) -> FsdpUnit:
-    """``unit`` with only its parameters that get gradients (what reduce-scatter and the optimizer see)."""
-    if not unit.frozen:
-        return unit
-    return FsdpUnit(name=unit.name, shapes=unit.grad_shapes, late_grad_numel=unit.late_grad_numel)
-
-
 def fsdp_units(tree: ParamModule, *, layer_container: str = "model.layers",
                adapters: Mapping[str, Sequence[tuple[int, ...]]] | None = None) -> tuple[FsdpUnit, ...]:
     """The units as verl wraps a causal LM: each child of ``layer_container``, then the root with the rest.

@@ -19,7 +19,7 @@ from memplan.frameworks.verl import ESTIMATE_FILL, run_for
 from memplan.frameworks.verl.command import MODULE, read_config, single_invocation
 from memplan.frameworks.verl.defaults import LATEST, VERSIONS, Engine, load_table, normalize_version
 from memplan.frameworks.verl.hydra import HydraConfig, Override, OverrideKind, apply_overrides, parse_override
-from memplan.frameworks.verl.run import FsdpStrategy, VerlRun, build_run
+from memplan.frameworks.verl.run import VerlRun, build_run
 from memplan.frameworks.verl.unmodelled import unmodelled_notes
 from memplan.hardware import resolve_gpu
 from memplan.hardware.gpu import Gpu
@@ -337,13 +337,9 @@ def _lora_notes(verl: VerlRun) -> list[str]:
     if m.lora_rank and not m.lora_merge:
         notes.append("the rollout engine's LoRA slots (enable_lora, max_loras 1) are not counted: they come out of "
                      "its gpu_memory_utilization budget (KV cache)")
-    fsdp = verl.actor.fsdp
-    if m.fsdp_lora_rank and not m.lora_merge and fsdp.strategy == FsdpStrategy.FSDP and fsdp.fsdp_size > 1 \
-            and not verl.rollout.layered_summon:
-        # w:verl/utils/fsdp_utils.py collect_lora_params :751-775: FSDP.summon_full_params over the whole model
-        notes.append("without actor_rollout_ref.rollout.layered_summon=True, each weight sync gathers the whole "
-                     "actor unsharded on every GPU (FSDP1 summon_full_params, in its stored dtype): not counted, so "
-                     "memplan under-estimates the weight_sync phase")
+    if m.fsdp_lora_rank and m.lora_merge:
+        notes.append("actor_rollout_ref.model.lora.merge=True: the merge before each weight sync (base weights backed "
+                     "up to host RAM, adapters merged in place) is not modelled")
     return notes
 
 

@@ -31,7 +31,10 @@ every sequence at its longest (the worst case); without it, padded rows of promp
 
 from __future__ import annotations
 
-from memplan.dtypes import DType
+import math
+from dataclasses import replace
+
+from memplan.dtypes import DType, bytes_for
 from memplan.errors import ConfigError
 from memplan.frameworks.verl.run import Batching, FsdpConfig, FsdpStrategy, RolloutEngine, VerlRun
 from memplan.frameworks.verl.schedule import Micro, verl_schedule
@@ -40,11 +43,13 @@ from memplan.jobs.job import GpuGroup, Job, LoraOptions, Role, RoleName
 from memplan.jobs.options import Method
 from memplan.memory.activations import AttnImpl
 from memplan.memory.breakdown import Phase
-from memplan.memory.fsdp import FsdpSharding, FsdpVersion
+from memplan.memory import lora as lora_sizes
+from memplan.memory.fsdp import FsdpSharding, FsdpVersion, fsdp_units, unsharded_numel
 from memplan.memory.logits import Head, LogProbImpl
 from memplan.memory.sglang import sglang_config
 from memplan.memory.vllm import VllmConfig
 from memplan.model import load_model_spec
+from memplan.model.params import param_tree
 from memplan.model.spec import ModelSpec
 from memplan.sources import code
 
@@ -105,6 +110,36 @@ def actor_lora(run: VerlRun) -> LoraOptions | None:
     if m.fsdp_lora_rank <= 0:
         return None
     return LoraOptions(rank=m.fsdp_lora_rank, alpha=m.lora_alpha, target_modules=m.lora_target_modules)
+
+
+def adapter_sync(run: VerlRun, spec: ModelSpec, lora: LoraOptions, shard: FsdpSharding, sync: WeightSync) -> WeightSync:
+    """The weight sync of a LoRA actor whose adapters go to the engine unmerged.
+
+    Once the engine holds the base model (``rollout.load_format`` other than dummy: ``base_sync_done``,
+    w:verl/workers/engine_workers.py:673), each sync sends the adapters alone, collected to host tensors
+    (w:verl/utils/fsdp_utils.py ``collect_lora_params`` :715-789): the largest sent tensor is an adapter's. With a
+    dummy load the first sync sends the base model too (engine_workers.py:790-803), tensor by tensor. Without
+    ``layered_summon``, FSDP1 gathers the whole model unsharded, in its stored dtype, on every GPU for the collection
+    (``FSDP.summon_full_params(module, writeback=False)``, :751-775; at shard size 1 the parameters are already
+    whole); with it, one FSDP unit at a time (``layered_summon_lora_params`` :645-712: adapter units only under
+    FSDP1). ``layered_summon`` with a dummy load raises in verl (:725-730), refused here.
+    Assumes: FSDP2 collects adapter by adapter (``full_tensor()`` of one small tensor).
+    """
+    r = run.rollout
+    base_loaded = "dummy" not in r.load_format
+    if r.layered_summon and not base_loaded:
+        raise ConfigError(f"{ROLLOUT_KEY}.layered_summon", "needs the base model preloaded in the rollout engine: "
+                          f"verl raises with {ROLLOUT_KEY}.load_format={r.load_format} (set load_format=safetensors)")
+    tree = param_tree(spec)
+    shapes = lora_sizes.adapter_shapes(tree, lora.target_modules, lora.rank)
+    largest = max(math.prod(s) for pair in shapes.values() for s in pair) if base_loaded else None
+    summoned = 0
+    if shard.version == FsdpVersion.FSDP1 and shard.shard_size > 1 and not r.layered_summon:
+        units = fsdp_units(tree, adapters=shapes)
+        summoned = bytes_for(sum(unsharded_numel(u, shard) for u in units), shard.param_dtype)
+    src = code("verl-project/verl:verl/utils/fsdp_utils.py@v0.9.1", "collect_lora_params :715-789 (summon_full_params "
+               "without layered_summon :751-775); engine_workers.py update_weights :784-803")
+    return replace(sync, largest_numel=largest, summoned_bytes=summoned, source=src)
 
 
 def engine(run: VerlRun, spec: ModelSpec, gpu_memory_mib: int) -> tuple[EngineJob, int]:
@@ -180,6 +215,8 @@ def hybrid_job(run: VerlRun, command: str, *, gpu_memory_mib: int,
                       source=code("verl-project/verl:verl/workers/engine_workers.py@v0.9.1",
                                   "update_weights: full_tensor() in the stored dtype into a bucket sent by CUDA IPC "
                                   ":728-827; bucketed_weight_transfer.py:120,183"))
+    if lora is not None and not a.model.lora_merge:
+        sync = adapter_sync(run, spec, lora, actor_shard, sync)
     saving = tuple(r.name for r in roles if r.trained) if run.save_freq > 0 else ()
     contents = {RoleName.ACTOR: a.checkpoint_contents,
                 RoleName.CRITIC: run.critic.checkpoint_contents if run.critic is not None else ()}
