@@ -337,6 +337,11 @@ def _lora_notes(verl: VerlRun) -> list[str]:
     if m.lora_rank and not m.lora_merge:
         notes.append("the rollout engine's LoRA slots (enable_lora, max_loras 1) are not counted: they come out of "
                      "its gpu_memory_utilization budget (KV cache)")
+    if verl.critic is not None and verl.critic.model.lora_rank:
+        # verl wraps the value model with a CAUSAL_LM peft config (transformer_impl.py:359-368), which peft 0.21
+        # refuses on a token-classification model (no prepare_inputs_for_generation): not modelled
+        notes.append("critic LoRA (critic.model.lora_rank) is not modelled: the critic is estimated as full "
+                     "fine-tuning")
     if m.fsdp_lora_rank and m.lora_merge:
         notes.append("actor_rollout_ref.model.lora.merge=True: the merge before each weight sync (base weights backed "
                      "up to host RAM, adapters merged in place) is not modelled")
