@@ -5,7 +5,8 @@ causal LM from CONFIG_JSON (no download), wraps it as verl does (each decoder la
 FSDP2 ``fully_shard`` with ``MixedPrecisionPolicy(bf16, fp32)``, or FSDP1 with the same
 ``MixedPrecision``; versions ``fsdp2-lora``/``fsdp1-lora`` first add peft LoRA adapters, rank ``LORA_RANK`` on
 all linear layers, as verl's ``_build_lora_module`` does, and FSDP1 then or-s verl's LoRA lambda policy, one
-unit per leaf module whose weight requires grad, into the layer policy), runs one forward/backward and one ``torch.optim.AdamW(foreach=True)`` step, and writes
+unit per leaf module whose weight requires grad, into the layer policy), runs one forward/backward and one
+``torch.optim.AdamW(foreach=True)`` step, and writes
 per rank: sharded param bytes (storage, padding included), grad bytes, optimizer state bytes, and the
 unsharded parameter bytes alive at each decoder layer's forward and backward.
 """

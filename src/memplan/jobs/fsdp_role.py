@@ -4,7 +4,8 @@ Reached from ``jobs.roles.role_memory`` (its one dispatch on the sharding engine
 ``FsdpSharding`` fields. Routes into the formula modules and holds no formula of its own:
 
 * persistent states: memory/fsdp.py ``fsdp_state_terms`` (sharded parameters; AdamW moments of a trained
-  role; with ``Role.lora`` the adapters join their layers' units and only they get gradients and moments), computed where they rest *without* a framework's between-phase offload: the job's schedule says
+  role; with ``Role.lora`` the adapters join their layers' units and only they get gradients and moments),
+  computed where they rest *without* a framework's between-phase offload: the job's schedule says
   where each state is per phase (``jobs.schedule``: ``HOST`` between phases, ``WHILE_ACTIVE`` during the
   role's own activity). FSDP's own CPU offload (``cpu_offload``) is intrinsic: those shards are host terms.
 * gradients: memory/fsdp.py ``sharded_grads``, alive from the first backward to the end of the update (the
