@@ -3,7 +3,10 @@
 ``python tests/memory/fsdp_worker.py fsdp2,fsdp1 WORLD CONFIG_JSON OUT_JSON``. Builds a tiny transformers
 causal LM from CONFIG_JSON (no download), wraps it as verl does (each decoder layer, then the root;
 FSDP2 ``fully_shard`` with ``MixedPrecisionPolicy(bf16, fp32)``, or FSDP1 with the same
-``MixedPrecision``), runs one forward/backward and one ``torch.optim.AdamW(foreach=True)`` step, and writes
+``MixedPrecision``; versions ``fsdp2-lora``/``fsdp1-lora`` first add peft LoRA adapters, rank ``LORA_RANK`` on
+all linear layers, as verl's ``_build_lora_module`` does, and FSDP1 then or-s verl's LoRA lambda policy, one
+unit per leaf module whose weight requires grad, into the layer policy), runs one forward/backward and one
+``torch.optim.AdamW(foreach=True)`` step, and writes
 per rank: sharded param bytes (storage, padding included), grad bytes, optimizer state bytes, and the
 unsharded parameter bytes alive at each decoder layer's forward and backward.
 """
@@ -226,27 +229,52 @@ def _build(config_path: str):
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32), config
 
 
+#: Adapter rank of the ``-lora`` versions.
+LORA_RANK = 4
+
+
+def _layers(model):
+    inner = model.base_model.model if hasattr(model, "peft_config") else model
+    return list(inner.model.layers)
+
+
 def _fsdp2(model, group):
     from torch.distributed.device_mesh import DeviceMesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mesh = DeviceMesh.from_group(group, device_type="cpu")
     mp_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-    layers = list(model.model.layers)
+    layers = _layers(model)
     for layer in layers:
         fully_shard(layer, mesh=mesh, mp_policy=mp_policy, reshard_after_forward=True)
     fully_shard(model, mesh=mesh, mp_policy=mp_policy, reshard_after_forward=True)
     return layers
 
 
-def _fsdp1(model, group):
+def _lora(model):
+    """peft LoRA as verl 0.9.1 builds it (verl/workers/engine/fsdp/transformer_impl.py:359-368)."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    config = LoraConfig(task_type=TaskType.CAUSAL_LM, r=LORA_RANK, lora_alpha=16, target_modules="all-linear",
+                        bias="none")
+    return get_peft_model(model, config)
+
+
+def _fsdp1(model, group, lora: bool = False):
     import functools
 
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP, MixedPrecision
-    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+    from torch.distributed.fsdp.wrap import _or_policy, lambda_auto_wrap_policy, transformer_auto_wrap_policy
 
-    layer_cls = type(model.model.layers[0])
+    layer_cls = type(_layers(model)[0])
     policy = functools.partial(transformer_auto_wrap_policy, transformer_layer_cls={layer_cls})
+    if lora:  # verl/utils/fsdp_utils.py get_fsdp_wrap_policy :113-125
+        def leaf_trained(module):
+            return bool(len(list(module.named_children())) == 0 and getattr(module, "weight", None) is not None
+                        and module.weight.requires_grad)
+
+        lam = functools.partial(lambda_auto_wrap_policy, lambda_fn=leaf_trained)
+        policy = functools.partial(_or_policy, policies=[lam, policy])
     mixed = MixedPrecision(param_dtype=torch.bfloat16, reduce_dtype=torch.float32, buffer_dtype=torch.float32)
     return FSDP(model, process_group=group, auto_wrap_policy=policy, mixed_precision=mixed, device_id=torch.device("cpu"),
                 use_orig_params=False)
@@ -269,16 +297,18 @@ def _rank(rank: int, world: int, versions: list[str], config_path: str, init_fil
 
 def _run(version: str, config_path: str, group) -> dict:
     model, config = _build(config_path)
+    if version.endswith("-lora"):
+        model = _lora(model)
     result: dict = {"rank": dist.get_rank(group)}
     probe = None
-    if version == "fsdp2":
+    if version.startswith("fsdp2"):
         layers = _fsdp2(model, group)
         probe = Fsdp2Probe([*layers, model])
         probe.install()
     else:
         probe = Fsdp1Probe()
         probe.install()
-        model = _fsdp1(model, group)
+        model = _fsdp1(model, group, lora=version.endswith("-lora"))
         from torch.distributed.fsdp._traversal_utils import _get_fsdp_handles
 
         probe.handles = _get_fsdp_handles(model)
@@ -289,7 +319,11 @@ def _run(version: str, config_path: str, group) -> dict:
     optimizer = torch.optim.AdamW(params, lr=1e-3, foreach=True)
     torch.manual_seed(1)
     ids = torch.randint(0, config.vocab_size, (2, 16))
-    out = model(input_ids=ids, labels=ids)
+    if version.endswith("-lora"):  # verl's forward runs under autocast (transformer_impl.py:1560); FSDP1's nested
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # adapter units see the layer's fp32-cast input
+            out = model(input_ids=ids, labels=ids)
+    else:
+        out = model(input_ids=ids, labels=ids)
     out.loss.backward()
     result["grad_bytes"] = _sum_storages(p.grad for p in params)
     result["grad_dtypes"] = sorted({str(p.grad.dtype) for p in params if p.grad is not None})

@@ -4,7 +4,8 @@ Reached from ``jobs.roles.role_memory`` (its one dispatch on the sharding engine
 ``FsdpSharding`` fields. Routes into the formula modules and holds no formula of its own:
 
 * persistent states: memory/fsdp.py ``fsdp_state_terms`` (sharded parameters; AdamW moments of a trained
-  role), computed where they rest *without* a framework's between-phase offload: the job's schedule says
+  role; with ``Role.lora`` the adapters join their layers' units and only they get gradients and moments),
+  computed where they rest *without* a framework's between-phase offload: the job's schedule says
   where each state is per phase (``jobs.schedule``: ``HOST`` between phases, ``WHILE_ACTIVE`` during the
   role's own activity). FSDP's own CPU offload (``cpu_offload``) is intrinsic: those shards are host terms.
 * gradients: memory/fsdp.py ``sharded_grads``, alive from the first backward to the end of the update (the
@@ -16,6 +17,7 @@ Reached from ``jobs.roles.role_memory`` (its one dispatch on the sharding engine
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 from memplan.jobs.job import GpuGroup, Role
@@ -24,6 +26,7 @@ from memplan.memory.breakdown import Category, Device, Phase, Term
 from memplan.memory.fsdp import (
     FsdpSharding, adam_states, fsdp_state_terms, fsdp_units, host_allocations, sharded_params,
 )
+from memplan.memory import lora
 from memplan.memory.host_alloc import rounding_term
 from memplan.dtypes import bytes_for
 from memplan.jobs.fsdp_moments import backward_pass, forward_pass, head_of, optimizer_step
@@ -131,7 +134,9 @@ def fsdp_role_memory(role: Role, group: GpuGroup, logprob_impl: LogProbImpl,
     sharding = _sharding(role)
     name = str(role.name)
     tree = role_tree(role)
-    units = fsdp_units(tree, wrap_embeddings=sharding.embeddings_wrapped)
+    adapters = lora.adapter_shapes(tree, role.lora.target_modules, role.lora.rank) if role.lora and role.trained \
+        else None
+    units = fsdp_units(tree, wrap_embeddings=sharding.embeddings_wrapped, adapters=adapters)
     resting = resting_sharding(sharding)
     states = fsdp_state_terms(units, resting, role=name, trained=role.trained)
     gpu = [t for t in states if t.device == Device.GPU]
@@ -154,8 +159,9 @@ def fsdp_role_memory(role: Role, group: GpuGroup, logprob_impl: LogProbImpl,
         cfg = activation_config(fwd_role, tree)
         head = _packed_head(role, cfg, logprob_impl, entropy=role.entropy)
         activity[phase] = tuple(forward_pass(spec, cfg, head, units, resting, role=name, phase=phase))
+    trainable = sum(math.prod(s) for shapes in adapters.values() for s in shapes) if adapters else tree.num_params
     info = ModelInfo(name=role.spec.name, num_params=tree.num_params,
-                     trainable_params=tree.num_params if role.trained else 0)
+                     trainable_params=trainable if role.trained else 0)
     return RoleMemory(role=role, gpu_terms=tuple(gpu), cpu_terms=tuple(cpu), activity=activity,
                       transient=dict(activity), info=info, world_size=group.num_gpus,
                       rank0_cpu_terms=tuple(model_loading_terms(role, tree.num_params, 1)))

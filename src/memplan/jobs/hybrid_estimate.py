@@ -75,6 +75,10 @@ class WeightSync:
     """Dtype each gathered full tensor is in (the stored dtype)."""
     source: Source
     """Where the framework does it."""
+    largest_numel: int | None = None
+    """Elements of the largest tensor sent; None: the model's largest (LoRA adapters alone send less)."""
+    summoned_bytes: int = 0
+    """Bytes of the whole model gathered unsharded on each GPU for the sync's duration (0: one tensor at a time)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -153,13 +157,18 @@ def _on_gpu(mem: RoleMemory, schedule: Schedule, phase: Phase, where: Residence)
 
 def weight_sync_terms(mem: RoleMemory, sync: WeightSync, phase: Phase) -> list[Term]:
     """The sender's buffers: the bucket, plus the largest full tensor gathered in the stored dtype (a tensor
-    larger than the bucket is sent alone)."""
-    largest = bytes_for(largest_tensor_numel(mem.role.spec), sync.gathered_dtype)
+    larger than the bucket is sent alone), plus a whole-model gather when the framework makes one."""
+    numel = sync.largest_numel if sync.largest_numel is not None else largest_tensor_numel(mem.role.spec)
+    largest = bytes_for(numel, sync.gathered_dtype)
     name = mem.role.name
-    return [Term(path=f"{name}.weight_sync.bucket", bytes=sync.bucket_bytes, category=Category.TEMP,
-                 device=Device.GPU, source=sync.source, phase=phase),
-            Term(path=f"{name}.weight_sync.gathered_tensor", bytes=largest, category=Category.PARAM,
-                 device=Device.GPU, source=sync.source, phase=phase)]
+    terms = [Term(path=f"{name}.weight_sync.bucket", bytes=sync.bucket_bytes, category=Category.TEMP,
+                  device=Device.GPU, source=sync.source, phase=phase),
+             Term(path=f"{name}.weight_sync.gathered_tensor", bytes=largest, category=Category.PARAM,
+                  device=Device.GPU, source=sync.source, phase=phase)]
+    if sync.summoned_bytes:
+        terms.append(Term(path=f"{name}.weight_sync.summoned_model", bytes=sync.summoned_bytes,
+                          category=Category.PARAM, device=Device.GPU, source=sync.source, phase=phase))
+    return terms
 
 
 def activity_terms(mem: RoleMemory, hj: HybridJob, phase: Phase) -> list[Term]:

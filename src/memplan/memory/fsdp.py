@@ -16,8 +16,8 @@ unpadded element count; *compute dtype* = mixed-precision ``param_dtype``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from memplan.dtypes import DType, bytes_for
@@ -112,27 +112,68 @@ class FsdpUnit:
     late_grad_numel: int = 0
     """Elements whose gradients autograd produces only at the end of backward (an untied input embedding
     in the root): until then the root's unsharded gradients exclude them."""
+    frozen: tuple[bool, ...] = ()
+    """Per entry of ``shapes``, True for a parameter without gradients (a LoRA base weight); empty: every
+    parameter is trained."""
 
     @property
     def numel(self) -> int:
         """Unpadded elements ``U``."""
         return sum(math.prod(s) for s in self.shapes)
 
+    @property
+    def grad_shapes(self) -> tuple[tuple[int, ...], ...]:
+        """Shapes of the parameters that get gradients (and optimizer state)."""
+        if not self.frozen:
+            return self.shapes
+        return tuple(s for s, f in zip(self.shapes, self.frozen, strict=True) if not f)
 
-def fsdp_units(tree: ParamModule, *, layer_container: str = "model.layers",
-               wrap_embeddings: bool = False) -> tuple[FsdpUnit, ...]:
-    """The units as verl wraps a causal LM, in forward order: each child of ``layer_container`` (with
-    ``wrap_embeddings`` and untied embeddings, the input embedding first and the LM head after the layers),
-    then the root with the rest.
+    @property
+    def grad_numel(self) -> int:
+        """Unpadded elements that get gradients."""
+        return sum(math.prod(s) for s in self.grad_shapes)
 
-    Source: verl 0.9.1 ``verl/utils/fsdp_utils.py`` ``apply_fsdp2`` :573-600 (``fully_shard`` on each target
-    of ``_select_fsdp2_wrap_targets`` :549-570: ``_no_split_modules`` layers, and ``embed_tokens``/``lm_head``
-    by name unless ``tie_word_embeddings``; then on the model) and ``get_fsdp_wrap_policy`` (FSDP1
-    transformer auto-wrap of the layer class; the root FSDP takes the remaining parameters).
-    Assumes: the tree's layer modules are the ``_no_split_modules`` class; buffers are not sharded; the
-    untied input embedding's gradient is the last of its unit's (it is the first op of forward).
-    Checked by: tests/memory/test_fsdp.py::test_units_follow_verl_wrapping
+
+def flat_groups(unit: FsdpUnit) -> tuple[FsdpUnit, ...]:
+    """The FSDP1 flat parameters of ``unit``: one, or, when it mixes frozen and trained parameters (LoRA),
+    one of the frozen ones plus one per trained parameter.
+
+    verl wraps LoRA models with a lambda policy that makes every leaf module whose weight requires grad its
+    own FSDP unit (verl 0.9.1 ``verl/utils/fsdp_utils.py`` ``get_fsdp_wrap_policy`` :113-125, or-ed with the
+    decoder-layer policy), so the adapters' ``lora_A``/``lora_B`` ``Linear`` modules are flat parameters nested
+    in their layer's unit, which keeps only the frozen base weights.
+    Assumes: each adapter module has one parameter (peft ``bias="none"``, verl ``_build_lora_module``
+    ``transformer_impl.py`` :359-367).
     """
+    if not any(unit.frozen) or all(unit.frozen):
+        return (unit,)
+    base = FsdpUnit(name=unit.name, shapes=tuple(s for s, f in zip(unit.shapes, unit.frozen, strict=True) if f),
+                    frozen=(True,) * sum(unit.frozen))
+    return (base, *(FsdpUnit(name=unit.name, shapes=(s,)) for s in unit.grad_shapes))
+
+
+def fsdp_units(tree: ParamModule, *, layer_container: str = "model.layers", wrap_embeddings: bool = False,
+               adapters: Mapping[str, Sequence[tuple[int, ...]]] | None = None) -> tuple[FsdpUnit, ...]:
+    """The units as verl wraps a causal LM, in forward order: each child of ``layer_container`` (with
+    ``wrap_embeddings`` and untied embeddings, the input embedding first and the LM head after the layers:
+    FSDP2's ``_select_fsdp2_wrap_targets`` :549-570 wraps ``embed_tokens``/``lm_head`` by name unless
+    ``tie_word_embeddings``), then the root with the rest.
+
+    ``adapters`` (LoRA): per adapted module path, the shapes of the adapter weights peft adds to it; they
+    join that module's unit after its own tensors, every other parameter is frozen (peft freezes the base
+    model, ``bias="none"``), and nothing is a late gradient (the embedding gets none).
+
+    Source: verl 0.9.1 ``verl/utils/fsdp_utils.py`` ``apply_fsdp2`` :573-600 (``fully_shard`` on each
+    ``_no_split_modules`` layer, then on the model) and ``get_fsdp_wrap_policy`` (FSDP1 transformer
+    auto-wrap of the same layer class; the root FSDP takes the remaining parameters); LoRA: peft wraps the
+    model before FSDP (``verl/workers/engine/fsdp/transformer_impl.py`` :597-599, ``_build_lora_module``
+    :339-382), so the adapters are parameters of their layer (FSDP1 splits them off: :func:`flat_groups`).
+    Assumes: the tree's layer modules are the ``_no_split_modules`` class; buffers are not sharded; the
+    untied input embedding's gradient is the last of the unit that holds it (it is the first op of forward).
+    Checked by: tests/memory/test_fsdp.py::test_units_follow_verl_wrapping, ::test_lora_states_match_real_fsdp,
+    ::test_fsdp2_wraps_untied_embeddings_as_their_own_units
+    """
+    adapters = adapters or {}
     layers: tuple[ParamModule, ...] = ()
     for module in tree.walk():
         if module.path == layer_container:
@@ -142,18 +183,25 @@ def fsdp_units(tree: ParamModule, *, layer_container: str = "model.layers",
     tied = any(t.tied for m in rest for t in m.tensors)
     embeds = [m for m in rest if m.kind == ModuleKind.EMBEDDING] if wrap_embeddings and not tied else []
     heads = [m for m in rest if m.path.rsplit(".", 1)[-1] == "lm_head" and m.tensors] if embeds else []
-    units = [FsdpUnit(name=m.path, shapes=_shapes([m])) for m in embeds]
-    units += [FsdpUnit(name=layer.path, shapes=_shapes(layer.walk())) for layer in layers]
-    units += [FsdpUnit(name=m.path, shapes=_shapes([m])) for m in heads]
+    units = [_unit(m.path, (m,), adapters) for m in embeds]
+    units += [_unit(layer.path, tuple(layer.walk()), adapters) for layer in layers]
+    units += [_unit(m.path, (m,), adapters) for m in heads]
     own = {m.path for m in (*embeds, *heads)}
-    root = [m for m in rest if m.path not in own]
-    late = 0 if tied or embeds else sum(m.num_params for m in root if m.kind == ModuleKind.EMBEDDING)
-    units.append(FsdpUnit(name="", shapes=_shapes(root), late_grad_numel=late))
+    root = tuple(m for m in rest if m.path not in own)
+    late = 0 if tied or adapters or embeds else sum(m.num_params for m in root if m.kind == ModuleKind.EMBEDDING)
+    units.append(replace(_unit("", root, adapters), late_grad_numel=late))
     return tuple(units)
 
 
-def _shapes(modules) -> tuple[tuple[int, ...], ...]:
-    return tuple(t.shape for m in modules for t in m.tensors if not t.buffer and not t.tied)
+def _unit(name: str, modules: Sequence[ParamModule], adapters: Mapping[str, Sequence[tuple[int, ...]]]) -> FsdpUnit:
+    shapes: list[tuple[int, ...]] = []
+    frozen: list[bool] = []
+    for m in modules:
+        own = [t.shape for t in m.tensors if not t.buffer and not t.tied]
+        extra = list(adapters.get(m.path, ()))
+        shapes += own + extra
+        frozen += [True] * len(own) + [False] * len(extra)
+    return FsdpUnit(name=name, shapes=tuple(shapes), frozen=tuple(frozen) if adapters else ())
 
 
 def fsdp2_shard_numel(shape: tuple[int, ...], shard_size: int) -> int:
@@ -219,12 +267,33 @@ def shard_numel(unit: FsdpUnit, sharding: FsdpSharding) -> int:
     """
     n = sharding.shard_size
     if sharding.version == FsdpVersion.FSDP1:
-        return math.ceil(fsdp1_flat_numel(unit, sharding) / n)
+        return sum(math.ceil(fsdp1_flat_numel(g, sharding) / n) for g in flat_groups(unit))
     return sum(fsdp2_shard_numel(s, n) for s in unit.shapes)
 
 
+def grad_shard_numel(unit: FsdpUnit, sharding: FsdpSharding) -> int:
+    """The padded elements of ``unit``'s sharded gradients on each rank: ``S`` of its trained parameters
+    (all of them without LoRA). FSDP2 reduce-scatters only the parameters that have a gradient; FSDP1 a
+    frozen flat parameter gets no post-backward reduction.
+
+    Source (read in torch 2.13, this project's venv; the 2.11 wheel was not at hand): FSDP2
+    _fsdp_param_group.py ``post_backward`` :613-636 (``fsdp_params_with_grad``: parameters whose unsharded
+    gradient is not None); FSDP1 _runtime_utils.py ``_register_post_backward_hook`` :1454-1456 (no hook,
+    hence no reduction, when the flat parameter does not require grad).
+    Checked by: tests/memory/test_fsdp.py::test_lora_states_match_real_fsdp
+    """
+    if not unit.frozen:
+        return shard_numel(unit, sharding)
+    n = sharding.shard_size
+    if sharding.version == FsdpVersion.FSDP1:
+        return sum(math.ceil(fsdp1_flat_numel(g, sharding) / n) for g in flat_groups(unit) if not any(g.frozen))
+    return sum(fsdp2_shard_numel(s, n) for s in unit.grad_shapes)
+
+
 def local_numel(unit: FsdpUnit, sharding: FsdpSharding, rank: int) -> int:
-    """Elements of ``unit`` the optimizer sees on ``rank`` (its state is ``zeros_like`` of them).
+    """Elements of ``unit`` the optimizer sees on ``rank`` (its state is ``zeros_like`` of them): only the
+    parameters with gradients (AdamW creates state only for a parameter whose ``grad`` is not None,
+    torch/optim/adam.py ``_init_group``, torch 2.13 :151; LoRA base weights never get one).
 
         FSDP1 flat (no ``use_orig_params``): S, padding included (the flat shard is the parameter)
         FSDP1 ``use_orig_params``: S as an upper bound (alignment/world padding not subtracted)
@@ -235,8 +304,8 @@ def local_numel(unit: FsdpUnit, sharding: FsdpSharding, rank: int) -> int:
     Checked by: tests/memory/test_fsdp.py::test_states_match_real_fsdp
     """
     if sharding.version == FsdpVersion.FSDP1:
-        return shard_numel(unit, sharding)
-    return sum(fsdp2_local_numel(s, sharding.shard_size, rank) for s in unit.shapes)
+        return grad_shard_numel(unit, sharding)
+    return sum(fsdp2_local_numel(s, sharding.shard_size, rank) for s in unit.grad_shapes)
 
 
 def unsharded_numel(unit: FsdpUnit, sharding: FsdpSharding) -> int:
@@ -251,10 +320,10 @@ def unsharded_numel(unit: FsdpUnit, sharding: FsdpSharding) -> int:
 
 
 def num_optimizer_params(units: Sequence[FsdpUnit], sharding: FsdpSharding) -> int:
-    """Tensors the optimizer holds a state for: flat parameters (FSDP1) or original parameters."""
+    """Tensors the optimizer holds a state for: trained flat parameters (FSDP1) or original parameters."""
     if sharding.version == FsdpVersion.FSDP1 and not sharding.use_orig_params:
-        return len(units)
-    return sum(len(u.shapes) for u in units)
+        return sum(1 for u in units for g in flat_groups(u) if g.grad_shapes)
+    return sum(len(u.grad_shapes) for u in units)
 
 
 # --- persistent states -----------------------------------------------------------------------------
@@ -296,7 +365,7 @@ def sharded_grads(units: Sequence[FsdpUnit], sharding: FsdpSharding, *, role: st
                   phase: Phase | None = None) -> Term:
     """The sharded gradients, from the first reduce-scatter until they are freed (after the step).
 
-        bytes = Σ_units S · |param_dtype|     (host with cpu_offload)
+        bytes = Σ_units S_trained · |param_dtype|     (host with cpu_offload; S_trained: :func:`grad_shard_numel`)
 
     FSDP2 reduce-scatters into one padded S-element output per unit in ``reduce_dtype``, casts it to the
     parameter's dtype and makes the gradients views into it; FSDP1 reduce-scatters into a padded shard
@@ -310,7 +379,7 @@ def sharded_grads(units: Sequence[FsdpUnit], sharding: FsdpSharding, *, role: st
     Assumes: ``phase`` None = resident (the caller places gradients in the update phases).
     Checked by: tests/memory/test_fsdp.py::test_states_match_real_fsdp
     """
-    numel = sum(shard_numel(u, sharding) for u in units)
+    numel = sum(grad_shard_numel(u, sharding) for u in units)
     device = Device.CPU if sharding.cpu_offload else Device.GPU
     return _term(f"{role}.grads", numel, sharding.param_dtype, Category.GRAD, device,
                  torch_source(f"{FSDP2_DIR}/_fsdp_collectives.py", "reduce output S per unit, cast to the "
@@ -392,8 +461,9 @@ def host_allocations(units: Sequence[FsdpUnit], sharding: FsdpSharding, *, which
     """
     dtype = sharding.param_dtype
     if sharding.version == FsdpVersion.FSDP1:
-        return tuple(bytes_for(shard_numel(u, sharding), dtype) for u in units)
+        groups = [g for u in units for g in flat_groups(u) if which == "params" or g.grad_shapes]
+        return tuple(bytes_for(shard_numel(g, sharding), dtype) for g in groups)
     if which == "params":
         return tuple(bytes_for(fsdp2_shard_numel(s, sharding.shard_size), dtype) for u in units for s in u.shapes)
     return tuple(bytes_for(local_numel(FsdpUnit(name=u.name, shapes=(s,)), sharding, rank), dtype)
-                 for u in units for s in u.shapes)
+                 for u in units for s in u.grad_shapes)

@@ -24,6 +24,7 @@ from memplan.memory.fsdp import (
     FsdpUnit,
     FsdpVersion,
     fsdp2_shard_numel,
+    grad_shard_numel,
     local_numel,
     shard_numel,
     torch_source,
@@ -208,7 +209,7 @@ def backward_start_moment(units: Sequence[FsdpUnit], sharding: FsdpSharding, *, 
         ("unsharded.root", _unsharded(root, sharding), Category.PARAM, _AG),
         ("unsharded.kept", _kept_layers(layers, sharding), Category.PARAM, _AG),
         ("unsharded.prefetch", prefetch, Category.PARAM, _PREFETCH),
-        ("unsharded_grads.root_so_far", _bytes(root.numel - root.late_grad_numel, sharding, "c"), Category.GRAD,
+        ("unsharded_grads.root_so_far", _bytes(root.grad_numel - root.late_grad_numel, sharding, "c"), Category.GRAD,
          _GRADS)])
 
 
@@ -219,17 +220,19 @@ def _reduce_buffers(unit: FsdpUnit, sharding: FsdpSharding) -> list[tuple[str, i
         FSDP1: U·r cast copy, + N·S·r padded copy when U < N·S, + S·r padded sharded output
                (N = 1, NO_SHARD: the cast copy only, all-reduced in place)
     """
-    s = shard_numel(unit, sharding)
+    s = grad_shard_numel(unit, sharding)
     n = sharding.shard_size
+    if s == 0:  # a frozen unit (LoRA base): no gradient to reduce
+        return []
     if sharding.version == FsdpVersion.FSDP2:
         out = _bytes(s, sharding, "r") if sharding.cpu_offload else 0
         return [("reduce_scatter_input", _bytes(n * s, sharding, "r"), Category.GRAD, _RS2),
                 ("reduce_scatter_output", out, Category.GRAD, _RS2)]
     same = sharding.compute_dtype == sharding.reduce_dtype
-    cast = 0 if same else _bytes(unit.numel, sharding, "r")
+    cast = 0 if same else _bytes(unit.grad_numel, sharding, "r")
     if n == 1:  # NO_SHARD: the cast gradient is all-reduced in place (_reduce_grad_no_shard)
         return [("grad_reduce_cast", cast, Category.GRAD, _RS1)]
-    pad = _bytes(n * s, sharding, "r") if unit.numel < n * s else 0
+    pad = _bytes(n * s, sharding, "r") if unit.grad_numel < n * s else 0
     return [("grad_reduce_cast", cast, Category.GRAD, _RS1), ("reduce_scatter_input", pad, Category.GRAD, _RS1),
             ("reduce_scatter_output", _bytes(s, sharding, "r"), Category.GRAD, _RS1)]
 
@@ -250,9 +253,9 @@ def reduce_output_moment(reduce_moment: Sequence[Term], unit: FsdpUnit, sharding
     ``allreduce`` and a copy of this rank's chunk); scripts/probe_fsdp_reduce_cpu.py shows both on the CPU.
     Assumes: FSDP2 (FSDP1's reduction is :func:`_reduce_buffers`' cast and padded copies).
     """
-    if sharding.version != FsdpVersion.FSDP2:
+    s = grad_shard_numel(unit, sharding)
+    if sharding.version != FsdpVersion.FSDP2 or s == 0:  # FSDP1, or a frozen unit (LoRA base): nothing reduced
         return []
-    s = shard_numel(unit, sharding)
     src = torch_source(f"{FSDP2_DIR}/_fsdp_collectives.py", "foreach_reduce: grads cleared after copy-in, "
                        "reduce_output allocated; gloo reduce_scatter clones its input")
     kept = [t for t in reduce_moment if not t.path.endswith(("unsharded_grads.layer", "unsharded_grads.root"))]
@@ -284,7 +287,9 @@ def backward_moments(units: Sequence[FsdpUnit], sharding: FsdpSharding, *, role:
         the same without layer i's parameters and the held input, plus :func:`_reduce_buffers` of layer i
     When the root's backward ends: root unsharded + all its grads U_R·c + FSDP2: layer 0's held input;
     then, resharded, at its reduce: U_R·c grads + its reduce buffers (with a large vocabulary, these two
-    root moments can be the phase's worst).
+    root moments can be the phase's worst). Gradients, held inputs and reduce buffers count only the trained
+    parameters (``FsdpUnit.grad_numel``, memory/fsdp.py ``grad_shard_numel``): with LoRA, the adapters;
+    a frozen unit is still unsharded for its backward.
 
     Source: FSDP2 _fsdp_param_group.py@v2.11.0 ``pre_backward`` :477-495, ``_backward_prefetch`` :634-660,
     ``post_backward`` :497-600 (reshard before reduce; the previous ``reduce_scatter_state`` dropped at
@@ -298,7 +303,7 @@ def backward_moments(units: Sequence[FsdpUnit], sharding: FsdpSharding, *, role:
     Checked by: tests/memory/test_fsdp.py::test_fsdp2_backward_matches_real_fsdp, ::test_fsdp1_transients_match_real_fsdp
     """
     *layers, root = units
-    root_early = _bytes(root.numel - root.late_grad_numel, sharding, "c")
+    root_early = _bytes(root.grad_numel - root.late_grad_numel, sharding, "c")
     moments = []
     for i in range(len(layers) - 1, -1, -1):
         layer = layers[i]
@@ -307,19 +312,20 @@ def backward_moments(units: Sequence[FsdpUnit], sharding: FsdpSharding, *, role:
         kept = 0 if sharding.reshard_after_forward else sum(_unsharded(u, sharding) for u in layers[:max(i - 1, 0)])
         held = 0
         if sharding.version == FsdpVersion.FSDP2 and i + 1 < len(layers):
-            held = _bytes(unsharded_numel(layers[i + 1], sharding), sharding, "r")
+            held = _bytes(sharding.shard_size * grad_shard_numel(layers[i + 1], sharding), sharding, "r")
         common = [("unsharded.root", _unsharded(root, sharding), Category.PARAM, _AG),
                   ("unsharded_grads.root_so_far", root_early, Category.GRAD, _GRADS),
                   ("unsharded.prefetch", prev, Category.PARAM, _PREFETCH),
                   ("unsharded.kept", kept, Category.PARAM, _AG),
-                  ("unsharded_grads.layer", _bytes(layer.numel, sharding, "c"), Category.GRAD, _GRADS),
+                  ("unsharded_grads.layer", _bytes(layer.grad_numel, sharding, "c"), Category.GRAD, _GRADS),
                   ("cpu_offload_h2d", _h2d(layer, sharding), Category.PARAM, _AG)]
         moments.append(_moment(role, phase, [*common, ("unsharded.layer", _unsharded(layer, sharding),
                                                         Category.PARAM, _AG),
                                              ("reduce_scatter_held", held, Category.GRAD, _RS2)]))
         moments.append(_moment(role, phase, [*common, *_reduce_buffers(layer, sharding)]))
-    root_grads = ("unsharded_grads.root", _bytes(root.numel, sharding, "c"), Category.GRAD, _GRADS)
-    held = _bytes(unsharded_numel(layers[0], sharding), sharding, "r") if layers and sharding.version == FsdpVersion.FSDP2 else 0
+    root_grads = ("unsharded_grads.root", _bytes(root.grad_numel, sharding, "c"), Category.GRAD, _GRADS)
+    held = _bytes(sharding.shard_size * grad_shard_numel(layers[0], sharding), sharding, "r") \
+        if layers and sharding.version == FsdpVersion.FSDP2 else 0
     moments.append(_moment(role, phase, [("unsharded.root", _unsharded(root, sharding), Category.PARAM, _AG), root_grads,
                                          ("reduce_scatter_held", held, Category.GRAD, _RS2)]))
     moments.append(_moment(role, phase, [root_grads, *_reduce_buffers(root, sharding)]))
@@ -341,7 +347,7 @@ def no_sync_grads(units: Sequence[FsdpUnit], sharding: FsdpSharding, *, role: st
     if not sharding.no_sync_accumulation:
         return []
     which = "r" if sharding.version == FsdpVersion.FSDP2 else "c"
-    numel = sum(u.numel for u in units)
+    numel = sum(u.grad_numel for u in units)
     src = torch_source(f"{FSDP2_DIR}/_fsdp_param.py", "unsharded_accumulated_grad in reduce dtype :670-682; "
                        "FSDP1 _runtime_utils.py :742-747")
     return [Term(path=f"{role}.fsdp.no_sync_grads", bytes=_bytes(numel, sharding, which), category=Category.GRAD,
@@ -366,9 +372,9 @@ def adam_step_temporaries(units: Sequence[FsdpUnit], sharding: FsdpSharding, *, 
     src = torch_source("torch/optim/adam.py", "foreach: exp_avg_sq_sqrt of every state tensor; single: denom")
     if sharding.cpu_offload:
         largest = max((local_numel(FsdpUnit(name=u.name, shapes=(s,)), sharding, rank)
-                       for u in units for s in u.shapes), default=0)
+                       for u in units for s in u.grad_shapes), default=0)
         if sharding.version == FsdpVersion.FSDP1 and not sharding.use_orig_params:
-            largest = max(shard_numel(u, sharding) for u in units)
+            largest = max(grad_shard_numel(u, sharding) for u in units)
         return [Term(path=f"{role}.optimizer.step_temporary", bytes=_bytes(largest, sharding, "p"),
                      category=Category.OPTIMIZER, device=Device.CPU, source=src, phase=phase)]
     numel = sum(local_numel(u, sharding, rank) for u in units)

@@ -58,6 +58,19 @@ def adapter_tensor_numels(tree: ParamModule, target_modules: tuple[str, ...], ra
     return tuple(numels)
 
 
+def adapter_shapes(tree: ParamModule, target_modules: tuple[str, ...], rank: int
+                   ) -> dict[str, tuple[tuple[int, int], tuple[int, int]]]:
+    """Per targeted linear (by module path): the shapes of its ``lora_A`` (r × in) and ``lora_B`` (out × r)
+    weights, in the order peft registers them (after the base layer's own tensors)."""
+    if rank < 1:
+        raise ConfigError("lora.rank", f"must be >= 1 for LoRA, got {rank}")
+    shapes: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {}
+    for module in targeted_linears(tree, target_modules):
+        out_features, in_features = module.tensors[0].shape
+        shapes[module.path] = ((rank, in_features), (out_features, rank))
+    return shapes
+
+
 def adapter_params(tree: ParamModule, target_modules: tuple[str, ...], rank: int) -> int:
     """Trainable parameters of the adapters: Σ r·(in + out) over targeted linears."""
     return sum(adapter_tensor_numels(tree, target_modules, rank))

@@ -326,6 +326,28 @@ def _mirror_critic_budget(run: ResolvedRun, values: Mapping[str, Any]) -> Mappin
     return {**values, _CRITIC_INFER: budget}
 
 
+def _lora_notes(verl: VerlRun) -> list[str]:
+    """What of the actor's LoRA is not modelled (the adapters' states and activations are)."""
+    m = verl.actor.model
+    notes = []
+    if m.lora_rank and not m.fsdp_lora_rank:
+        notes.append("actor_rollout_ref.model.lora.rank is the Megatron key: the FSDP actor reads "
+                     "actor_rollout_ref.model.lora_rank, so it is estimated as full fine-tuning (verl still drops the "
+                     "reference model)")
+    if m.lora_rank and not m.lora_merge:
+        notes.append("the rollout engine's LoRA slots (enable_lora, max_loras 1) are not counted: they come out of "
+                     "its gpu_memory_utilization budget (KV cache)")
+    if verl.critic is not None and verl.critic.model.lora_rank:
+        # verl wraps the value model with a CAUSAL_LM peft config (transformer_impl.py:359-368), which peft 0.21
+        # refuses on a token-classification model (no prepare_inputs_for_generation): not modelled
+        notes.append("critic LoRA (critic.model.lora_rank) is not modelled: the critic is estimated as full "
+                     "fine-tuning")
+    if m.fsdp_lora_rank and m.lora_merge:
+        notes.append("actor_rollout_ref.model.lora.merge=True: the merge before each weight sync (base weights backed "
+                     "up to host RAM, adapters merged in place) is not modelled")
+    return notes
+
+
 def _notes(verl: VerlRun, est: Estimate, figures: dict[str, int]) -> list[str]:
     """The start-up/wake-up, worst-case and not-modelled notes of an estimate."""
     gib = 1 << 30
@@ -343,8 +365,7 @@ def _notes(verl: VerlRun, est: Estimate, figures: dict[str, int]) -> list[str]:
     note = _sizes_note(verl)
     if note:
         notes.append(note)
-    if verl.actor.model.lora_rank:
-        notes.append("LoRA (actor_rollout_ref.model.lora_rank) is not modelled yet: estimated as full fine-tuning")
+    notes += _lora_notes(verl)
     if verl.reward_model is not None:
         notes.append("reward.reward_model is not modelled yet: its engine's memory is not counted")
     if verl.actor.model.enable_activation_offload:

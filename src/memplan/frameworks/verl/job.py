@@ -6,7 +6,16 @@ Roles (w: the verl 0.9.1 wheel; reference/verl.md §1, §3, §5):
   by default: the master copy), bf16 compute, fp32 reduce, AdamW (``torch.optim``) moments in the stored
   dtype; ``param_offload``/``optimizer_offload`` move them to host between phases (the schedule).
 * ref (KL in loss or reward, no LoRA): forward-only, FSDP CPU offload always
-  (w:verl/workers/engine/fsdp/transformer_impl.py:428-463).
+  (w:verl/workers/engine/fsdp/transformer_impl.py:428-463). With LoRA there is no ref model: the actor
+  computes the reference log-probs with its adapters disabled (w:verl/trainer/ppo/v1/trainer_base.py:233-237,
+  :338-339, :1703-1707; ``disable_adapter`` in w:verl/workers/engine_workers.py:403-425), a no-grad forward no
+  larger than its old log-prob pass (same micro-batches, no entropy), so it adds no phase of its own.
+* actor LoRA (``model.lora_rank`` > 0; the FSDP engine reads that key only, transformer_impl.py:162): peft
+  ``get_peft_model`` on the loaded model before FSDP (:339-382, :597-599) with ``target_modules``, ``bias="none"``;
+  the base weights are frozen but stay in ``model_dtype`` (fp32 by default, :258-262), and adapters are cast
+  to the base dtype (:370-380), so the sharded parameters are base + adapters in the stored dtype; only the
+  adapters get gradients and AdamW state (memory/fsdp.py). FSDP1 wraps each adapter ``Linear`` as its own
+  unit (w:verl/utils/fsdp_utils.py:113-125). ``lora.merge`` only changes the sync and the engine's sleep.
 * critic (GAE or ``critic.enable``): trained, value head.
 * rollout: vLLM 0.24.0 or SGLang 0.5.12 (the releases verl 0.9.x pins), one TP shard per GPU; vLLM's
   ``gpu_memory_utilization`` is a fraction of total memory, SGLang's ``mem_fraction_static`` of free memory;
@@ -22,20 +31,25 @@ every sequence at its longest (the worst case); without it, padded rows of promp
 
 from __future__ import annotations
 
-from memplan.dtypes import DType
+import math
+from dataclasses import replace
+
+from memplan.dtypes import DType, bytes_for
 from memplan.errors import ConfigError
 from memplan.frameworks.verl.run import Batching, FsdpConfig, FsdpStrategy, RolloutEngine, VerlRun
 from memplan.frameworks.verl.schedule import Micro, verl_schedule
 from memplan.jobs.hybrid_estimate import EngineJob, HybridJob, WeightSync
-from memplan.jobs.job import GpuGroup, Job, Role, RoleName
+from memplan.jobs.job import GpuGroup, Job, LoraOptions, Role, RoleName
 from memplan.jobs.options import Method
 from memplan.memory.activations import AttnImpl
 from memplan.memory.breakdown import Phase
-from memplan.memory.fsdp import FsdpSharding, FsdpVersion
+from memplan.memory import lora as lora_sizes
+from memplan.memory.fsdp import FsdpSharding, FsdpVersion, fsdp_units, unsharded_numel
 from memplan.memory.logits import Head, LogProbImpl
 from memplan.memory.sglang import sglang_config
 from memplan.memory.vllm import VllmConfig
 from memplan.model import load_model_spec
+from memplan.model.params import param_tree
 from memplan.model.spec import ModelSpec
 from memplan.sources import code
 
@@ -100,13 +114,52 @@ def accumulation_steps(batching: Batching, mini_batch_prompts: int, rollout_n: i
 def _role(name: RoleName, spec: ModelSpec, head: Head, trained: bool, shard: FsdpSharding, micro: Micro,
           packed: bool, ulysses: int, checkpointing: bool, entropy: bool = False,
           entropy_in_loss: bool = False, entropy_chunk: int | None = None, fused: bool = False,
-          accumulation: int = 1) -> Role:
+          accumulation: int = 1, lora: LoraOptions | None = None) -> Role:
     return Role(name=name, spec=spec, head=head, trained=trained, group="all", param_dtype=shard.compute_dtype,
-                sharding=shard, lora=None, load_in_4bit=False, gradient_checkpointing=checkpointing and trained,
+                sharding=shard, lora=lora, load_in_4bit=False, gradient_checkpointing=checkpointing and trained,
                 attn_impl=AttnImpl.FLASH_ATTENTION_2, micro_batch_size=micro[0], sequences_per_sample=1,
                 seq_len=micro[1], packing=packed, ring_size=ulysses, ds_tp_size=1, entropy=entropy,
                 entropy_in_loss=entropy_in_loss, entropy_chunk=entropy_chunk, fused_head=fused, autocast_head=True,
                 grad_accum_steps=accumulation)
+
+
+def actor_lora(run: VerlRun) -> LoraOptions | None:
+    """The actor's peft LoRA (None: full fine-tuning): ``model.lora_rank``, ``lora_alpha``, ``target_modules``
+    (w:verl/workers/engine/fsdp/transformer_impl.py:359-367)."""
+    m = run.actor.model
+    if m.fsdp_lora_rank <= 0:
+        return None
+    return LoraOptions(rank=m.fsdp_lora_rank, alpha=m.lora_alpha, target_modules=m.lora_target_modules)
+
+
+def adapter_sync(run: VerlRun, spec: ModelSpec, lora: LoraOptions, shard: FsdpSharding, sync: WeightSync) -> WeightSync:
+    """The weight sync of a LoRA actor whose adapters go to the engine unmerged.
+
+    Once the engine holds the base model (``rollout.load_format`` other than dummy: ``base_sync_done``,
+    w:verl/workers/engine_workers.py:673), each sync sends the adapters alone, collected to host tensors
+    (w:verl/utils/fsdp_utils.py ``collect_lora_params`` :715-789): the largest sent tensor is an adapter's. With a
+    dummy load the first sync sends the base model too (engine_workers.py:790-803), tensor by tensor. Without
+    ``layered_summon``, FSDP1 gathers the whole model unsharded, in its stored dtype, on every GPU for the collection
+    (``FSDP.summon_full_params(module, writeback=False)``, :751-775; at shard size 1 the parameters are already
+    whole); with it, one FSDP unit at a time (``layered_summon_lora_params`` :645-712: adapter units only under
+    FSDP1). ``layered_summon`` with a dummy load raises in verl (:725-730), refused here.
+    Assumes: FSDP2 collects adapter by adapter (``full_tensor()`` of one small tensor).
+    """
+    r = run.rollout
+    base_loaded = "dummy" not in r.load_format
+    if r.layered_summon and not base_loaded:
+        raise ConfigError(f"{ROLLOUT_KEY}.layered_summon", "needs the base model preloaded in the rollout engine: "
+                          f"verl raises with {ROLLOUT_KEY}.load_format={r.load_format} (set load_format=safetensors)")
+    tree = param_tree(spec)
+    shapes = lora_sizes.adapter_shapes(tree, lora.target_modules, lora.rank)
+    largest = max(math.prod(s) for pair in shapes.values() for s in pair) if base_loaded else None
+    summoned = 0
+    if shard.version == FsdpVersion.FSDP1 and shard.shard_size > 1 and not r.layered_summon:
+        units = fsdp_units(tree, adapters=shapes)
+        summoned = bytes_for(sum(unsharded_numel(u, shard) for u in units), shard.param_dtype)
+    src = code("verl-project/verl:verl/utils/fsdp_utils.py@v0.9.1", "collect_lora_params :715-789 (summon_full_params "
+               "without layered_summon :751-775); engine_workers.py update_weights :784-803")
+    return replace(sync, largest_numel=largest, summoned_bytes=summoned, source=src)
 
 
 def engine(run: VerlRun, spec: ModelSpec, gpu_memory_mib: int) -> tuple[EngineJob, int]:
@@ -142,6 +195,7 @@ def hybrid_job(run: VerlRun, command: str, *, gpu_memory_mib: int,
     packed = a.model.use_remove_padding
     chunk = a.entropy.chunk_size if a.entropy.from_logits_with_chunking else None
     actor_shard = sharding(a.fsdp)
+    lora = actor_lora(run)
     update = micro_batch(a.update, longest, a.ulysses_sequence_parallel_size, packed)
     micro: dict[tuple[RoleName, Phase], Micro] = {
         (RoleName.ACTOR, Phase.UPDATE_ACTOR): update,
@@ -151,7 +205,7 @@ def hybrid_job(run: VerlRun, command: str, *, gpu_memory_mib: int,
     roles = [_role(RoleName.ACTOR, spec, Head.LM, True, actor_shard, update, packed,
                    a.ulysses_sequence_parallel_size, a.model.enable_gradient_checkpointing,
                    entropy=True, entropy_in_loss=a.entropy_in_update, entropy_chunk=chunk,
-                   fused=a.model.use_fused_kernels,
+                   fused=a.model.use_fused_kernels, lora=lora,
                    accumulation=accumulation_steps(a.update, a.ppo_mini_batch_size, run.rollout_n, world,
                                                    a.ulysses_sequence_parallel_size, longest))]
     if run.ref is not None:
@@ -177,7 +231,7 @@ def hybrid_job(run: VerlRun, command: str, *, gpu_memory_mib: int,
     eng, level = engine(run, spec, gpu_memory_mib)
     schedule = verl_schedule(actor_offload=(a.fsdp.param_offload, a.fsdp.optimizer_offload),
                              critic_offload=critic_offload, ref=run.ref is not None, sleep_level=level,
-                             fsdp1_actor=a.fsdp.strategy == FsdpStrategy.FSDP, micro=micro)
+                             staged_sync=a.fsdp.strategy == FsdpStrategy.FSDP or lora is not None, micro=micro)
     job = Job(method=Method.PPO if run.critic is not None else Method.GRPO, roles=tuple(roles),
               groups=(GpuGroup(name="all", num_nodes=run.nnodes, gpus_per_node=run.n_gpus_per_node),),
               logprob_impl=logprob_impl, framework_version=run.version, command=command)
@@ -185,6 +239,8 @@ def hybrid_job(run: VerlRun, command: str, *, gpu_memory_mib: int,
                       source=code("verl-project/verl:verl/workers/engine_workers.py@v0.9.1",
                                   "update_weights: full_tensor() in the stored dtype into a bucket sent by CUDA IPC "
                                   ":728-827; bucketed_weight_transfer.py:120,183"))
+    if lora is not None and not a.model.lora_merge:
+        sync = adapter_sync(run, spec, lora, actor_shard, sync)
     saving = tuple(r.name for r in roles if r.trained) if run.save_freq > 0 else ()
     contents = {RoleName.ACTOR: a.checkpoint_contents,
                 RoleName.CRITIC: run.critic.checkpoint_contents if run.critic is not None else ()}

@@ -156,6 +156,9 @@ class ModelOptions:
     tiled_mlp_shards: int
     lora_rank: int
     """LoRA rank: ``lora.rank`` if > 0, else ``lora_rank`` (w:trainer/ppo/v1/trainer_base.py:233-235)."""
+    fsdp_lora_rank: int
+    """``lora_rank`` alone: the FSDP engine wraps the model with peft iff it is > 0
+    (w:verl/workers/engine/fsdp/transformer_impl.py:162, :597-599)."""
     lora_alpha: int
     lora_target_modules: tuple[str, ...]
     """FSDP LoRA targets (``target_modules``; ``all-linear`` is one word)."""
@@ -349,6 +352,7 @@ def _model(config: HydraConfig, section: str) -> ModelOptions:
         tiled_mlp=values.boolean(config, f"{section}.tiled_mlp.enabled"),
         tiled_mlp_shards=values.integer(config, f"{section}.tiled_mlp.num_shards", 1, MAX_TOKENS),
         lora_rank=rank,
+        fsdp_lora_rank=values.integer(config, f"{section}.lora_rank", 0, MAX_LORA_RANK, "0 means no LoRA"),
         lora_alpha=values.integer(config, f"{section}.lora_alpha", 0, MAX_LORA_RANK * 64),
         lora_target_modules=tuple(targets) if isinstance(targets, list) else (str(targets),),
         lora_merge=values.boolean(config, f"{section}.lora.merge"),

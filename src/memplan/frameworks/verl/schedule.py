@@ -35,9 +35,11 @@ def _states(param_offload: bool, optimizer_offload: bool, active: bool, trained:
 
 
 def verl_schedule(*, actor_offload: tuple[bool, bool], critic_offload: tuple[bool, bool] | None, ref: bool,
-                  sleep_level: int, fsdp1_actor: bool, micro: dict[tuple[RoleName, Phase], Micro]) -> Schedule:
+                  sleep_level: int, staged_sync: bool, micro: dict[tuple[RoleName, Phase], Micro]) -> Schedule:
     """The step of a hybrid-engine run. ``*_offload`` = (param_offload, optimizer_offload); ``critic_offload``
-    None: no critic; ``sleep_level`` 0/1/2 of the engine; ``micro``: each pass's micro-batch."""
+    None: no critic; ``sleep_level`` 0/1/2 of the engine; ``staged_sync``: the actor's offloaded params come
+    back to the GPU for the weight sync (FSDP1, and LoRA under either FSDP: w:verl/workers/engine/fsdp/
+    transformer_impl.py:986-991), else FSDP2 streams each tensor from the host; ``micro``: each pass's micro-batch."""
     asleep = {0: (), 1: ((State.WEIGHTS, Residence.HOST), (State.KV_CACHE, Residence.FREED)),
               2: ((State.WEIGHTS, Residence.FREED), (State.KV_CACHE, Residence.FREED))}[sleep_level]
     receiving = () if sleep_level == 0 else ((State.KV_CACHE, Residence.FREED),)
@@ -70,7 +72,7 @@ def verl_schedule(*, actor_offload: tuple[bool, bool], critic_offload: tuple[boo
         phases.append(phase(Phase.UPDATE_CRITIC, asleep, Activity.IDLE, RoleName.CRITIC, Activity.TRAIN_STEP))
     phases.append(phase(Phase.UPDATE_ACTOR, asleep, Activity.IDLE, RoleName.ACTOR, Activity.TRAIN_STEP))
     sync = phase(Phase.WEIGHT_SYNC, receiving, Activity.SYNC_RECEIVE, RoleName.ACTOR, Activity.SYNC_SEND)
-    if actor_offload[0] and not fsdp1_actor:  # FSDP2 streams each tensor from the host shards
+    if actor_offload[0] and not staged_sync:  # FSDP2 streams each tensor from the host shards
         steps = tuple(RoleStep(role=s.role, activity=s.activity, states=((State.WEIGHTS, Residence.HOST),)
                                + tuple(x for x in s.states if x[0] != State.WEIGHTS))
                       if s.role == RoleName.ACTOR else s for s in sync.steps)

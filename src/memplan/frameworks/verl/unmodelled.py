@@ -54,6 +54,12 @@ UNMODELLED: Mapping[str, str] = {
     "data.gen_batch_size": "a generation batch larger than the train batch (DAPO) is not modelled, so " + UNDER,
     "*.pad_to_length*": "padding packed micro-batches to a static length is not modelled, so " + UNDER,
     "*.wrap_policy.*": "memplan wraps FSDP units per decoder layer (verl's default); " + EITHER,
+    "actor_rollout_ref.model.exclude_modules": ("LoRA exclusions are not applied: every target_modules match is "
+                                                "counted with an adapter, so " + OVER),
+    "actor_rollout_ref.model.target_parameters": ("LoRA on nn.Parameter targets (MoE experts) is not counted, so "
+                                                  + UNDER),
+    "actor_rollout_ref.model.lora_adapter_path": ("a loaded adapter's own rank and targets are not read (memplan sizes "
+                                                  "it from lora_rank and target_modules); " + EITHER),
     "actor_rollout_ref.rollout.cudagraph_capture_sizes": ("memplan sizes vLLM's CUDA-graph pool for its default "
                                                           "capture sizes; " + EITHER),
     "reward.reward_model.rollout.cudagraph_capture_sizes": "the reward model's CUDA-graph sizes are not modelled; "
