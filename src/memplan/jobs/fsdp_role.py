@@ -159,9 +159,10 @@ def fsdp_role_memory(role: Role, group: GpuGroup, logprob_impl: LogProbImpl,
         cfg = activation_config(fwd_role, tree)
         head = _packed_head(role, cfg, logprob_impl, entropy=role.entropy)
         activity[phase] = tuple(forward_pass(spec, cfg, head, units, resting, role=name, phase=phase))
-    trainable = sum(math.prod(s) for shapes in adapters.values() for s in shapes) if adapters else tree.num_params
-    info = ModelInfo(name=role.spec.name, num_params=tree.num_params,
+    total = tree.num_params  # a walk of the whole tree: once
+    trainable = sum(math.prod(s) for shapes in adapters.values() for s in shapes) if adapters else total
+    info = ModelInfo(name=role.spec.name, num_params=total,
                      trainable_params=trainable if role.trained else 0)
     return RoleMemory(role=role, gpu_terms=tuple(gpu), cpu_terms=tuple(cpu), activity=activity,
                       transient=dict(activity), info=info, world_size=group.num_gpus,
-                      rank0_cpu_terms=tuple(model_loading_terms(role, tree.num_params, 1)))
+                      rank0_cpu_terms=tuple(model_loading_terms(role, total, 1)))

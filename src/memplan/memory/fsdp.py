@@ -16,6 +16,7 @@ unpadded element count; *compute dtype* = mixed-precision ``param_dtype``.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -257,6 +258,7 @@ def fsdp1_flat_numel(unit: FsdpUnit, sharding: FsdpSharding) -> int:
     return total + (-total % sharding.shard_size)
 
 
+@lru_cache(maxsize=4096)  # the planner asks for the same units many times
 def shard_numel(unit: FsdpUnit, sharding: FsdpSharding) -> int:
     """``S``: the padded elements of ``unit`` each rank stores (the same on every rank).
 
@@ -271,6 +273,7 @@ def shard_numel(unit: FsdpUnit, sharding: FsdpSharding) -> int:
     return sum(fsdp2_shard_numel(s, n) for s in unit.shapes)
 
 
+@lru_cache(maxsize=4096)  # the planner asks for the same units many times
 def grad_shard_numel(unit: FsdpUnit, sharding: FsdpSharding) -> int:
     """The padded elements of ``unit``'s sharded gradients on each rank: ``S`` of its trained parameters
     (all of them without LoRA). FSDP2 reduce-scatters only the parameters that have a gradient; FSDP1 a
@@ -308,6 +311,7 @@ def local_numel(unit: FsdpUnit, sharding: FsdpSharding, rank: int) -> int:
     return sum(fsdp2_local_numel(s, sharding.shard_size, rank) for s in unit.grad_shapes)
 
 
+@lru_cache(maxsize=4096)  # the planner asks for the same units many times
 def unsharded_numel(unit: FsdpUnit, sharding: FsdpSharding) -> int:
     """Elements of a unit's padded all-gather destination: N · S (both versions).
 
