@@ -365,9 +365,5 @@ def test_lora_fsdp2_forward_matches_real_fsdp(real_lora: list[dict[str, Any]]) -
 
 
 @pytest.mark.tracing
-@pytest.mark.xfail(strict=True, reason="backward_moments has no moment for a backward prefetch's all-gather (the "
-                   "next layer's flat output and its all-gather input beside the current layer): with full "
-                   "gradients it is never the worst, with LoRA's tiny gradients it is (shard size 2: 407,448 B "
-                   "measured, 365,552 B predicted)")
 def test_lora_fsdp2_backward_matches_real_fsdp(real_lora: list[dict[str, Any]]) -> None:
     _peak_matches(_lora_units(), _runs(real_lora, "fsdp2-lora"), Phase.BACKWARD)

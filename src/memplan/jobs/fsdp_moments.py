@@ -14,6 +14,7 @@ backward:
     loss     saved tensors + the log-probs' and entropy's backward        + only what does not reshard
     LM head  saved tensors + logits' gradient + hidden-state gradient     + root again, last layer prefetched,
                                                                             the head's weight gradient
+    prefetch what the stack keeps + hidden-state gradient                 + the next unit's all-gather issued
     layers   the stack's backward peak                                    + FSDP's worst layer compute moment
     reduce   what the stack keeps + hidden-state gradient                 + FSDP's worst layer reduce moment
     root     the hidden-state gradient (+ a tied embedding's two addends) + FSDP's root moments
@@ -38,7 +39,8 @@ from memplan.memory.breakdown import Category, Device, Phase, Term
 from memplan.memory.fsdp import FsdpSharding, FsdpUnit, FsdpVersion, sharded_grads
 from memplan.memory.fsdp_transient import (
     adam_step_temporaries, after_forward_moment, backward_moments as fsdp_backward_moments,
-    backward_start_moment, forward_moments, head_moment, is_lm_head, no_sync_grads, reduce_output_moment,
+    backward_start_moment, forward_moments, head_moment, is_lm_head, no_sync_grads, prefetch_moments,
+    reduce_output_moment,
 )
 from memplan.memory.logits import Head, LogProbImpl, PackedHead, lm_head_weight_grad_bytes, packed_head_moments
 from memplan.memory.transient import (
@@ -167,6 +169,7 @@ def backward_pass(spec: ModelSpec, cfg: ActivationConfig, head: PackedHead | Non
     at_head = saved + logits_grad + [grad_h]
     non_root = list(units[:-1]) if sharding is not None else []
     head_unit = bool(non_root) and is_lm_head(non_root[-1])
+    prefetching = prefetch_moments(units, sharding, role=role, phase=phase) if sharding is not None else []
     if sharding is not None and len(layer_fsdp) == 2 * len(non_root):
         for k, unit in enumerate(reversed(non_root)):  # each unit's backward, then its reduce-scatter
             done = non_root[len(non_root) - k:]
@@ -174,6 +177,8 @@ def backward_pass(spec: ModelSpec, cfg: ActivationConfig, head: PackedHead | Non
                 [sharded_grads(done, sharding, role=role, phase=phase)] if done else [])
             model = _unit_model(unit, by_layer, at_head if head is not None else [], grad_h)
             resting = [t for t in model if t.category != Category.TEMP and not t.path.endswith(_LAYER_OWN)]
+            if prefetching[k]:  # its pre-backward gathers the next unit before its own backward computes
+                moments.append(resting + [grad_h] + prefetching[k] + grads)
             moments.append(model + layer_fsdp[2 * k] + grads)
             moments.append(resting + [grad_h] + layer_fsdp[2 * k + 1] + grads)
             moments.append(resting + [grad_h] + grads + reduce_output_moment(layer_fsdp[2 * k + 1], unit, sharding,

@@ -332,6 +332,45 @@ def backward_moments(units: Sequence[FsdpUnit], sharding: FsdpSharding, *, role:
     return moments
 
 
+def prefetch_moments(units: Sequence[FsdpUnit], sharding: FsdpSharding, *, role: str,
+                     phase: Phase = Phase.BACKWARD) -> list[list[Term]]:
+    """FSDP2 at N > 1, per unit in backward order (as :func:`backward_moments` walks them): the moment its
+    pre-backward issues the all-gather of the next unit to backward, before its own gradients exist.
+
+        root unsharded + the root's gradients so far + unit i unsharded (+ kept units)
+        + unit i−1's flat all-gather output N·S_{i−1}·c and its all-gather input S_{i−1}·c
+        + unit i+1's reduce-scatter input, still held
+
+    With full gradients the moment after it (unit i's gradients instead of the all-gather input) is larger;
+    with LoRA's small gradients this one is. Empty for FSDP1, FSDP2 at N = 1 (no early allocation), without
+    resharding (nothing to gather) and for the first unit (nothing to prefetch).
+
+    Source: FSDP2 _fsdp_param_group.py@v2.11.0 ``pre_backward`` :477-495 and ``_backward_prefetch`` :634-660
+    (``unshard`` of the target: ``foreach_all_gather`` allocates the flat input and output,
+    _fsdp_collectives.py :237-290); the held reduce-scatter input as in :func:`backward_moments`.
+    Checked by: tests/memory/test_fsdp.py::test_lora_fsdp2_backward_matches_real_fsdp
+    """
+    *layers, root = units
+    if sharding.version != FsdpVersion.FSDP2 or sharding.shard_size == 1 or not sharding.reshard_after_forward:
+        return [[] for _ in layers]
+    root_early = _bytes(root.grad_numel - root.late_grad_numel, sharding, "c")
+    moments = []
+    for i in range(len(layers) - 1, -1, -1):
+        if i == 0:
+            moments.append([])
+            continue
+        held = _bytes(sharding.shard_size * grad_shard_numel(layers[i + 1], sharding), sharding, "r") \
+            if i + 1 < len(layers) else 0
+        moments.append(_moment(role, phase, [
+            ("unsharded.root", _unsharded(root, sharding), Category.PARAM, _AG),
+            ("unsharded_grads.root_so_far", root_early, Category.GRAD, _GRADS),
+            ("unsharded.layer", _unsharded(layers[i], sharding), Category.PARAM, _AG),
+            ("unsharded.prefetch", _unsharded(layers[i - 1], sharding), Category.PARAM, _PREFETCH),
+            ("all_gather_input", _all_gather_input(layers[i - 1], sharding), Category.PARAM, _PREFETCH),
+            ("reduce_scatter_held", held, Category.GRAD, _RS2)]))
+    return moments
+
+
 def no_sync_grads(units: Sequence[FsdpUnit], sharding: FsdpSharding, *, role: str,
                   phase: Phase = Phase.BACKWARD) -> list[Term]:
     """Unsharded gradients kept across micro-batches when accumulating under ``no_sync``.
@@ -387,12 +426,15 @@ def fsdp_transient_terms(units: Sequence[FsdpUnit], sharding: FsdpSharding, *, r
     """Entry point: FSDP's transient GPU terms for one phase of a training or forward-only pass.
 
     ``Phase.FORWARD`` (or any forward-only phase the caller names, e.g. a log-prob pass): the worst
-    :func:`forward_moments`; ``Phase.BACKWARD``: the worst :func:`backward_moments` plus :func:`no_sync_grads`;
+    :func:`forward_moments`; ``Phase.BACKWARD``: the worst of :func:`backward_moments` and
+    :func:`prefetch_moments` plus :func:`no_sync_grads`;
     ``Phase.OPTIMIZER_STEP``: :func:`adam_step_temporaries`. A forward-only pass under ``no_grad`` has the
     same unshard pattern as a training forward.
     """
     if phase == Phase.BACKWARD:
-        return _worst(backward_moments(units, sharding, role=role, phase=phase)) + no_sync_grads(
+        moments = backward_moments(units, sharding, role=role, phase=phase) + prefetch_moments(
+            units, sharding, role=role, phase=phase)
+        return _worst(moments) + no_sync_grads(
             units, sharding, role=role, phase=phase)
     if phase == Phase.OPTIMIZER_STEP:
         return adam_step_temporaries(units, sharding, role=role, rank=rank, phase=phase)
