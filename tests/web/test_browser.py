@@ -257,8 +257,13 @@ VERL_PASTED = ("python3 -m verl.trainer.main_ppo algorithm.adv_estimator=grpo da
 def test_verl_form_and_pasted_command_give_the_apis_verdict(page, server) -> None:
     page.goto(server)
     _settled(page)
+    page.select_option("#method", "sft")
     page.select_option("#framework", "verl")
     assert page.is_hidden("[name=zero_stage]") and page.is_visible("[name=verl_gpus_per_node]")
+    # verl trains RL only: the other methods are disabled and an SFT choice becomes GRPO
+    assert page.input_value("#method") == "grpo"
+    assert page.locator("#method option[value=sft]").is_disabled()
+    assert not page.locator("#method option[value=ppo]").is_disabled()
     page.fill("#model", "qwen2.5-7b")
     page.select_option("#method", "grpo")
     page.select_option("#gpu", "h100-80g")

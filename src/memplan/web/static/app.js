@@ -400,6 +400,9 @@ async function runPlan() {
 
 // ---- wiring ------------------------------------------------------------------------------------------------
 function showRoles() {
+  // verl trains RL only: its methods are the RL ones (frameworks/verl/run.py METHOD_ESTIMATORS)
+  for (const option of form.method.options) option.disabled = isVerl() && !RL.includes(option.value);
+  if (form.method.selectedOptions[0] && form.method.selectedOptions[0].disabled) form.method.value = "grpo";
   for (const el of document.querySelectorAll(".openrlhf-only")) el.hidden = isVerl();
   for (const el of document.querySelectorAll(".rl-only")) el.hidden = !isRL();
   for (const el of document.querySelectorAll(".single-only")) el.hidden = isRL() || isVerl();
