@@ -153,7 +153,28 @@ def flat_groups(unit: FsdpUnit) -> tuple[FsdpUnit, ...]:
     return (base, *(FsdpUnit(name=unit.name, shapes=(s,)) for s in unit.grad_shapes))
 
 
+#: fsdp_units by (tree identity, arguments); the entry keeps its tree alive, so an id is never reused while cached.
+_UNITS_CACHE: dict[tuple[object, ...], tuple[ParamModule, tuple[FsdpUnit, ...]]] = {}
+_UNITS_CACHE_SIZE = 64
+
+
 def fsdp_units(tree: ParamModule, *, layer_container: str = "model.layers", wrap_embeddings: bool = False,
+               adapters: Mapping[str, Sequence[tuple[int, ...]]] | None = None) -> tuple[FsdpUnit, ...]:
+    """:func:`_fsdp_units`, remembered per tree (the planner asks for the same model's units for every
+    candidate; trees come from cached builders, so identity is the cheap key)."""
+    key = (id(tree), layer_container, wrap_embeddings,
+           tuple(sorted((k, tuple(v)) for k, v in adapters.items())) if adapters else None)
+    hit = _UNITS_CACHE.get(key)
+    if hit is not None and hit[0] is tree:
+        return hit[1]
+    units = _fsdp_units(tree, layer_container=layer_container, wrap_embeddings=wrap_embeddings, adapters=adapters)
+    if len(_UNITS_CACHE) >= _UNITS_CACHE_SIZE:
+        _UNITS_CACHE.clear()
+    _UNITS_CACHE[key] = (tree, units)
+    return units
+
+
+def _fsdp_units(tree: ParamModule, *, layer_container: str = "model.layers", wrap_embeddings: bool = False,
                adapters: Mapping[str, Sequence[tuple[int, ...]]] | None = None) -> tuple[FsdpUnit, ...]:
     """The units as verl wraps a causal LM, in forward order: each child of ``layer_container`` (with
     ``wrap_embeddings`` and untied embeddings, the input embedding first and the LM head after the layers:

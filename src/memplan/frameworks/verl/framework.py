@@ -107,10 +107,23 @@ def config_of(run: ResolvedRun) -> HydraConfig:
     return apply_overrides(load_table(run.version, Engine.DP), _overrides(run))
 
 
+#: verl_run by (release, overrides): the planner rebuilds the same runs many times; both results are immutable.
+_RUNS: dict[tuple[str, str], tuple[VerlRun, HydraConfig]] = {}
+_RUNS_SIZE = 256
+
+
 def verl_run(run: ResolvedRun) -> tuple[VerlRun, HydraConfig]:
     """The typed run and its config."""
-    config = config_of(run)
-    return build_run(config), config
+    overrides = _overrides(run)
+    key = (run.version, repr(overrides))
+    hit = _RUNS.get(key)
+    if hit is None:
+        config = apply_overrides(load_table(run.version, Engine.DP), overrides)
+        hit = (build_run(config), config)
+        if len(_RUNS) >= _RUNS_SIZE:
+            _RUNS.clear()
+        _RUNS[key] = hit
+    return hit
 
 
 def _resolved(config: HydraConfig, overrides: Sequence[Override], version: str, command: str,
