@@ -1,10 +1,10 @@
 """``memplan trace MODEL --framework verl ...``: measure verl's FSDP workers on real code.
 
 ``--engine fsdp-cpu``: real FSDP2 on the CPU with gloo, ``--gpus`` ranks, verl 0.9.1's wrapping, small models
-(:mod:`memplan.tracing.fsdp_cpu`). ``--engine fake``: verl's own engine step code at full size under
+(:mod:`memplan.tracing.fsdp_cpu`). ``--engine fake``: verl's log-prob and loss functions at full size under
 FakeTensorMode (:mod:`memplan.tracing.verl_fake`; needs ``verl`` installed). ``--engine fake-engine``: verl's
-``FSDPEngineWithLMHead`` step and ``ppo_loss`` at full size (:mod:`memplan.tracing.verl_engine`). Prints the reference record
-(``--json``) or a per-rank table. Torch is imported only inside :func:`run_verl`.
+``FSDPEngineWithLMHead`` step and ``ppo_loss`` at full size (:mod:`memplan.tracing.verl_engine`). Prints the
+reference record (``--json``) or a per-rank table. Torch is imported only inside :func:`run_verl`.
 """
 
 from __future__ import annotations
@@ -76,6 +76,13 @@ def run_verl(args: argparse.Namespace, progress: Any) -> int:
 
         record = run_fsdp_cpu(request, progress)
     elif args.engine == "fake-engine":
+        import importlib.util
+
+        missing = [m for m in ("verl", "tensordict", "datasets") if importlib.util.find_spec(m) is None]
+        if missing:
+            print(f"--engine fake-engine needs {', '.join(missing)} importable (validation/verl_fake/README.md "
+                  "gives the install)", file=sys.stderr)
+            return 2
         from memplan.tracing.verl_engine import run_verl_engine
 
         record = run_verl_engine(request, progress)
