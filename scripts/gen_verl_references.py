@@ -1,5 +1,5 @@
 """Regenerate the verl reference records: validation/fsdp_cpu/ (real FSDP2 on the CPU) and validation/verl_fake/
-(verl's engine step at full size under FakeTensorMode).
+(verl's log-prob and loss code, or its FSDPEngineWithLMHead step, at full size under FakeTensorMode).
 
 Each case is one ``memplan trace MODEL --framework verl ...`` command line; the record stores the command the
 request renders, so running it from the repository root reproduces the measured bytes.
@@ -22,6 +22,7 @@ from gen_references import SMALL_LLAMA, SMALL_QWEN2, TINY_QWEN2, VALIDATION  # t
 SMALL = "--micro_batch_size 2 --prompt_length 128 --response_length 128"
 FSDP = "--framework verl --engine fsdp-cpu"
 FAKE = "--framework verl --engine fake --gpus 1"
+ENGINE = "--framework verl --engine fake-engine --gpus 1"
 
 #: One micro-batch of one 1024 + 1024-token sequence.
 S2048 = "--micro_batch_size 1 --prompt_length 1024 --response_length 1024"
@@ -51,6 +52,13 @@ CASES: dict[str, tuple[str, str, str]] = {
                                                  "entropy_from_logits in both forwards"),
     "qwen2.5-1.5b-verl-actor-s2048-b1": ("verl_fake", f"qwen2.5-1.5b {FAKE} {S2048}", ""),
     "qwen2.5-7b-verl-actor-s2048-b1": ("verl_fake", f"qwen2.5-7b {FAKE} {S2048}", ""),
+    # --- verl's FSDPEngineWithLMHead step and ppo_loss at full size under FakeTensorMode (needs verl installed) ---
+    "qwen2.5-0.5b-verl-engine-actor-s2048-b1": ("verl_fake", f"qwen2.5-0.5b {ENGINE} {S2048}",
+                                                "engine: compute_log_prob (entropy on) and the actor update"),
+    "qwen2.5-0.5b-verl-engine-actor-entropy-s2048-b1": ("verl_fake", f"qwen2.5-0.5b {ENGINE} {S2048} --entropy",
+                                                        "engine: the update also computes the entropy"),
+    "qwen2.5-1.5b-verl-engine-actor-s2048-b1": ("verl_fake", f"qwen2.5-1.5b {ENGINE} {S2048}", ""),
+    "qwen2.5-7b-verl-engine-actor-s2048-b1": ("verl_fake", f"qwen2.5-7b {ENGINE} {S2048}", ""),
 }
 
 

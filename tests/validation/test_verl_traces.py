@@ -61,3 +61,14 @@ def test_verl_fake_entropy_adds_vocab_sized_tensors() -> None:
     logits = 2048 * 151_936 * 2
     # entropy_from_logits: softmax (kept by autograd) and softmax * logits, bf16, two logits-sized tensors more.
     assert entropy["log_prob_transient"] - plain["log_prob_transient"] >= 2 * logits - logits // 100
+
+
+def test_verl_engine_log_prob_pass_keeps_the_entropy_the_trainer_asks_for() -> None:
+    engine = _steady_transients("qwen2.5-0.5b-verl-engine-actor-s2048-b1")
+    logits = 2048 * 151_936 * 2
+    # ray_trainer._compute_old_log_prob sets calculate_entropy=True: with no grad, the bf16 logits plus
+    # entropy_from_logits' softmax and softmax * logits, each logits-sized, are alive together.
+    assert 3 * logits <= engine["log_prob_transient"] <= 3.05 * logits
+    # The update without entropy (entropy_coeff 0, calculate_entropy False): logits plus the log_softmax rows
+    # logprobs_from_logits_v2 keeps for backward, as in the function-level trace.
+    assert 2 * logits <= engine["forward_transient"] <= 2.2 * logits

@@ -5,7 +5,8 @@ reinforce, rloo: ``train_ppo_ray``) trace one role with ``--role actor|critic|re
 make-experience forward and, for the actor and critic, its training step.
 
 ``--framework verl`` traces verl's FSDP workers instead (:mod:`memplan.cli.trace_verl`): real FSDP2 on the
-CPU (``--engine fsdp-cpu``) or verl's log-prob and loss code at full size (``--engine fake``).
+CPU (``--engine fsdp-cpu``), verl's log-prob and loss code at full size (``--engine fake``) or verl's engine step
+itself at full size (``--engine fake-engine``).
 
 Needs the optional ``trace`` extra (torch, transformers, peft, deepspeed), imported only inside :func:`run`.
 """
@@ -42,14 +43,15 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
                     "accelerator, one process per rank (small models only). RL methods (ppo, grpo, reinforce, "
                     "rloo) trace one role of train_ppo_ray with --role: its make-experience forward and, for the "
                     "actor and critic, its training step (fake engine). --framework verl: verl's FSDP workers, with "
-                    "--engine fsdp-cpu (real FSDP2 on the CPU, --gpus ranks) or --engine fake (verl's log-prob and "
-                    "loss code at full size; needs verl installed).")
+                    "--engine fsdp-cpu (real FSDP2 on the CPU, --gpus ranks), --engine fake (verl's log-prob and "
+                    "loss code at full size) or --engine fake-engine (verl's FSDPEngineWithLMHead step and ppo_loss "
+                    "at full size); the last two need verl installed.")
     parser.add_argument("model", metavar="MODEL", help="preset name, hub id, config.json or its directory")
     parser.add_argument("--framework", default="openrlhf", choices=["openrlhf", "verl"],
                         help="whose step code to trace (default openrlhf; verl: see the verl options)")
     parser.add_argument("--method", default=None, choices=[*SINGLE_METHODS, *RL_METHODS],
                         help="the OpenRLHF method (required with --framework openrlhf)")
-    parser.add_argument("--engine", default="fake", choices=["fake", "deepspeed-cpu", "fsdp-cpu"])
+    parser.add_argument("--engine", default="fake", choices=["fake", "deepspeed-cpu", "fsdp-cpu", "fake-engine"])
     parser.add_argument("--max_len", "--max-len", "--data.max_len", dest="max_len", type=int, default=None,
                         help="tokens per sequence (default per method: sft/kto/kd/prm 2048, rm/dpo 512)")
     parser.add_argument("--micro_train_batch_size", "--micro-train-batch-size", "--train.micro_batch_size",
@@ -188,8 +190,8 @@ def run(args: argparse.Namespace) -> int:
     if args.method is None:
         raise ConfigError("--method", f"required with --framework openrlhf (one of "
                                       f"{', '.join((*SINGLE_METHODS, *RL_METHODS))})")
-    if args.engine == "fsdp-cpu":
-        raise ConfigError("--engine", "fsdp-cpu traces verl's FSDP workers: give --framework verl")
+    if args.engine in ("fsdp-cpu", "fake-engine"):
+        raise ConfigError("--engine", f"{args.engine} traces verl's FSDP workers: give --framework verl")
     request = _request(args)
     _check_models(request)
     try:

@@ -1,9 +1,10 @@
 """``memplan trace MODEL --framework verl ...``: measure verl's FSDP workers on real code.
 
 ``--engine fsdp-cpu``: real FSDP2 on the CPU with gloo, ``--gpus`` ranks, verl 0.9.1's wrapping, small models
-(:mod:`memplan.tracing.fsdp_cpu`). ``--engine fake``: verl's own engine step code at full size under
-FakeTensorMode (:mod:`memplan.tracing.verl_fake`; needs ``verl`` installed). Prints the reference record
-(``--json``) or a per-rank table. Torch is imported only inside :func:`run_verl`.
+(:mod:`memplan.tracing.fsdp_cpu`). ``--engine fake``: verl's log-prob and loss functions at full size under
+FakeTensorMode (:mod:`memplan.tracing.verl_fake`; needs ``verl`` installed). ``--engine fake-engine``: verl's
+``FSDPEngineWithLMHead`` step and ``ppo_loss`` at full size (:mod:`memplan.tracing.verl_engine`). Prints the
+reference record (``--json``) or a per-rank table. Torch is imported only inside :func:`run_verl`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 from typing import Any
 
 #: Engines of the verl traces.
-VERL_ENGINES = ("fsdp-cpu", "fake")
+VERL_ENGINES = ("fsdp-cpu", "fake", "fake-engine")
 
 
 def register_verl(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +31,9 @@ def register_verl(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no_gradient_checkpointing", dest="verl_gradient_checkpointing", action="store_false",
                        help="actor_rollout_ref.model.enable_gradient_checkpointing=False")
     group.add_argument("--entropy", dest="verl_entropy", action="store_true",
-                       help="the log-prob forward also computes the entropy (calculate_entropy)")
+                       help="the log-prob forward also computes the entropy (calculate_entropy); with --engine "
+                            "fake-engine: the update does (calculate_entropy or entropy_coeff != 0), the log-prob "
+                            "pass always does (verl's trainer sets it)")
 
 
 def verl_request(args: argparse.Namespace) -> Any:
@@ -72,6 +75,17 @@ def run_verl(args: argparse.Namespace, progress: Any) -> int:
         from memplan.tracing.fsdp_cpu import run_fsdp_cpu
 
         record = run_fsdp_cpu(request, progress)
+    elif args.engine == "fake-engine":
+        import importlib.util
+
+        missing = [m for m in ("verl", "tensordict", "datasets") if importlib.util.find_spec(m) is None]
+        if missing:
+            print(f"--engine fake-engine needs {', '.join(missing)} importable (validation/verl_fake/README.md "
+                  "gives the install)", file=sys.stderr)
+            return 2
+        from memplan.tracing.verl_engine import run_verl_engine
+
+        record = run_verl_engine(request, progress)
     else:
         from memplan.tracing.verl_fake import run_verl_fake
 

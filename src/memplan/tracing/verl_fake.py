@@ -6,7 +6,8 @@ takes ``logprobs_from_logits_v2``), ``entropy_from_logits`` and ``verl.trainer.p
 compute_policy_loss_vanilla`` (what ``verl/workers/utils/losses.py::ppo_loss`` calls for ``loss_mode``
 vanilla, with ``agg_loss`` token-mean). Driving ``FSDPEngineWithLMHead.forward_step`` itself needs
 ``verl.workers.utils.losses``, which imports ``datasets`` (pyarrow, pandas) and the engine's TensorDict
-micro-batching; that was not done: the model forward is the Hugging Face model's, shaped as the engine's
+micro-batching; that is not done here (``--engine fake-engine``, :mod:`memplan.tracing.verl_engine`, drives
+it): the model forward is the Hugging Face model's, shaped as the engine's
 remove-padding path feeds it (one packed row of micro_batch_size x (prompt + response) tokens, logits
 flattened to (tokens, vocab), temperature 1 so no scaled copy: ``_scale_logits_by_temperature``).
 

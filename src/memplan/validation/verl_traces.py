@@ -45,6 +45,10 @@ VERL_FAKE_DIR = Path("verl_fake")
 #: Phases in the order a record's iteration holds them.
 VERL_PHASES = ("log_prob", "forward", "backward", "optimizer_step")
 
+#: Engines of the fake-tensor records: verl's log-prob and loss functions (fake), verl's engine step
+#: (fake-engine, whose log-prob pass computes the entropy as the trainer asks: ``log_prob_entropy``).
+FAKE_ENGINES = ("fake", "fake-engine")
+
 #: Categories of a fake trace's transient memory.
 FAKE_TRANSIENT = ("activation", "temp")
 
@@ -61,7 +65,7 @@ def traced_role(record: dict[str, Any], repo_root: Path) -> Role:
     model = cfg["model"]
     spec = load_model_spec(str(repo_root / model) if (repo_root / model).is_file() else model)
     actor = cfg["role"] == "actor"
-    fake = record["engine"] == "fake"
+    fake = record["engine"] in FAKE_ENGINES
     sharding = FsdpSharding(version=FsdpVersion.FSDP2, shard_size=int(cfg["world_size"]),
                             param_dtype=DType.FP32 if actor and not fake else DType.BF16, compute_dtype=DType.BF16,
                             reduce_dtype=DType.FP32, reshard_after_forward=bool(cfg["reshard_after_forward"]),
@@ -73,7 +77,8 @@ def traced_role(record: dict[str, Any], repo_root: Path) -> Role:
                 param_dtype=DType.BF16, sharding=sharding, lora=None, load_in_4bit=False,
                 gradient_checkpointing=bool(cfg["gradient_checkpointing"]) and actor, attn_impl=AttnImpl.SDPA,
                 micro_batch_size=1 if fake else micro, sequences_per_sample=1, seq_len=micro * tokens if fake else tokens,
-                packing=fake, ring_size=1, ds_tp_size=1, entropy=bool(cfg["entropy"]),
+                packing=fake, ring_size=1, ds_tp_size=1,
+                entropy=bool(cfg.get("log_prob_entropy", cfg["entropy"])),
                 entropy_in_loss=bool(cfg["entropy"]), autocast_head=True, grad_accum_steps=1)
 
 
