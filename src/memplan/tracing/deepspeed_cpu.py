@@ -81,7 +81,7 @@ def launch_ranks(module: str, payload: dict[str, Any], num_ranks: int, out_dir: 
                 if _ERROR_LINE.search(line) and line not in errors:
                     errors.append(line)
         return proc.wait(), "\n".join(errors[:4] or tail)
-    except KeyboardInterrupt:
+    except BaseException:  # Ctrl-C, or a test's time limit: no rank outlives its launcher
         os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=10)

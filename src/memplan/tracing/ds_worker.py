@@ -142,11 +142,29 @@ def _build(request: TraceRequest, tracker: PhaseTracker) -> tuple[Any, Any, int]
     return engine, frozen_engine, config.vocab_size
 
 
+def _skip_shm_comm_op() -> None:
+    """Keep DeepSpeed's CPU backend on plain gloo: no shared-memory all-reduce op, so nothing is compiled.
+
+    On the CPU accelerator ``TorchBackend.__init__`` calls ``build_shm_op()``, which first probes every op builder
+    (compiler subprocesses) and then JIT-compiles ``deepspeed_shm_comm`` with ninja when
+    ``deepspeed.ops.__compatible_ops__`` says it can (deepspeed 0.19.8, ``deepspeed/comm/torch.py`` lines 47-53 and
+    207-223; ``deepspeed/ops/__init__.py`` lines 15-34 cache the probe in that module global). That op only serves
+    ``inference_all_reduce`` and keeps its buffers in ``/dev/shm``, outside the allocator MemTracker counts; the
+    training collectives go through ``torch.distributed`` either way, and a GPU run uses NCCL, never this op. The
+    build took 70-90 s per fresh machine here and stalled a CI machine, so the worker declares the op unavailable
+    before ``init_distributed``, which skips both the probe and the build.
+    """
+    import deepspeed.ops
+
+    deepspeed.ops.__dict__["__compatible_ops__"] = {"deepspeed_shm_comm": False}
+
+
 def run_rank(request: TraceRequest, out_dir: Path) -> None:
     """Trace this rank and write its JSON."""
     import deepspeed
 
     rank = int(os.environ.get("RANK", "0"))
+    _skip_shm_comm_op()
     deepspeed.init_distributed(dist_backend="gloo")
     torch.manual_seed(SEED)
     tracker = PhaseTracker()
