@@ -670,6 +670,14 @@ class Env:
         for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"),
                            ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29611")):
             os.environ.setdefault(key, value)
+        if self.dry_run:
+            # DeepSpeed's CPU backend would probe every op builder and JIT-compile its shared-memory all-reduce
+            # op with ninja (deepspeed 0.19.8, deepspeed/comm/torch.py lines 47-53 and 207-223); that op serves
+            # only inference_all_reduce, and the build outlasted a case's timeout on a fresh CI machine. The
+            # reasoning is in memplan.tracing.ds_worker._skip_shm_comm_op; a GPU run uses NCCL and never builds it.
+            import deepspeed.ops
+
+            deepspeed.ops.__dict__["__compatible_ops__"] = {"deepspeed_shm_comm": False}
         deepspeed.init_distributed(dist_backend="gloo" if self.dry_run else "nccl")
         return True
 
