@@ -165,9 +165,11 @@ def test_fsdp2_wraps_untied_embeddings_as_their_own_units() -> None:
 def test_head_and_reduce_output_moments_by_hand() -> None:
     """llama-small over 2 ranks, bf16 compute, fp32 reduce, its LM head a unit: at the head the root's norm
     (512 x 2 B) and the LM head unsharded (32000 x 512 x 2 B = 32,768,000) plus its flat all-gather output, held
-    until the root's post-forward (another 32,768,000). At the input embedding's reduce, after the copy-in: its
-    gradients freed, the reduce-scatter output S x 4 B = 8,192,000 x 4 = 32,768,000 and, on gloo, the clone of
-    the input 2 x S x 4 B = 65,536,000."""
+    until the root's post-forward (another 32,768,000). At the input embedding's reduce, after the copy-in: the
+    gradient list cleared, the reduce-scatter output S x 4 B = 8,192,000 x 4 = 32,768,000 and, on gloo, the clone of
+    the input 2 x S x 4 B = 65,536,000. The unit's one gradient (32000 x 512 x 2 B = 32,768,000) is still alive:
+    torch 2.11 ``foreach_reduce`` (torch/distributed/fsdp/_fully_shard/_fsdp_collectives.py lines 504-515) binds
+    it to the copy-in loop's variable ``unsharded_grad``, which outlives ``unsharded_grads.clear()`` (line 531)."""
     tree = param_tree(spec_from_config(json.loads((TINY.parent / "llama-small.json").read_text()), name="llama-small"))
     units = fsdp_units(tree, wrap_embeddings=True)
     sharding = _sharding(FsdpVersion.FSDP2, 2, embeddings_wrapped=True)
@@ -176,7 +178,7 @@ def test_head_and_reduce_output_moments_by_hand() -> None:
     after = reduce_output_moment(reduce, units[0], sharding, role="a")
     assert not any(t.path.endswith("unsharded_grads.layer") for t in after)
     added = {t.path.rsplit(".", 1)[-1]: t.bytes for t in after if t not in reduce}
-    assert added == {"reduce_scatter_output": 32_768_000}
+    assert added == {"reduce_scatter_output": 32_768_000, "last": 32_768_000}
     gloo = reduce_output_moment(reduce, units[0], _sharding(FsdpVersion.FSDP2, 2, gloo=True), role="a")
     assert {t.path.rsplit(".", 1)[-1]: t.bytes for t in gloo if t not in reduce}["gloo_reduce_scatter_clone"] == 65_536_000
 

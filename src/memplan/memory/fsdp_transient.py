@@ -13,6 +13,7 @@ parameter dtypes. An unsharded unit costs ``N·S·c``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from memplan.dtypes import bytes_for
@@ -239,19 +240,31 @@ def _reduce_buffers(unit: FsdpUnit, sharding: FsdpSharding) -> list[tuple[str, i
 
 def reduce_output_moment(reduce_moment: Sequence[Term], unit: FsdpUnit, sharding: FsdpSharding, *, role: str,
                          phase: Phase = Phase.BACKWARD) -> list[Term]:
-    """FSDP2, a unit's reduce once its gradients are copied in: the unsharded gradients freed, the reduce-scatter
-    output (the unit's new sharded gradients, S·r) allocated beside the still-held input; on gloo also the
-    collective's own clone of the input.
+    """FSDP2, a unit's reduce once its gradients are copied in: the unsharded gradients freed but the last one,
+    the reduce-scatter output (the unit's new sharded gradients, S·r) allocated beside the still-held input; on
+    gloo also the collective's own clone of the input.
 
-        reduce moment − the unit's unsharded gradients + S·r (+ N·S·r on gloo, N > 1: at N = 1 FSDP2
-        copies the input into the output without a collective)
+        reduce moment − the unit's unsharded gradients + its last trained parameter's gradient L·c (N > 1)
+        + S·r (+ N·S·r on gloo, N > 1: at N = 1 FSDP2 copies the input into the output without a collective)
 
-    Source: FSDP2 _fsdp_collectives.py@v2.11.0 ``foreach_reduce`` (``unsharded_grads.clear()`` after
-    ``foreach_reduce_scatter_copy_in``, then ``reduce_output = reduce_scatter_comm.allocate(...)`` before the
-    collective); pytorch/pytorch torch/csrc/distributed/c10d/ProcessGroupGloo.cpp@v2.11.0
-    ``ProcessGroupGloo::reduce_scatter_tensor_coalesced`` (``buffers.push_back(inputTensors[i].clone())``, then
-    ``allreduce`` and a copy of this rank's chunk); scripts/probe_fsdp_reduce_cpu.py shows both on the CPU.
-    Assumes: FSDP2 (FSDP1's reduction is :func:`_reduce_buffers`' cast and padded copies).
+    The last gradient survives ``unsharded_grads.clear()`` because, at N > 1, ``foreach_reduce`` first walks
+    ``for i, (fsdp_param, unsharded_grad) in enumerate(zip(fsdp_params, unsharded_grads))`` (the Shard(dim≠0)
+    re-chunking; every dim-0 parameter just ``continue``s), and the loop variable keeps the list's last tensor
+    alive in the function's frame until it returns, after the collective. That is a Python reference, so it
+    holds on CUDA as on the CPU; it matters when a unit's last parameter is large: an untied input embedding or
+    LM head wrapped as its own unit (a decoder layer ends with its post-attention norm, a tied root with the
+    final norm).
+
+    Source: FSDP2 _fsdp_collectives.py@v2.11.0 ``foreach_reduce`` (the re-chunking loop :504-515,
+    ``unsharded_grads.clear()`` :531 after ``foreach_reduce_scatter_copy_in``, then ``reduce_output =
+    reduce_scatter_comm.allocate(...)`` :537 before the collective; the same at torch 2.13, lines 578-606, and
+    2.14.1); pytorch/pytorch
+    torch/csrc/distributed/c10d/ProcessGroupGloo.cpp@v2.11.0 ``ProcessGroupGloo::reduce_scatter_tensor_coalesced``
+    (``buffers.push_back(inputTensors[i].clone())``, then ``allreduce`` and a copy of this rank's chunk);
+    scripts/probe_fsdp_reduce_cpu.py shows all three on the CPU (for each [V, H] unit: the bf16 gradient is freed
+    only after the clone and the output).
+    Assumes: FSDP2 (FSDP1's reduction is :func:`_reduce_buffers`' cast and padded copies); ``FsdpUnit.shapes`` in
+    ``named_parameters`` order, which is FSDP2's ``fsdp_params`` order.
     """
     s = grad_shard_numel(unit, sharding)
     if sharding.version != FsdpVersion.FSDP2 or s == 0:  # FSDP1, or a frozen unit (LoRA base): nothing reduced
@@ -259,7 +272,9 @@ def reduce_output_moment(reduce_moment: Sequence[Term], unit: FsdpUnit, sharding
     src = torch_source(f"{FSDP2_DIR}/_fsdp_collectives.py", "foreach_reduce: grads cleared after copy-in, "
                        "reduce_output allocated; gloo reduce_scatter clones its input")
     kept = [t for t in reduce_moment if not t.path.endswith(("unsharded_grads.layer", "unsharded_grads.root"))]
+    last = math.prod(unit.grad_shapes[-1]) if sharding.shard_size > 1 else 0
     return kept + _moment(role, phase, [
+        ("unsharded_grads.last", _bytes(last, sharding, "c"), Category.GRAD, src),
         ("reduce_scatter_output", _bytes(s, sharding, "r"), Category.GRAD, src),
         ("gloo_reduce_scatter_clone", _bytes(sharding.shard_size * s, sharding, "r")
          if sharding.gloo and sharding.shard_size > 1 else 0,
