@@ -219,7 +219,9 @@ def test_check_pasted_flag(case: tuple[str, str, str, FlagSpec], value: str) -> 
 
 SHELL_PIECES = ("deepspeed", "--module", "openrlhf.cli.train_sft", "--pretrain", MODEL, "\\\n", "'", "\"", "$(",
                 ")", "`", "<<EOF", "EOF", "&&", ";", "|", "#", "\n", "bash -c", "ray job submit --", "python3 -m",
-                "openrlhf.cli.train_ppo_ray", "--zero_stage", "3", "--max_len", "=", "${A:-1}", "export A=2")
+                "openrlhf.cli.train_ppo_ray", "--zero_stage", "3", "--max_len", "=", "${A:-1}", "export A=2",
+                "if", "then", "elif", "else", "fi", "case", "in", "esac", ";;", ";&", "[", "]", "[[", "]]", "((",
+                "))", "-n", "!=", "a)", "*)", "exit 1", "$1", "$#")
 
 
 @FUZZ_SETTINGS

@@ -12,7 +12,7 @@ redirections, ``NAME=value`` assignments and environment prefixes, and the hered
 
 Words are split as POSIX :mod:`shlex` splits them (one linear pass, see ``_words``). A ``$NAME`` word
 whose variable was assigned in the text is replaced by the words of its value; unknown variables are
-left as typed.
+left as typed. ``if``/``case`` take the branch bash would take (``shell_flow``); loops are read once.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import shlex
 from dataclasses import dataclass, field
 
 from memplan.errors import ConfigError
+from memplan.frameworks.shell_flow import Flow, Token, known_variables, operators, without_redirections
 
 _OPERATOR_CHARS = ";&|()<>"
 _MARK = "\x00"
@@ -298,22 +299,17 @@ def _split_error(reason: str) -> ConfigError:
     return ConfigError("command", f"cannot split into words: {reason}")
 
 
-def _simple_commands(words: list[str]) -> list[list[str]]:
-    """Split a word list at ``;``/``&&``/``|``..., dropping redirections and their targets."""
-    commands: list[list[str]] = [[]]
-    index = 0
-    while index < len(words):
-        word = words[index]
-        if not word.startswith(_MARK):
-            commands[-1].append(word)
-        elif "<" in word or ">" in word:
-            if commands[-1] and commands[-1][-1].isdigit():
-                commands[-1].pop()
-            index += 1
-        else:
-            commands.append([])
-        index += 1
-    return [c for c in commands if c]
+def _tokens(lines: list[_Line]) -> list[Token]:
+    """Every line's words and operators in order, a newline token after each line."""
+    tokens: list[Token] = []
+    for index, line in enumerate(lines):
+        for word in _words(line.text):
+            if word.startswith(_MARK):
+                tokens.extend(Token(op, index, operator=True) for op in operators(word[len(_MARK):]))
+            else:
+                tokens.append(Token(word, index))
+        tokens.append(Token("\n", index, operator=True))
+    return tokens
 
 
 def _lookup(match: re.Match[str], variables: dict[str, str], expanding: frozenset[str]) -> str | None:
@@ -363,6 +359,12 @@ def _expand(word: str, variables: dict[str, str], budget: _Budget,
             budget.known[key] = [w for part in words_of(value) for w in _expand(part, variables, budget, inner)]
         return budget.spend(budget.known[key], word)
 
+    return budget.spend([_substitute(word, variables, expanding)], word)
+
+
+def _substitute(word: str, variables: dict[str, str], expanding: frozenset[str] = frozenset()) -> str:
+    """``word`` with its known variables replaced in place, as one word (as inside double quotes)."""
+
     def substitute(match: re.Match[str]) -> str:
         value = _lookup(match, variables, expanding)
         if value is None:
@@ -371,7 +373,7 @@ def _expand(word: str, variables: dict[str, str], budget: _Budget,
             return _ANY_VARIABLE.sub(substitute, value)
         return value
 
-    return budget.spend([_ANY_VARIABLE.sub(substitute, word)], word)
+    return _ANY_VARIABLE.sub(substitute, word)
 
 
 def _read_target(command: list[str]) -> str | None:
@@ -424,25 +426,56 @@ def words_of(text: str) -> list[str]:
     return [w for line in _Scanner(text).run() for w in _words(line.text) if not w.startswith(_MARK)]
 
 
-def split_commands(text: str) -> tuple[list[list[str]], dict[str, str]]:
-    """The simple commands of a pasted script (expanded) and the variables it assigns."""
-    variables: dict[str, str] = {}
+_POSITIONAL = re.compile(r"\$(?:\{([0-9]+|[@*#])\}|([0-9@*#]))")
+
+
+def _no_arguments(word: str) -> str:
+    """``word`` as a script run with no arguments sees it: ``$1``, ``${2}``, ``$@``, ``$*`` empty, ``$#`` 0
+    (a pasted script is read as ``bash script.sh``; a ``${1:-default}`` takes its default in ``_lookup``)."""
+    return _POSITIONAL.sub(lambda m: "0" if "#" in (m.group(1) or m.group(2)) else "", word)
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    """What a pasted script runs: its simple commands (expanded), the variables it assigns, and notes on what
+    memplan could not settle (a branch it could not choose)."""
+
+    commands: list[list[str]]
+    variables: dict[str, str]
+    notes: tuple[str, ...]
+
+
+def split_commands(text: str, environment: dict[str, str] | None = None) -> tuple[list[list[str]], dict[str, str]]:
+    """The simple commands of a pasted script (expanded) and the variables it assigns (see :func:`read_script`)."""
+    script = read_script(text, environment)
+    return script.commands, script.variables
+
+
+def read_script(text: str, environment: dict[str, str] | None = None) -> Script:
+    """The simple commands a pasted script runs, on the branches bash would take (``shell_flow``).
+    ``environment``: variables the script starts with, as ``NAME=value bash script.sh`` gives them."""
+    variables: dict[str, str] = dict(environment or {})
     commands: list[list[str]] = []
     budget = _Budget()
     clean = text.replace("\r\n", "\n").replace(_MARK, "").replace(_LITERAL_DOLLAR, "")
-    for line in _Scanner(clean).run():
-        heredocs = list(line.heredocs)
-        for command in _simple_commands(_words(line.text)):
-            budget.known.clear()  # assignments since the last command change what a reference means
-            expanded = [w for word in command for w in _expand(word, variables, budget)]
-            target = _read_target(expanded)
-            if target is not None and heredocs:
-                variables[target] = heredocs.pop(0)
-                continue
-            if _assign_array(expanded, variables):
-                continue
-            rest = _assign(expanded, variables)
-            if rest:
-                commands.append(rest)
+    lines = _Scanner(clean).run()
+    heredocs = [list(line.heredocs) for line in lines]
+
+    def run_command(tokens: list[Token]) -> None:
+        budget.known.clear()  # assignments since the last command change what a reference means
+        expanded = [w for word in without_redirections(tokens) for w in _expand(word, variables, budget)]
+        target = _read_target(expanded)
+        if target is not None and heredocs[tokens[0].line]:
+            variables[target] = heredocs[tokens[0].line].pop(0)
+            return
+        if _assign_array(expanded, variables):
+            return
+        rest = _assign(expanded, variables)
+        if rest:
+            commands.append(rest)
+
+    flow = Flow(_tokens(lines), run_command=run_command, variable=known_variables(variables),
+                expand=lambda word: restore(_substitute(_no_arguments(word), variables)))
+    flow.run()
     final = [[restore(w) for w in command] for command in commands]
-    return final, {name: restore(value) for name, value in variables.items()}
+    return Script(final, {name: restore(value) for name, value in variables.items()}, tuple(flow.notes))

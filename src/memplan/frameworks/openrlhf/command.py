@@ -37,7 +37,7 @@ from memplan.frameworks.openrlhf.flags import (
     tables_with,
 )
 from memplan.frameworks.openrlhf.launchers import Launcher, LauncherWorld, find_launcher, parse_world
-from memplan.frameworks.shell import restore, split_commands, words_of
+from memplan.frameworks.shell import read_script, restore, split_commands, words_of
 
 _ENTRY = re.compile(r"^(?:.*/)?openrlhf[./]cli[./]([A-Za-z_][A-Za-z0-9_]*?)(?:\.py)?$")
 _NEGATIVE_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$")
@@ -77,7 +77,7 @@ class ParsedCommand:
 def parse_command(command: str | Sequence[str]) -> ParsedCommand:
     """Parse a launch command (one string, a pasted script, or an argv list)."""
     text = _as_text(command)
-    (words, index, script), others = _find_entry(text)
+    (words, index, script), others, notes = _find_entry(text)
     launcher, launcher_args = find_launcher(words[:index])
     world = parse_world(launcher, launcher_args)
     args = tuple(words[index + 1:])
@@ -88,7 +88,8 @@ def parse_command(command: str | Sequence[str]) -> ParsedCommand:
         version_hint=reader.version_hint(), version_reason=reader.version_reason(),
         unknown_flags=tuple(reader.unknown),
         ignored_flags=tuple(dict.fromkeys(reader.ignored)),
-        warnings=tuple(reader.warnings + reader.version_warnings() + _others_warning(others, launcher, script)),
+        warnings=tuple(reader.warnings + reader.version_warnings() + _others_warning(others, launcher, script)
+                       + list(notes)),
         launcher_args=tuple(launcher_args), args=args,
     )
 
@@ -133,10 +134,12 @@ def _as_text(command: str | Sequence[str]) -> str:
     return text
 
 
-def _find_entry(text: str) -> tuple[tuple[list[str], int, str], int]:
-    """The chosen command (its words, the index of the entry module word, the script name) and how many other
-    training commands the text holds: the first launched one is taken (else the first)."""
-    commands, variables = split_commands(text)
+def _find_entry(text: str) -> tuple[tuple[list[str], int, str], int, tuple[str, ...]]:
+    """The chosen command (its words, the index of the entry module word, the script name), how many other
+    training commands the text holds (the first launched one is taken, else the first), and the shell reader's
+    notes (branches it could not choose)."""
+    read = read_script(text)
+    commands, variables = read.commands, read.variables
     candidates = list(_entries(commands))
     if not candidates:
         candidates = [(w, i, s) for value in variables.values() for w, i, s in _entries([_final_words(value)])]
@@ -147,7 +150,7 @@ def _find_entry(text: str) -> tuple[tuple[list[str], int, str], int]:
     launched = [c for c in training if find_launcher(c[0][:c[1]])[0] is not Launcher.NONE]
     if launched or training:
         distinct = {tuple(w[i:]) for w, i, _ in training}  # a command kept in a variable, then launched, is one
-        return (launched or training)[0], len(distinct) - 1
+        return (launched or training)[0], len(distinct) - 1, read.notes
     _, _, script = candidates[0]
     raise ConfigError(f"openrlhf.cli.{script}", "not an OpenRLHF training entry point memplan reads "
                       f"(expected one of {', '.join(SCRIPTS)})")

@@ -8,10 +8,10 @@ shell part is ``frameworks.shell``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from memplan.errors import ConfigError
-from memplan.frameworks.shell import split_commands
+from memplan.frameworks.shell import read_script
 from memplan.frameworks.verl.defaults import LATEST, Engine, load_table
 from memplan.frameworks.verl.hydra import HydraConfig, Override, apply_overrides, parse_override
 
@@ -23,6 +23,12 @@ CONFIG_NAMES = {"ppo_trainer": Engine.DP, "ppo_megatron_trainer": Engine.MEGATRO
 #: verl's config groups (the ``defaults`` list of ``verl/trainer/config/ppo_trainer.yaml``, 0.8.0 and 0.9.1).
 CONFIG_GROUPS = {"model_engine"}
 _SHELL_ARGUMENTS = {"$@", "$*", "${@}", "${*}"}
+#: What a launch script finds in its environment when memplan reads it: an NVIDIA GPU node. verl's examples
+#: pick their branch with ``DEVICE=${DEVICE:-$(python3 -c 'import torch_npu' ... && echo npu || echo gpu)}``
+#: ("DEVICE is auto-detected by probing torch_npu; export DEVICE=gpu|npu only to override", e.g.
+#: examples/grpo_trainer/run_qwen3_4b_fsdp.sh@v0.9.0 lines 9-10); memplan models GPUs, so the probe's answer
+#: there is ``gpu``. A script that assigns DEVICE itself keeps its value.
+SCRIPT_ENVIRONMENT = {"DEVICE": "gpu"}
 _CONFIG_OPTIONS = {"--config-name": "name", "-cn": "name", "--config-path": "path", "-cp": "path",
                    "--config-dir": "dir", "-cd": "dir"}
 
@@ -41,17 +47,19 @@ class Invocation:
     """A ``model_engine=...`` config-group choice, if given."""
     environment: tuple[tuple[str, str], ...]
     """Variables the script assigns, for ``${oc.env:...}``."""
+    notes: tuple[str, ...] = ()
+    """What the shell reader could not settle in the script (a branch it read every way)."""
 
 
 def find_invocations(text: str) -> list[Invocation]:
     """Every ``python[3] -m verl.trainer.main_ppo ...`` call in ``text``, in order."""
-    commands, variables = split_commands(text)
-    environment = tuple(sorted(variables.items()))
+    script = read_script(text, SCRIPT_ENVIRONMENT)
+    commands, environment = script.commands, tuple(sorted(script.variables.items()))
     found = []
     for words in commands:
         for index in range(len(words) - 1):
             if words[index] == "-m" and words[index + 1] == MODULE and _runs_python(words[:index]):
-                found.append(_invocation(words[index + 2:], environment))
+                found.append(replace(_invocation(words[index + 2:], environment), notes=script.notes))
                 break
     return found
 

@@ -169,7 +169,7 @@ class Verl:
         one_line = text if isinstance(command, str) and "\n" not in text else \
             f"python3 -m {MODULE} " + " ".join(shlex.quote(f"{o.typed}={hydra_value(o.value)}" if o.has_value
                                                            else o.typed) for o in invocation.overrides)
-        return _resolved(config, invocation.overrides, release, one_line)
+        return _resolved(config, invocation.overrides, release, one_line, invocation.notes)
 
     def command_for(self, model: str, method: str, options: Sequence[str] = (), *, gpus: int | None = None,
                     nodes: int | None = None, gpus_per_node: int | None = None) -> list[str]:

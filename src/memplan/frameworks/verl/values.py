@@ -7,14 +7,13 @@ are read as integers, as verl's dataclass fields convert them.
 
 from __future__ import annotations
 
-import ast
 import math
-import operator
 import re
 from collections.abc import Callable
 from typing import Any
 
 from memplan.errors import ConfigError
+from memplan.frameworks.shell_conditions import Unknowable, arithmetic
 from memplan.frameworks.verl.hydra import HydraConfig, Unresolved
 
 _DTYPES = {"fp16": "fp16", "float16": "fp16", "16": "fp16", "fp32": "fp32", "float32": "fp32", "32": "fp32",
@@ -52,36 +51,14 @@ def integer(config: HydraConfig, key: str, low: int, high: int, meaning: str = "
 
 _ARITHMETIC = re.compile(r"^\$\(\((.*)\)\)$", re.DOTALL)
 _DECIMAL = re.compile(r"^\s*[+-]?\d+\s*$")
-_OPERATORS: dict[type, Callable[[int, int], int]] = {
-    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.floordiv,
-    ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod}
-
-
 def _arithmetic(text: str, config: HydraConfig, key: str) -> int:
     """A bash arithmetic expansion ``$(( a + b ))`` left by the shell reader, over the script's integer
-    variables: + - * / % and parentheses (bash(1), ARITHMETIC EVALUATION; ``/`` truncates, as here for
-    the non-negative values launch scripts use)."""
+    variables (``shell_conditions.arithmetic``: bash(1), ARITHMETIC EVALUATION; a name the script does not
+    assign is 0, as bash reads an unset one)."""
     body = _ARITHMETIC.match(text).group(1)  # type: ignore[union-attr]
-
-    def evaluate(node: ast.AST, depth: int = 0) -> int:
-        if depth > 64:
-            raise ValueError
-        if isinstance(node, ast.Constant) and isinstance(node.value, int) and not isinstance(node.value, bool):
-            return node.value
-        if isinstance(node, ast.Name):
-            value = (config.environment.get(node.id, "0") or "0").strip()
-            inner = _ARITHMETIC.match(value)
-            text = inner.group(1) if inner else value
-            return evaluate(ast.parse(text.replace("$", "").strip(), mode="eval").body, depth + 1)
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-            return -evaluate(node.operand, depth + 1)
-        if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
-            return _OPERATORS[type(node.op)](evaluate(node.left, depth + 1), evaluate(node.right, depth + 1))
-        raise ValueError
-
     try:
-        return evaluate(ast.parse(body.replace("$", "").strip(), mode="eval").body)
-    except (ValueError, SyntaxError, ZeroDivisionError, RecursionError):
+        return arithmetic(body, lambda name: config.environment.get(name, "0") or "0")
+    except (Unknowable, ValueError, SyntaxError, RecursionError):
         raise ConfigError(config.location(key), f"cannot evaluate {text!r} (memplan reads + - * / % over the "
                                                 "script's integer variables)") from None
 
