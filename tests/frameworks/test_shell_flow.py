@@ -78,7 +78,8 @@ echo $R $S""",
 if (( NGPU % PP != 0 )); then R=bad; else R=good; fi
 if (( NGPU / PP >= TP && TP > 1 )); then S=fits; fi
 echo $R $S""",
-    "positional-arguments": 'if [[ ${1} != "slurm" ]]; then R=local; fi; if [ "$#" -eq 0 ]; then S=none; fi; echo $R $S',
+    "positional-arguments": ('if [[ ${1} != "slurm" ]]; then R=local; fi; if [ "$#" -eq 0 ]; then S=none; fi; '
+                             "echo $R $S"),
     "case-patterns": """M=Qwen3-30B-A3B
 case $M in
     *-A3B|*-a3b) KIND=moe ;;

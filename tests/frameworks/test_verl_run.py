@@ -171,6 +171,7 @@ def test_arithmetic_and_nested_defaults_in_a_script() -> None:
     (" trainer.n_gpus_per_node=100", "trainer.n_gpus_per_node", "between 1 and 72"),
     (" data.train_batch_size=abc", "data.train_batch_size", "expected an integer"),
     (" data.train_batch_size=$BS", "data.train_batch_size", "shell variable"),
+    (" data.train_batch_size=$((BS * 2))", "data.train_batch_size", "BS is never assigned"),
     (" actor_rollout_ref.actor.strategy=fsdp_turbo", "actor_rollout_ref.actor.strategy", "fsdp, fsdp2"),
     (" actor_rollout_ref.rollout.name=hf", "actor_rollout_ref.rollout.name", "vllm, sglang"),
     (" algorithm.adv_estimator=ppo", "algorithm.adv_estimator", "gae, grpo"),

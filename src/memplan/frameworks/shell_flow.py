@@ -24,6 +24,7 @@ import fnmatch
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from memplan.errors import ConfigError
 from memplan.frameworks.shell_conditions import Unknowable, arithmetic, test_expression
@@ -55,7 +56,7 @@ class _Shape:
     parts, None for ``else``; ``case``: the patterns), how it ends (``case``), the commands it holds, and the
     position after the compound."""
 
-    tests: tuple[object, ...]
+    tests: tuple[Any, ...]
     ends: tuple[str, ...]
     heads: tuple[tuple[str, ...], ...]
     end_pos: int
@@ -161,7 +162,7 @@ class Flow:
 
     def _walk_if(self, run: frozenset[int]) -> _Shape:
         self.pos += 1  # if
-        tests: list[object] = []
+        tests: list[Any] = []
         heads: list[tuple[str, ...]] = []
         end: str | None = "elif"
         while end == "elif":
@@ -184,21 +185,21 @@ class Flow:
         if len(subject) < 2 or subject[0].operator or subject[1].operator or subject[1].text != "in":
             raise ConfigError("command", "'case' must be followed by a word and 'in'")
         self.pos += 2
-        tests: list[object] = [(subject[0].text,)]
+        tests: list[Any] = [(subject[0].text,)]
         ends: list[str] = []
         heads: list[tuple[str, ...]] = []
         while True:
             while (token := self._peek()) is not None and token.operator and token.text in ("\n", ";", "("):
                 self.pos += 1
             if token is None:
-                raise ConfigError("command", f"'case {' '.join(tests[0])}' is never closed by 'esac'")  # type: ignore[arg-type]
+                raise ConfigError("command", f"'case {' '.join(tests[0])}' is never closed by 'esac'")
             if not token.operator and token.text == "esac":
                 self.pos += 1
                 return _Shape(tuple(tests), tuple(ends), tuple(heads), self.pos)
             tests.append(self._patterns())
             end, branch = self._branch(_CASE_ENDS, len(heads) in run)
             if end is None:
-                raise ConfigError("command", f"'case {' '.join(tests[0])}' is never closed by 'esac'")  # type: ignore[arg-type]
+                raise ConfigError("command", f"'case {' '.join(tests[0])}' is never closed by 'esac'")
             ends.append(end)
             heads.append(branch)
             self.pos += end != "esac"
@@ -219,23 +220,23 @@ class Flow:
             if test is None:
                 return frozenset({index})
             try:
-                if self._holds(test):  # type: ignore[arg-type]
+                if self._holds(test):
                     return frozenset({index})
             except Unknowable as why:
                 rest = range(index, len(shape.tests))
-                return self._unknown(f"if {_shown(test)}", str(why), shape, rest)  # type: ignore[arg-type]
+                return self._unknown(f"if {_shown(test)}", str(why), shape, rest)
         return frozenset()
 
     def _choose_case(self, shape: _Shape) -> frozenset[int]:
         words = shape.tests[0]
-        subject = " ".join(self.expand(w) for w in words)  # type: ignore[union-attr]
+        subject = " ".join(self.expand(w) for w in words)
         if "$" in subject or "`" in subject:
             why = f"{subject} is a variable the script never assigns or a command's output"
-            return self._unknown(f"case {' '.join(words)}", why, shape, range(len(shape.heads)))  # type: ignore[arg-type]
+            return self._unknown(f"case {' '.join(words)}", why, shape, range(len(shape.heads)))
         run: set[int] = set()
         fall_through = False
         for index, patterns in enumerate(shape.tests[1:]):
-            if fall_through or any(fnmatch.fnmatchcase(subject, self.expand(p)) for p in patterns):  # type: ignore[union-attr]
+            if fall_through or any(fnmatch.fnmatchcase(subject, self.expand(p)) for p in patterns):
                 run.add(index)
                 fall_through = shape.ends[index] == ";&"
                 if shape.ends[index] not in (";&", ";;&"):
@@ -290,6 +291,8 @@ class Flow:
             return (head != "false") != negate
         try:
             if head == "((":
+                if len(words) < 2 or words[-1] != "))":
+                    raise Unknowable("an arithmetic test '((' is never closed by '))'")
                 expression = re.sub(r"([<>=!])\s+=", r"\1=", " ".join(words[1:-1]))  # '>' '=' were two tokens
                 return (arithmetic(expression, self.variable) != 0) != negate
             if head in ("[", "[[", "test"):

@@ -53,12 +53,16 @@ _ARITHMETIC = re.compile(r"^\$\(\((.*)\)\)$", re.DOTALL)
 _DECIMAL = re.compile(r"^\s*[+-]?\d+\s*$")
 def _arithmetic(text: str, config: HydraConfig, key: str) -> int:
     """A bash arithmetic expansion ``$(( a + b ))`` left by the shell reader, over the script's integer
-    variables (``shell_conditions.arithmetic``: bash(1), ARITHMETIC EVALUATION; a name the script does not
-    assign is 0, as bash reads an unset one)."""
+    variables (``shell_conditions.arithmetic``: bash(1), ARITHMETIC EVALUATION). A name the script never
+    assigns is refused, not read as bash's 0: it comes from the launching shell's environment, which memplan
+    does not see, and a 0 would silently stand for it."""
     body = _ARITHMETIC.match(text).group(1)  # type: ignore[union-attr]
     try:
-        return arithmetic(body, lambda name: config.environment.get(name, "0") or "0")
-    except (Unknowable, ValueError, SyntaxError, RecursionError):
+        return arithmetic(body, lambda name: config.environment.get(name) or ("0" if name in config.environment
+                                                                              else None))
+    except Unknowable as why:
+        raise ConfigError(config.location(key), f"cannot evaluate {text!r}: {why}") from None
+    except (ValueError, SyntaxError, RecursionError):
         raise ConfigError(config.location(key), f"cannot evaluate {text!r} (memplan reads + - * / % over the "
                                                 "script's integer variables)") from None
 
